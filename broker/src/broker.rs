@@ -1,0 +1,300 @@
+//! The broker's shared state and the publish path.
+//!
+//! [`Broker::route`] runs in the publishing connection's task: it matches the topic in the
+//! trie under a read lock and pushes one shared message into each matching session's queue.
+//! No central router task sits on the hot path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use parking_lot::RwLock;
+use rookery_codec::{LastWill, QoS};
+use smallvec::SmallVec;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::message::{Delivery, Message};
+use crate::metrics::{DropReason, Metrics};
+use crate::router::retained::RetainedIndex;
+use crate::router::topic;
+use crate::router::trie::{Match, Matches, SessionId, Subscriber, SubscriptionTrie};
+use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
+
+/// Everything connections share.
+pub struct Broker {
+    /// The configuration in force.
+    pub config: Config,
+    /// Sessions by client id.
+    pub sessions: Sessions,
+    /// Subscriptions.
+    pub router: RwLock<SubscriptionTrie<Arc<Session>>>,
+    /// Retained messages.
+    pub retained: RwLock<RetainedIndex>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Background tasks (connections, timers) to wait for at shutdown.
+    pub tasks: TaskTracker,
+    push_policy: PushPolicy,
+    started: Instant,
+}
+
+impl Broker {
+    /// A broker with this configuration and no state.
+    pub fn new(config: Config) -> Arc<Broker> {
+        let push_policy = PushPolicy {
+            limits: config.queue_limits(),
+            queue_qos0_offline: config.queue_qos0_offline,
+        };
+        Arc::new(Broker {
+            config,
+            sessions: Sessions::default(),
+            router: RwLock::new(SubscriptionTrie::default()),
+            retained: RwLock::new(RetainedIndex::default()),
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            push_policy,
+            started: Instant::now(),
+        })
+    }
+
+    /// Time since the broker started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Routes a message: stores it if retained, then queues it for every matching session.
+    /// Returns the number of sessions it was queued for.
+    pub fn route(&self, message: &Arc<Message>) -> usize {
+        if message.retain {
+            let mut retained = self.retained.write();
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.set(message.compacted());
+            }
+        }
+        let router = self.router.read();
+        let mut matches: Matches<'_, Arc<Session>> = Matches::new();
+        router.collect(&message.topic, &mut matches);
+        if matches.is_empty() {
+            return 0;
+        }
+        // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
+        matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
+        let mut delivered = 0;
+        if matches.len() > 1 && has_overlap(&matches) {
+            // One delivery per session: highest QoS and every subscription identifier.
+            // MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+            matches.sort_unstable_by_key(|m| (m.shared, m.handle.session_id()));
+            let mut i = 0;
+            while i < matches.len() {
+                let first = &matches[i];
+                let mut j = i + 1;
+                let mut qos = first.sub.options.qos;
+                let mut rap = first.sub.options.retain_as_published;
+                let mut ids: SmallVec<[u32; 2]> = first.sub.id.into_iter().collect();
+                if !first.shared {
+                    while j < matches.len()
+                        && !matches[j].shared
+                        && matches[j].handle.id == first.handle.id
+                    {
+                        qos = qos.max(matches[j].sub.options.qos);
+                        rap |= matches[j].sub.options.retain_as_published;
+                        ids.extend(matches[j].sub.id);
+                        j += 1;
+                    }
+                }
+                delivered += self.push(first.handle, message, qos, rap, ids);
+                i = j;
+            }
+        } else {
+            for m in &matches {
+                let ids = m.sub.id.into_iter().collect();
+                delivered += self.push(
+                    m.handle,
+                    message,
+                    m.sub.options.qos,
+                    m.sub.options.retain_as_published,
+                    ids,
+                );
+            }
+        }
+        delivered
+    }
+
+    fn push(
+        &self,
+        session: &Arc<Session>,
+        message: &Arc<Message>,
+        granted: QoS,
+        retain_as_published: bool,
+        subscription_ids: SmallVec<[u32; 2]>,
+    ) -> usize {
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(granted),
+            // MQTT 5.0 [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1 [MQTT-3.3.1-9].
+            retain: retain_as_published && message.retain,
+            subscription_ids,
+        };
+        match session.push(delivery, &self.push_policy) {
+            PushOutcome::Queued => 1,
+            PushOutcome::QueuedDroppedOldest => {
+                self.metrics.dropped(DropReason::QueueFull, 1);
+                1
+            }
+            PushOutcome::DroppedFull => {
+                self.metrics.dropped(DropReason::QueueFull, 1);
+                0
+            }
+            PushOutcome::DroppedOffline => {
+                self.metrics.dropped(DropReason::Offline, 1);
+                0
+            }
+        }
+    }
+
+    /// Queues the retained messages matching a new subscription for `session`.
+    pub fn send_retained(
+        &self,
+        session: &Session,
+        filter: &str,
+        granted: QoS,
+        subscription_id: Option<u32>,
+        now: Instant,
+    ) -> usize {
+        let messages = self.retained.read().matching(filter);
+        let mut sent = 0;
+        for message in messages {
+            if message.is_expired(now) {
+                continue;
+            }
+            let delivery = Delivery {
+                qos: message.qos.min(granted),
+                message,
+                // Retained messages sent for a new subscription keep RETAIN set. [MQTT-3.3.1-8]
+                retain: true,
+                subscription_ids: subscription_id.into_iter().collect(),
+            };
+            if matches!(
+                session.push(delivery, &self.push_policy),
+                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest
+            ) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Publishes a will message (its topic was validated at CONNECT).
+    pub fn publish_will(&self, will: &LastWill, origin: SessionId, client_id: &str) {
+        let message = Arc::new(Message::from_will(will, origin, Instant::now()));
+        let n = self.route(&message);
+        self.metrics
+            .wills_published_total
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(client_id, topic = %will.topic, receivers = n, "will published");
+    }
+
+    /// Removes a session's subscriptions from the trie.
+    pub fn unsubscribe_all(&self, session: SessionId, filters: &[ByteString]) {
+        if filters.is_empty() {
+            return;
+        }
+        let mut router = self.router.write();
+        for raw in filters {
+            if let Ok(parsed) = topic::parse_filter(raw) {
+                router.unsubscribe(session, parsed.filter, parsed.group);
+            }
+        }
+    }
+
+    /// Ends a session if it is still idle at `generation`: subscriptions out of the trie,
+    /// registry entry gone, pending will published. Returns true when it ended.
+    pub fn end_session(&self, session: &Arc<Session>, generation: u64) -> bool {
+        let Some((subs, will)) = session.end_if_idle(generation) else {
+            return false;
+        };
+        self.unsubscribe_all(session.id, &subs);
+        self.sessions.remove(session);
+        if let Some(will) = will {
+            self.publish_will(&will, session.id, &session.client_id);
+        }
+        true
+    }
+
+    /// Arms the timers of a session whose connection just ended: the will delay and the
+    /// session expiry. Both check `generation` so that a reconnect cancels them.
+    pub fn schedule_after_disconnect(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        generation: u64,
+        will_delay: Option<u32>,
+        expiry_secs: u32,
+    ) {
+        if let Some(delay) = will_delay
+            && delay < expiry_secs
+        {
+            let broker = self.clone();
+            let session = session.clone();
+            self.spawn_timer(Duration::from_secs(u64::from(delay)), move || {
+                if let Some(will) = session.take_due_will(generation) {
+                    broker.publish_will(&will, session.id, &session.client_id);
+                }
+            });
+        }
+        if expiry_secs == crate::session::NEVER_EXPIRES {
+            return;
+        }
+        let broker = self.clone();
+        self.spawn_timer(Duration::from_secs(u64::from(expiry_secs)), move || {
+            if broker.end_session(&session, generation) {
+                broker
+                    .metrics
+                    .sessions_expired_total
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(client_id = %session.client_id, "session expired");
+            }
+        });
+    }
+
+    fn spawn_timer(&self, after: Duration, f: impl FnOnce() + Send + 'static) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => f(),
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// True when two non-shared matches belong to one session (overlapping subscriptions).
+fn has_overlap(matches: &[Match<'_, Arc<Session>>]) -> bool {
+    if matches.len() <= 8 {
+        for (i, a) in matches.iter().enumerate() {
+            if !a.shared
+                && matches[i + 1..]
+                    .iter()
+                    .any(|b| !b.shared && b.handle.id == a.handle.id)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+    let mut ids: Vec<SessionId> = matches
+        .iter()
+        .filter(|m| !m.shared)
+        .map(|m| m.handle.id)
+        .collect();
+    ids.sort_unstable();
+    ids.windows(2).any(|w| w[0] == w[1])
+}

@@ -1,0 +1,403 @@
+//! Configuration: one [`Config`] from defaults, then a TOML file, then `ROOKERY_*` environment
+//! variables, then command-line flags (each later source wins). Errors name the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::session::queue::{OverflowPolicy, QueueLimits};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The broker's configuration. Every key is documented in `docs/configuration.md`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name of this node in logs (and, later, in the cluster).
+    pub node_id: String,
+    /// MQTT listeners (TCP), 3.1, 3.1.1 and 5.0 on each.
+    pub listen: Vec<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `rookery_broker=debug`.
+    pub log_level: String,
+    /// Worker threads; 0 uses the CPUs this process may run on.
+    pub threads: usize,
+    /// Most concurrent connections per listener; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Largest packet accepted (and advertised to MQTT 5.0 clients), bytes.
+    pub max_packet_size: u32,
+    /// Longest client identifier accepted, bytes.
+    pub max_client_id_len: usize,
+    /// Keep alive the broker imposes when a client asks for more (or for none), seconds; 0 = none.
+    pub max_keepalive_secs: u16,
+    /// Outgoing QoS 1/2 messages in flight per client (lowered by an MQTT 5.0 Receive Maximum).
+    pub max_inflight: u16,
+    /// Incoming QoS 2 messages awaiting PUBREL per client (the Receive Maximum we advertise).
+    pub receive_maximum: u16,
+    /// Messages queued per session beyond those in flight.
+    pub max_queued_messages: usize,
+    /// Bytes queued per session (topic + payload + overhead); 0 for no byte limit.
+    pub max_queued_bytes: usize,
+    /// What to do when a session queue is full: `drop-new`, `drop-oldest` or `disconnect`.
+    pub queue_overflow: OverflowPolicy,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0_offline: bool,
+    /// Topic aliases a client may use towards us (MQTT 5.0 Topic Alias Maximum we advertise).
+    pub topic_alias_maximum: u16,
+    /// Use topic aliases towards MQTT 5.0 clients that allow them.
+    pub outgoing_topic_aliases: bool,
+    /// Cap on the Session Expiry Interval, seconds (also the expiry of 3.1.1 persistent
+    /// sessions); 4294967295 means never.
+    pub max_session_expiry_secs: u32,
+    /// Takeovers of one client id within `takeover_window_secs` that log a warning.
+    pub takeover_warn_count: usize,
+    /// Window for `takeover_warn_count`, seconds.
+    pub takeover_window_secs: u64,
+    /// Seconds to wait for connections to close at shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: default_node_id(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            threads: 0,
+            max_connections: 100_000,
+            connect_timeout_secs: 10,
+            max_packet_size: 1024 * 1024,
+            max_client_id_len: 1024,
+            max_keepalive_secs: 0,
+            max_inflight: 100,
+            receive_maximum: 1024,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_overflow: OverflowPolicy::DropNew,
+            queue_qos0_offline: false,
+            topic_alias_maximum: 1024,
+            outgoing_topic_aliases: true,
+            max_session_expiry_secs: u32::MAX,
+            takeover_warn_count: 3,
+            takeover_window_secs: 60,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rookery-0".into())
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid for [`Config`]; the message names the key.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What `toml` said, with the key and line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses TOML text over the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks ranges that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one address is needed");
+        }
+        if self.max_packet_size < 64 {
+            return invalid("max_packet_size", "must be at least 64 bytes");
+        }
+        if self.max_packet_size > 268_435_455 + 5 {
+            return invalid(
+                "max_packet_size",
+                "MQTT packets are at most 268435460 bytes",
+            );
+        }
+        if self.max_inflight == 0 {
+            return invalid("max_inflight", "must be at least 1");
+        }
+        if self.receive_maximum == 0 {
+            return invalid("receive_maximum", "must be at least 1");
+        }
+        if self.max_queued_messages == 0 {
+            return invalid("max_queued_messages", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.connect_timeout_secs == 0 {
+            return invalid("connect_timeout_secs", "must be at least 1");
+        }
+        if self.node_id.is_empty() {
+            return invalid("node_id", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// Session queue bounds.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.max_queued_messages,
+            max_bytes: self.max_queued_bytes,
+            overflow: self.queue_overflow,
+        }
+    }
+}
+
+/// Command line of `rookery-broker`. Every flag also reads its `ROOKERY_*` variable.
+#[derive(Debug, Parser)]
+#[command(name = "rookery-broker", version, about = "Rookery MQTT broker")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "ROOKERY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// MQTT listener address; repeat for several (env: comma-separated).
+    #[arg(
+        long,
+        env = "ROOKERY_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// Node name (default: the host name).
+    #[arg(long, env = "ROOKERY_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Log format.
+    #[arg(long, env = "ROOKERY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `rookery_broker=debug`.
+    #[arg(long, env = "ROOKERY_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Worker threads (0 = one per CPU this process may use).
+    #[arg(long, env = "ROOKERY_THREADS")]
+    pub threads: Option<usize>,
+    /// Most concurrent connections per listener.
+    #[arg(long, env = "ROOKERY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(long, env = "ROOKERY_CONNECT_TIMEOUT_SECS")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Largest packet accepted, bytes.
+    #[arg(long, env = "ROOKERY_MAX_PACKET_SIZE")]
+    pub max_packet_size: Option<u32>,
+    /// Longest client identifier, bytes.
+    #[arg(long, env = "ROOKERY_MAX_CLIENT_ID_LEN")]
+    pub max_client_id_len: Option<usize>,
+    /// Keep alive imposed on clients asking for more or none, seconds (0 = none).
+    #[arg(long, env = "ROOKERY_MAX_KEEPALIVE_SECS")]
+    pub max_keepalive_secs: Option<u16>,
+    /// Outgoing QoS 1/2 in flight per client.
+    #[arg(long, env = "ROOKERY_MAX_INFLIGHT")]
+    pub max_inflight: Option<u16>,
+    /// Incoming QoS 2 awaiting PUBREL per client.
+    #[arg(long, env = "ROOKERY_RECEIVE_MAXIMUM")]
+    pub receive_maximum: Option<u16>,
+    /// Messages queued per session.
+    #[arg(long, env = "ROOKERY_MAX_QUEUED_MESSAGES")]
+    pub max_queued_messages: Option<usize>,
+    /// Bytes queued per session (0 = no byte limit).
+    #[arg(long, env = "ROOKERY_MAX_QUEUED_BYTES")]
+    pub max_queued_bytes: Option<usize>,
+    /// Policy when a session queue is full.
+    #[arg(long, env = "ROOKERY_QUEUE_OVERFLOW", value_enum)]
+    pub queue_overflow: Option<OverflowPolicy>,
+    /// Queue QoS 0 messages for offline sessions.
+    #[arg(long, env = "ROOKERY_QUEUE_QOS0_OFFLINE")]
+    pub queue_qos0_offline: Option<bool>,
+    /// Topic Alias Maximum advertised to MQTT 5.0 clients.
+    #[arg(long, env = "ROOKERY_TOPIC_ALIAS_MAXIMUM")]
+    pub topic_alias_maximum: Option<u16>,
+    /// Use topic aliases towards MQTT 5.0 clients.
+    #[arg(long, env = "ROOKERY_OUTGOING_TOPIC_ALIASES")]
+    pub outgoing_topic_aliases: Option<bool>,
+    /// Cap on session expiry, seconds.
+    #[arg(long, env = "ROOKERY_MAX_SESSION_EXPIRY_SECS")]
+    pub max_session_expiry_secs: Option<u32>,
+    /// Takeovers within the window that log a warning.
+    #[arg(long, env = "ROOKERY_TAKEOVER_WARN_COUNT")]
+    pub takeover_warn_count: Option<usize>,
+    /// Takeover warning window, seconds.
+    #[arg(long, env = "ROOKERY_TAKEOVER_WINDOW_SECS")]
+    pub takeover_window_secs: Option<u64>,
+    /// Seconds to wait for connections at shutdown.
+    #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+macro_rules! override_fields {
+    ($config:ident, $cli:ident, $($field:ident),* $(,)?) => {
+        $( if let Some(v) = $cli.$field { $config.$field = v; } )*
+    };
+}
+
+impl Cli {
+    /// Builds the configuration: defaults, file, then environment and flags.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let cli = self;
+        if !cli.listen.is_empty() {
+            config.listen = cli.listen;
+        }
+        override_fields!(
+            config,
+            cli,
+            node_id,
+            log_format,
+            log_level,
+            threads,
+            max_connections,
+            connect_timeout_secs,
+            max_packet_size,
+            max_client_id_len,
+            max_keepalive_secs,
+            max_inflight,
+            receive_maximum,
+            max_queued_messages,
+            max_queued_bytes,
+            queue_overflow,
+            queue_qos0_offline,
+            topic_alias_maximum,
+            outgoing_topic_aliases,
+            max_session_expiry_secs,
+            takeover_warn_count,
+            takeover_window_secs,
+            shutdown_timeout_secs,
+        );
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_field() {
+        let err = Config::from_toml("max_inflight = \"many\"").unwrap_err();
+        assert!(err.contains("max_inflight"), "{err}");
+        let err = Config::from_toml("max_infligt = 3").unwrap_err();
+        assert!(err.contains("max_infligt"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(
+            &path,
+            "max_inflight = 7\nmax_queued_messages = 9\nlisten = [\"127.0.0.1:1999\"]\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "rookery-broker",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-inflight",
+            "11",
+            "--listen",
+            "127.0.0.1:2000",
+            "--listen",
+            "127.0.0.1:2001",
+        ]);
+        let c = cli.into_config().unwrap();
+        assert_eq!(c.max_inflight, 11);
+        assert_eq!(c.max_queued_messages, 9);
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        let c = Config {
+            max_inflight: 0,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../docs/configuration.md");
+        let keys = toml::to_string(&Config::default()).unwrap();
+        for line in keys.lines() {
+            let key = line.split(' ').next().unwrap();
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks `{key}`"
+            );
+            let env = format!("ROOKERY_{}", key.to_uppercase());
+            assert!(doc.contains(&env), "docs/configuration.md lacks {env}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The CONNECT handshake: read the first packet under a deadline, check it, attach the session
+//! (taking it over from another connection if need be) and build the CONNACK.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rookery_codec::{ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, reason};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::router::topic;
+use crate::session::{Attachment, Control, NEVER_EXPIRES, Session};
+
+/// How long a new connection waits for the old one to hand a session over.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the first packet could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer closed or the socket failed.
+    #[error("connection closed before CONNECT: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes were not a valid CONNECT.
+    #[error("bad CONNECT: {0}")]
+    Decode(#[from] DecodeError),
+    /// Another packet came first. MQTT 5.0 [MQTT-3.1.0-1].
+    #[error("first packet was {0}, not CONNECT")]
+    NotConnect(&'static str),
+}
+
+/// Reads until one whole packet is in `rbuf` and returns it if it is a CONNECT.
+pub async fn read_connect<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Box<Connect>, HandshakeError> {
+    loop {
+        match rookery_codec::decode(rbuf, Protocol::V311, max_packet_size)? {
+            Some(Packet::Connect(c)) => return Ok(c),
+            Some(other) => return Err(HandshakeError::NotConnect(other.name())),
+            None => {
+                rbuf.reserve(256);
+                if reader.read_buf(rbuf).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+        }
+    }
+}
+
+/// A CONNECT refused.
+#[derive(Debug)]
+pub struct Refusal {
+    /// MQTT 5.0 reason code (mapped to a 3.1.1 return code for older clients).
+    pub code: u8,
+    /// False when a 3.1.x client gets no CONNACK: the spec wants the connection closed on a
+    /// protocol violation. MQTT 3.1.1 [MQTT-3.1.4-1].
+    pub connack_for_v3: bool,
+    /// For the log.
+    pub why: &'static str,
+}
+
+/// The CONNACK for a refusal, or `None` when the connection is just closed.
+pub fn refusal_connack(protocol: Protocol, refusal: &Refusal) -> Option<ConnAck> {
+    if protocol.is_v5() {
+        return Some(ConnAck {
+            session_present: false,
+            code: refusal.code,
+            properties: Default::default(),
+        });
+    }
+    refusal.connack_for_v3.then(|| ConnAck {
+        session_present: false,
+        code: reason::connack_v3_from_v5(refusal.code),
+        properties: Default::default(),
+    })
+}
+
+/// A CONNECT accepted and its session attached.
+pub struct Accepted {
+    /// The session.
+    pub session: Arc<Session>,
+    /// What the connection now owns.
+    pub attachment: Attachment,
+    /// The client id in force (assigned when the client sent none).
+    pub client_id: ByteString,
+    /// Keep alive in force, seconds (0 = none).
+    pub keep_alive: u16,
+    /// Session expiry in force, seconds.
+    pub expiry_secs: u32,
+    /// The CONNACK to send.
+    pub connack: ConnAck,
+}
+
+/// Checks a CONNECT before any session is touched.
+pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
+    let c = &broker.config;
+    if connect.client_id.len() > c.max_client_id_len {
+        return Err(Refusal {
+            code: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_for_v3: true,
+            why: "client id too long",
+        });
+    }
+    if connect.client_id.is_empty() && !connect.clean_start && !connect.protocol.is_v5() {
+        // MQTT 3.1.1 [MQTT-3.1.3-8]: an empty client id needs Clean Session 1.
+        return Err(Refusal {
+            code: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_for_v3: true,
+            why: "empty client id without clean session",
+        });
+    }
+    if connect.client_id.is_empty() && connect.protocol == Protocol::V31 {
+        // MQTT 3.1 requires 1 to 23 characters.
+        return Err(Refusal {
+            code: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_for_v3: true,
+            why: "empty client id on MQTT 3.1",
+        });
+    }
+    if let Some(will) = &connect.will
+        && topic::validate_name(&will.topic).is_err()
+    {
+        return Err(Refusal {
+            code: reason::TOPIC_NAME_INVALID,
+            connack_for_v3: false,
+            why: "invalid will topic",
+        });
+    }
+    if connect.properties.authentication_method.is_some() {
+        // Enhanced authentication (AUTH exchanges) is not offered.
+        return Err(Refusal {
+            code: reason::BAD_AUTHENTICATION_METHOD,
+            connack_for_v3: false,
+            why: "unsupported authentication method",
+        });
+    }
+    if !connect.protocol.is_v5()
+        && c.max_keepalive_secs > 0
+        && connect.keep_alive > c.max_keepalive_secs
+    {
+        // Mosquitto's rule for clients that cannot be told a Server Keep Alive.
+        return Err(Refusal {
+            code: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_for_v3: true,
+            why: "keep alive above max_keepalive_secs",
+        });
+    }
+    Ok(())
+}
+
+/// Attaches the session of an accepted CONNECT, taking it over from a live connection.
+pub async fn accept(
+    broker: &Arc<Broker>,
+    connect: &Connect,
+    peer: SocketAddr,
+    control: mpsc::Sender<Control>,
+) -> Accepted {
+    let c = &broker.config;
+    let assigned = connect.client_id.is_empty();
+    let client_id = if assigned {
+        ByteString::from(format!("auto-{:016x}", rand::random::<u64>()))
+    } else {
+        // A compact copy: the decoded string would pin the read buffer for the session's life.
+        ByteString::from(&*connect.client_id)
+    };
+    let requested_expiry = if connect.protocol.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        NEVER_EXPIRES
+    };
+    let expiry_secs = requested_expiry.min(c.max_session_expiry_secs);
+
+    let (session, attachment) = loop {
+        let session = broker.sessions.get_or_create(&client_id);
+        let _guard = session.attach_lock.lock().await;
+        let window = Duration::from_secs(c.takeover_window_secs);
+        if let Some((old, old_peer, recent)) = session.begin_takeover(window, Instant::now()) {
+            broker
+                .metrics
+                .takeovers_total
+                .fetch_add(1, Ordering::Relaxed);
+            if recent >= c.takeover_warn_count {
+                warn!(
+                    client_id = %client_id, old_peer = %old_peer, new_peer = %peer, count = recent,
+                    window_secs = c.takeover_window_secs,
+                    "client id taken over repeatedly: two devices may be sharing one client id"
+                );
+            } else {
+                info!(client_id = %client_id, old_peer = %old_peer, new_peer = %peer, "session taken over");
+            }
+            let (done, handed_back) = oneshot::channel();
+            let resumes = !connect.clean_start;
+            if old.send(Control::TakeOver { resumes, done }).await.is_ok()
+                && tokio::time::timeout(TAKEOVER_TIMEOUT, handed_back)
+                    .await
+                    .is_err()
+            {
+                warn!(client_id = %client_id, "previous connection did not hand the session over in time");
+            }
+        }
+        match session.attach(connect.clean_start, expiry_secs, control.clone(), peer) {
+            Some(attachment) => break (session.clone(), attachment),
+            // The session ended meanwhile: look the id up again.
+            None => tokio::task::yield_now().await,
+        }
+    };
+    if !attachment.discarded_subscriptions.is_empty() {
+        broker.unsubscribe_all(session.id, &attachment.discarded_subscriptions);
+    }
+    if let Some(will) = &attachment.will_to_publish {
+        broker.publish_will(will, session.id, &client_id);
+    }
+
+    let mut keep_alive = connect.keep_alive;
+    let mut properties = ConnAckProperties::default();
+    if connect.protocol.is_v5() {
+        if c.max_keepalive_secs > 0 && (keep_alive == 0 || keep_alive > c.max_keepalive_secs) {
+            keep_alive = c.max_keepalive_secs;
+            properties.server_keep_alive = Some(keep_alive);
+        }
+        if assigned {
+            properties.assigned_client_identifier = Some(client_id.clone());
+        }
+        if expiry_secs != requested_expiry {
+            properties.session_expiry_interval = Some(expiry_secs);
+        }
+        if c.receive_maximum != u16::MAX {
+            properties.receive_maximum = Some(c.receive_maximum);
+        }
+        properties.maximum_packet_size = Some(c.max_packet_size);
+        if c.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(c.topic_alias_maximum);
+        }
+    }
+    let connack = ConnAck {
+        session_present: attachment.session_present,
+        code: reason::SUCCESS,
+        properties,
+    };
+    Accepted {
+        session,
+        attachment,
+        client_id,
+        keep_alive,
+        expiry_secs,
+        connack,
+    }
+}

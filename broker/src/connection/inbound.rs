@@ -1,0 +1,335 @@
+//! Packets from the client: PUBLISH and its acknowledgements, SUBSCRIBE, UNSUBSCRIBE, PINGREQ,
+//! DISCONNECT. Each handler either answers into the write buffer or ends the connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+use rookery_codec::{
+    Ack, AckProperties, Packet, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, reason,
+};
+use tracing::debug;
+
+use super::{Close, Conn};
+use crate::message::Message;
+use crate::router::topic;
+use crate::router::trie::Subscription;
+use crate::session::inflight::AckError;
+
+impl Conn {
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                if let Err(AckError::WrongState) = self.state.outgoing.puback(a.packet_id) {
+                    debug!(
+                        packet_id = a.packet_id,
+                        "PUBACK for a message not awaiting one"
+                    );
+                }
+                self.out_pending = true;
+                Ok(())
+            }
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => {
+                let known = self.state.incoming.release(a.packet_id);
+                let code = if known || !self.protocol.is_v5() {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.write_packet(&Packet::PubComp(Ack {
+                    packet_id: a.packet_id,
+                    reason: code,
+                    ..Default::default()
+                }));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                if let Err(AckError::WrongState) = self.state.outgoing.pubcomp(a.packet_id) {
+                    debug!(
+                        packet_id = a.packet_id,
+                        "PUBCOMP for a message not awaiting one"
+                    );
+                }
+                self.out_pending = true;
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            // MQTT 5.0 [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+            Packet::Connect(_) => Err(Close::Violation(reason::PROTOCOL_ERROR, "second CONNECT")),
+            // No AUTH method was negotiated, so AUTH is out of place. [MQTT-4.12.0-1]
+            Packet::Auth(_) => Err(Close::Violation(
+                reason::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::Violation(
+                    reason::PROTOCOL_ERROR,
+                    "server-to-client packet from a client",
+                ))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        let qos = p.qos;
+        self.counts.received[qos as usize] += 1;
+        self.resolve_topic_alias(&mut p)?;
+        if topic::validate_name(&p.topic).is_err() {
+            // MQTT 5.0 [MQTT-3.3.2-2]: Topic Name invalid; 3.1.1 closes the connection.
+            return Err(Close::Violation(
+                reason::TOPIC_NAME_INVALID,
+                "invalid topic name in PUBLISH",
+            ));
+        }
+        if qos == QoS::ExactlyOnce {
+            if !self.state.incoming.receive(p.packet_id) {
+                // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
+                self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
+                return Ok(());
+            }
+            if self.state.incoming.len() > usize::from(self.broker.config.receive_maximum) {
+                // MQTT 5.0 [MQTT-3.3.4-9].
+                return Err(Close::Violation(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // MQTT 5.0 section 3.3.2.3.2: the payload claims UTF-8 and is not.
+            let why = self.reason_string("payload is not UTF-8 as its format indicator says");
+            if qos == QoS::ExactlyOnce {
+                self.state.incoming.release(p.packet_id);
+            }
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.write_ack(
+                    Packet::PubAck,
+                    p.packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    why,
+                ),
+                QoS::ExactlyOnce => self.write_ack(
+                    Packet::PubRec,
+                    p.packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    why,
+                ),
+            }
+            return Ok(());
+        }
+        let packet_id = p.packet_id;
+        let message = Arc::new(Message::from_publish(p, self.session.id, Instant::now()));
+        let receivers = self.broker.route(&message);
+        // MQTT 5.0: 0x10 tells the publisher nobody subscribed; 3.1.1 acks carry no code.
+        let code = if receivers == 0 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write_ack(Packet::PubAck, packet_id, code, None),
+            QoS::ExactlyOnce => self.write_ack(Packet::PubRec, packet_id, code, None),
+        }
+        Ok(())
+    }
+
+    /// MQTT 5.0 section 3.3.2.3.4: a topic alias either sets a mapping (topic given) or uses one
+    /// (empty topic).
+    fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(Close::Violation(
+                    reason::PROTOCOL_ERROR,
+                    "empty topic without a topic alias",
+                ));
+            }
+            return Ok(());
+        };
+        if alias == 0 || alias > self.broker.config.topic_alias_maximum {
+            // [MQTT-3.3.2-8], [MQTT-3.3.2-9].
+            return Err(Close::Violation(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias out of range",
+            ));
+        }
+        if p.topic.is_empty() {
+            match self.in_aliases.get(&alias) {
+                Some(topic) => p.topic = topic.clone(),
+                None => {
+                    return Err(Close::Violation(
+                        reason::PROTOCOL_ERROR,
+                        "unknown topic alias",
+                    ));
+                }
+            }
+        } else {
+            // A compact copy: the mapping outlives this packet's read buffer.
+            self.in_aliases.insert(alias, ByteString::from(&*p.topic));
+        }
+        Ok(())
+    }
+
+    fn write_ack(
+        &mut self,
+        kind: fn(Ack) -> Packet,
+        packet_id: u16,
+        code: u8,
+        why: Option<ByteString>,
+    ) {
+        let properties = AckProperties {
+            reason_string: why,
+            user_properties: Vec::new(),
+        };
+        self.write_packet(&kind(Ack {
+            packet_id,
+            reason: code,
+            properties,
+        }));
+    }
+
+    fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+        let failed = self.protocol.is_v5() && a.reason >= 0x80;
+        match self.state.outgoing.pubrec(a.packet_id, failed) {
+            Ok(()) if failed => self.out_pending = true,
+            Ok(()) => self.write_ack(Packet::PubRel, a.packet_id, reason::SUCCESS, None),
+            Err(AckError::NotFound) => {
+                // MQTT 5.0 section 4.3.3: answer PUBREL with 0x92 so the client can finish.
+                let code = if self.protocol.is_v5() {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                } else {
+                    reason::SUCCESS
+                };
+                self.write_ack(Packet::PubRel, a.packet_id, code, None);
+            }
+            Err(AckError::WrongState) => {
+                debug!(packet_id = a.packet_id, "PUBREC for a QoS 1 message")
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        let id = s.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        {
+            let mut router = self.broker.router.write();
+            for f in &s.filters {
+                let parsed = match topic::parse_filter(&f.filter) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        codes.push(if v5 {
+                            reason::TOPIC_FILTER_INVALID
+                        } else {
+                            reason::v3::SUBACK_FAILURE
+                        });
+                        continue;
+                    }
+                };
+                if parsed.group.is_some() && f.options.no_local {
+                    // MQTT 5.0 [MQTT-3.8.3-4].
+                    return Err(Close::Violation(
+                        reason::PROTOCOL_ERROR,
+                        "No Local on a shared subscription",
+                    ));
+                }
+                let sub = Subscription {
+                    options: f.options,
+                    id,
+                };
+                let key = ByteString::from(&*f.filter);
+                let existed = self.state.subscriptions.insert(key, sub).is_some();
+                router.subscribe(&self.session, parsed.filter, parsed.group, sub);
+                codes.push(f.options.qos as u8);
+                // Retained messages: not for shared subscriptions (MQTT 5.0 section 4.8.2).
+                let send = parsed.group.is_none()
+                    && match f.options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                if send {
+                    retained.push((parsed.filter.to_string(), f.options.qos));
+                }
+            }
+        }
+        self.write_packet(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: AckProperties::default(),
+        }));
+        // After the SUBACK: retained messages go through the session queue like any other.
+        let now = Instant::now();
+        for (filter, qos) in retained {
+            if self
+                .broker
+                .send_retained(&self.session, &filter, qos, id, now)
+                > 0
+            {
+                self.out_pending = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        {
+            let mut router = self.broker.router.write();
+            for raw in &u.filters {
+                let Ok(parsed) = topic::parse_filter(raw) else {
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                };
+                let existed = self.state.subscriptions.remove(raw).is_some();
+                router.unsubscribe(self.session.id, parsed.filter, parsed.group);
+                codes.push(if existed {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                });
+            }
+        }
+        self.write_packet(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: if self.protocol.is_v5() {
+                codes
+            } else {
+                Vec::new()
+            },
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: rookery_codec::Disconnect) -> Result<(), Close> {
+        if let Some(secs) = d.properties.session_expiry_interval {
+            if self.expiry_secs == 0 && secs != 0 {
+                // MQTT 5.0 [MQTT-3.14.2-2].
+                return Err(Close::Violation(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set at DISCONNECT after 0 at CONNECT",
+                ));
+            }
+            self.expiry_secs = secs.min(self.broker.config.max_session_expiry_secs);
+            self.session.set_expiry_secs(self.expiry_secs);
+        }
+        Err(Close::ClientDisconnect {
+            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+}

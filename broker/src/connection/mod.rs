@@ -1,0 +1,470 @@
+//! One task per client connection.
+//!
+//! The task reads into one buffer and decodes every whole packet in it, handles each (a PUBLISH
+//! is routed right here, in this task), drains its session's queue into one write buffer, and
+//! writes that buffer in one call before it waits again: many packets, one syscall. Reads stop
+//! while the write buffer is above its high-water mark, so a client that does not read cannot
+//! make us buffer without bound.
+
+mod connect;
+mod inbound;
+mod outbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rookery_codec::{DecodeError, Disconnect, LastWill, Packet, Protocol, reason};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, field, info, info_span};
+
+use crate::broker::Broker;
+use crate::metrics::LocalCounts;
+use crate::session::{Control, PendingWill, Session, SessionState};
+
+/// Above this many buffered output bytes we stop reading and draining until the socket drains.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 4 * 1024;
+/// Time allowed to flush a final packet (DISCONNECT, refused CONNACK) before closing.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deliveries taken from the session queue per lock.
+const DRAIN_BATCH: usize = 64;
+
+/// How a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// DISCONNECT from the client; `with_will` for MQTT 5.0 reason 0x04.
+    ClientDisconnect { with_will: bool },
+    /// The socket closed or failed.
+    Gone,
+    /// A malformed packet.
+    Decode(DecodeError),
+    /// A protocol violation with its MQTT 5.0 reason code.
+    Violation(u8, &'static str),
+    /// No packet within 1.5 times the keep alive.
+    KeepAlive,
+    /// Another connection took the session over.
+    TakenOver {
+        resumes: bool,
+        done: oneshot::Sender<()>,
+    },
+    /// Closed by the broker with this reason code (e.g. queue overflow).
+    Kicked(u8),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// Serves one client over any byte stream.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    serve_split(reader, writer, peer, broker).await;
+}
+
+/// Serves one client over separate read and write halves (a TCP socket's, without locking).
+pub async fn serve_split<R, W>(reader: R, writer: W, peer: SocketAddr, broker: Arc<Broker>)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let span = info_span!("conn", %peer, node = %broker.config.node_id, client_id = field::Empty);
+    broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    broker
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    run(reader, writer, peer, broker.clone())
+        .instrument(span)
+        .await;
+    broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, broker: Arc<Broker>)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let max_packet = broker.config.max_packet_size as usize;
+    let mut rbuf = BytesMut::new();
+    let deadline = Duration::from_secs(broker.config.connect_timeout_secs);
+    let first = tokio::select! {
+        r = tokio::time::timeout(deadline, connect::read_connect(&mut reader, &mut rbuf, max_packet)) => r,
+        _ = broker.shutdown.cancelled() => return,
+    };
+    let connect = match first {
+        Err(_) => {
+            broker
+                .metrics
+                .connect_timeouts_total
+                .fetch_add(1, Ordering::Relaxed);
+            debug!("no CONNECT within {}s", deadline.as_secs());
+            return;
+        }
+        Ok(Err(connect::HandshakeError::Decode(DecodeError::UnsupportedProtocol { level }))) => {
+            // MQTT 3.1.1 [MQTT-3.1.2-2] / 5.0 [MQTT-3.1.2-2]: CONNACK 0x01 / 0x84, then close.
+            let (protocol, code) = if level == 5 {
+                (Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+            } else {
+                (Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION)
+            };
+            broker
+                .metrics
+                .connects_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            info!(level, "refused CONNECT: unsupported protocol level");
+            let packet = Packet::ConnAck(rookery_codec::ConnAck {
+                code,
+                ..Default::default()
+            });
+            send_and_close(&mut writer, &packet, protocol).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            broker
+                .metrics
+                .protocol_errors_total
+                .fetch_add(1, Ordering::Relaxed);
+            info!(error = %e, "closing connection before CONNECT");
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let protocol = connect.protocol;
+    if !connect.client_id.is_empty() {
+        tracing::Span::current().record("client_id", field::display(&connect.client_id));
+    }
+    if let Err(refusal) = connect::check(&broker, &connect) {
+        broker
+            .metrics
+            .connects_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        info!(code = refusal.code, why = refusal.why, "refused CONNECT");
+        if let Some(connack) = connect::refusal_connack(protocol, &refusal) {
+            send_and_close(&mut writer, &Packet::ConnAck(connack), protocol).await;
+        }
+        return;
+    }
+    // Capacity 2: a takeover and a kick can both be pending; more are redundant.
+    let (control_tx, control_rx) = mpsc::channel(2);
+    let accepted = connect::accept(&broker, &connect, peer, control_tx).await;
+    if connect.client_id.is_empty() {
+        tracing::Span::current().record("client_id", field::display(&accepted.client_id));
+    }
+    debug!(protocol = ?protocol, clean_start = connect.clean_start, keep_alive = accepted.keep_alive,
+        session_present = accepted.connack.session_present, "client connected");
+
+    let props = &connect.properties;
+    let out_window = if protocol.is_v5() {
+        props
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(broker.config.max_inflight)
+    } else {
+        broker.config.max_inflight
+    };
+    let mut conn = Conn {
+        protocol,
+        session: accepted.session,
+        state: accepted.attachment.state,
+        generation: accepted.attachment.generation,
+        client_id: accepted.client_id,
+        keep_alive: accepted.keep_alive,
+        expiry_secs: accepted.expiry_secs,
+        will: connect.will.clone(),
+        out_window: usize::from(out_window),
+        client_max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        alias_max: if protocol.is_v5() && broker.config.outgoing_topic_aliases {
+            props.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        out_aliases: AHashMap::new(),
+        in_aliases: AHashMap::new(),
+        problem_info: props.request_problem_information != Some(0),
+        wbuf: BytesMut::new(),
+        counts: LocalCounts::default(),
+        out_pending: true,
+        broker,
+    };
+    conn.write_packet(&Packet::ConnAck(accepted.connack));
+    conn.resend_inflight();
+    let close = conn.serve(&mut reader, &mut writer, rbuf, control_rx).await;
+    conn.finish(close, &mut writer).await;
+}
+
+async fn send_and_close<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packet: &Packet,
+    protocol: Protocol,
+) {
+    let mut buf = BytesMut::new();
+    rookery_codec::encode(packet, protocol, &mut buf);
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        writer.write_all(&buf).await?;
+        writer.shutdown().await
+    })
+    .await;
+}
+
+/// A connected client.
+pub(crate) struct Conn {
+    broker: Arc<Broker>,
+    protocol: Protocol,
+    session: Arc<Session>,
+    state: SessionState,
+    generation: u64,
+    client_id: ByteString,
+    keep_alive: u16,
+    expiry_secs: u32,
+    will: Option<LastWill>,
+    /// Most outgoing QoS 1/2 in flight.
+    out_window: usize,
+    /// The client's Maximum Packet Size.
+    client_max_packet: usize,
+    /// Topic aliases the client accepts from us.
+    alias_max: u16,
+    out_aliases: AHashMap<ByteString, u16>,
+    in_aliases: AHashMap<u16, ByteString>,
+    /// MQTT 5.0 Request Problem Information: reason strings allowed.
+    problem_info: bool,
+    wbuf: BytesMut,
+    counts: LocalCounts,
+    /// The session queue may hold deliveries we have not taken yet.
+    out_pending: bool,
+}
+
+impl Conn {
+    async fn serve<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        mut rbuf: BytesMut,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Close
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let shutdown = self.broker.shutdown.clone();
+        // MQTT 5.0 [MQTT-3.1.2-22]: one and a half times the keep alive.
+        let keep_alive =
+            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let mut last_read = Instant::now();
+        let far = Duration::from_secs(86_400 * 365);
+        let ka_timer = tokio::time::sleep(keep_alive.unwrap_or(far));
+        tokio::pin!(ka_timer);
+        // Packets that arrived with the CONNECT.
+        if let Err(close) = self.decode_all(&mut rbuf) {
+            return close;
+        }
+        loop {
+            if self.out_pending && self.wbuf.len() < WRITE_HIGH_WATER {
+                self.drain_queue();
+            }
+            if !self.wbuf.is_empty() {
+                self.counts.flush(&self.broker.metrics);
+            }
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            let wait_queue = !self.out_pending;
+            tokio::select! {
+                biased;
+                ctl = control.recv() => match ctl {
+                    Some(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
+                    Some(Control::Kick(code)) => return Close::Kicked(code),
+                    None => return Close::Shutdown,
+                },
+                _ = shutdown.cancelled() => return Close::Shutdown,
+                r = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => return Close::Gone,
+                    Ok(n) => {
+                        self.counts.bytes_out += n as u64;
+                        if self.wbuf.is_empty() {
+                            // Give back a large buffer once it has drained.
+                            if self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
+                                self.wbuf = BytesMut::new();
+                            }
+                        }
+                    }
+                },
+                r = reader.read_buf(&mut rbuf), if can_read => {
+                    match r {
+                        Ok(0) | Err(_) => return Close::Gone,
+                        Ok(n) => self.counts.bytes_in += n as u64,
+                    }
+                    last_read = Instant::now();
+                    if let Err(close) = self.decode_all(&mut rbuf) {
+                        return close;
+                    }
+                    if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+                        rbuf = BytesMut::new();
+                    }
+                    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                },
+                _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
+                _ = &mut ka_timer => {
+                    let Some(limit) = keep_alive else {
+                        ka_timer.as_mut().reset(tokio::time::Instant::now() + far);
+                        continue;
+                    };
+                    let idle = last_read.elapsed();
+                    if idle >= limit {
+                        return Close::KeepAlive;
+                    }
+                    ka_timer.as_mut().reset(tokio::time::Instant::now() + (limit - idle));
+                },
+            }
+        }
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut) -> Result<(), Close> {
+        let max = self.broker.config.max_packet_size as usize;
+        loop {
+            match rookery_codec::decode(rbuf, self.protocol, max) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Decode(e)),
+            }
+        }
+    }
+
+    /// Ends the connection: final DISCONNECT, will, session hand-back, timers.
+    async fn finish<W: AsyncWrite + Unpin>(mut self, close: Close, writer: &mut W) {
+        let broker = self.broker.clone();
+        let server_reason = match &close {
+            Close::Decode(e) => {
+                broker
+                    .metrics
+                    .protocol_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(error = %e, "closing connection: malformed packet");
+                Some(e.reason_code())
+            }
+            Close::Violation(code, why) => {
+                broker
+                    .metrics
+                    .protocol_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(code, why, "closing connection: protocol error");
+                Some(*code)
+            }
+            Close::KeepAlive => {
+                broker
+                    .metrics
+                    .keepalive_timeouts_total
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(
+                    keep_alive = self.keep_alive,
+                    "closing connection: keep alive timeout"
+                );
+                Some(reason::KEEP_ALIVE_TIMEOUT)
+            }
+            Close::TakenOver { .. } => Some(reason::SESSION_TAKEN_OVER),
+            Close::Kicked(code) => {
+                info!(code, "closing connection");
+                Some(*code)
+            }
+            Close::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Close::ClientDisconnect { .. } => {
+                debug!("client disconnected");
+                None
+            }
+            Close::Gone => {
+                debug!("connection lost");
+                None
+            }
+        };
+        if let Some(code) = server_reason
+            && self.protocol.is_v5()
+        {
+            self.write_packet(&Packet::Disconnect(Disconnect {
+                reason: code,
+                ..Default::default()
+            }));
+        }
+        if !matches!(close, Close::Gone) && !self.wbuf.is_empty() {
+            let wbuf = &self.wbuf;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                writer.write_all(wbuf).await?;
+                writer.shutdown().await
+            })
+            .await;
+        }
+        self.counts.flush(&broker.metrics);
+
+        // The will: published unless the client said a normal DISCONNECT. MQTT 5.0 section 3.1.2.5.
+        let will = self.will.take();
+        let will_delay = will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval)
+            .unwrap_or(0);
+        let mut publish_now = None;
+        let mut pending = None;
+        match &close {
+            Close::ClientDisconnect { with_will: false } | Close::Shutdown => {}
+            Close::TakenOver { resumes, .. } => {
+                // The newcomer resuming before the delay passed cancels the will.
+                if !(*resumes && will_delay > 0 && self.expiry_secs > 0) {
+                    publish_now = will;
+                }
+            }
+            _ => {
+                if will_delay == 0 || self.expiry_secs == 0 {
+                    publish_now = will;
+                } else {
+                    pending = will.map(|will| PendingWill {
+                        will,
+                        generation: self.generation,
+                    });
+                }
+            }
+        }
+        let state = std::mem::take(&mut self.state);
+        let queue_qos0 = broker.config.queue_qos0_offline;
+        let detached = self
+            .session
+            .detach(self.generation, state, pending, queue_qos0);
+        if let Some(will) = &publish_now {
+            broker.publish_will(will, self.session.id, &self.client_id);
+        }
+        match close {
+            Close::TakenOver { done, .. } => {
+                let _ = done.send(());
+            }
+            Close::Shutdown => {}
+            _ if detached => {
+                if self.expiry_secs == 0 {
+                    broker.end_session(&self.session, self.generation);
+                } else {
+                    let delay = (will_delay > 0).then_some(will_delay);
+                    broker.schedule_after_disconnect(
+                        self.session.clone(),
+                        self.generation,
+                        delay,
+                        self.expiry_secs,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends a packet to the write buffer.
+    fn write_packet(&mut self, packet: &Packet) {
+        rookery_codec::encode(packet, self.protocol, &mut self.wbuf);
+    }
+
+    /// A reason string, when the client allows them. MQTT 5.0 [MQTT-3.1.2-29].
+    fn reason_string(&self, text: &'static str) -> Option<ByteString> {
+        (self.protocol.is_v5() && self.problem_info).then(|| ByteString::from_static(text))
+    }
+}

@@ -1,0 +1,159 @@
+//! Messages to the client: the session queue drained into the write buffer within the
+//! in-flight window, topic aliases, message expiry, the client's Maximum Packet Size, and the
+//! resend of unacknowledged messages when a session resumes.
+
+use std::time::Instant;
+
+use bytestring::ByteString;
+use rookery_codec::encode::{PublishView, encode_publish};
+use rookery_codec::{Ack, Packet, QoS, reason};
+use smallvec::SmallVec;
+
+use super::{Conn, DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::message::Delivery;
+use crate::session::inflight::OutState;
+
+impl Conn {
+    /// Moves deliveries from the session queue into the write buffer until the queue is empty,
+    /// the in-flight window is full or the buffer reaches its high-water mark.
+    pub(super) fn drain_queue(&mut self) {
+        let now = Instant::now();
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            let mut batch: SmallVec<[Delivery; DRAIN_BATCH]> = SmallVec::new();
+            let window = self.out_window;
+            let mut inflight = self.state.outgoing.len();
+            // Under the queue lock only pops: encoding happens after it is released.
+            let (empty, window_full) = self.session.with_queue(|q| {
+                while batch.len() < DRAIN_BATCH {
+                    match q.front_qos() {
+                        None => return (true, false),
+                        Some(QoS::AtMostOnce) => {}
+                        Some(_) if inflight >= window => return (false, true),
+                        Some(_) => inflight += 1,
+                    }
+                    if let Some(d) = q.pop() {
+                        batch.push(d);
+                    }
+                }
+                (q.is_empty(), false)
+            });
+            for delivery in batch {
+                self.send_delivery(delivery, now);
+            }
+            if empty || window_full {
+                // Window full: acknowledgements set `out_pending` again. Empty: the next push wakes us.
+                self.out_pending = window_full;
+                return;
+            }
+        }
+    }
+
+    fn send_delivery(&mut self, delivery: Delivery, now: Instant) {
+        let message = &delivery.message;
+        if message.is_expired(now) {
+            // MQTT 5.0 [MQTT-3.3.2-5]: an expired message is not sent.
+            self.counts.expired += 1;
+            return;
+        }
+        let qos = delivery.qos;
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            match self.state.outgoing.insert(delivery.clone()) {
+                Some(pid) => pid,
+                None => return, // cannot happen: the window is at most 65,535
+            }
+        };
+        let delivery = &delivery;
+        let (topic, alias, new_alias) = self.outgoing_alias(&delivery.message.topic);
+        let start = self.wbuf.len();
+        let message = &delivery.message;
+        encode_publish(
+            &mut self.wbuf,
+            self.protocol,
+            &PublishView {
+                dup: false,
+                qos,
+                retain: delivery.retain,
+                topic,
+                packet_id,
+                payload: &message.payload,
+                properties: &message.properties,
+                topic_alias: alias,
+                message_expiry_interval: message.remaining_expiry(now),
+                subscription_identifiers: &delivery.subscription_ids,
+            },
+        );
+        if self.wbuf.len() - start > self.client_max_packet {
+            // MQTT 5.0 [MQTT-3.1.2-24], [MQTT-3.1.2-25]: too large for the client; discard as if sent.
+            self.wbuf.truncate(start);
+            if new_alias {
+                self.out_aliases.remove(&message.topic);
+            }
+            if packet_id != 0 {
+                self.state.outgoing.discard(packet_id);
+            }
+            self.counts.too_large += 1;
+            return;
+        }
+        self.counts.sent[qos as usize] += 1;
+    }
+
+    /// The topic to put in a PUBLISH and the alias to send with it. The third value is true
+    /// when this PUBLISH establishes the alias.
+    fn outgoing_alias<'t>(&mut self, topic: &'t ByteString) -> (&'t str, Option<u16>, bool) {
+        if self.alias_max == 0 {
+            return (topic, None, false);
+        }
+        if let Some(&alias) = self.out_aliases.get(topic) {
+            return ("", Some(alias), false);
+        }
+        let next = self.out_aliases.len() + 1;
+        if next > usize::from(self.alias_max) {
+            return (topic, None, false);
+        }
+        let alias = next as u16;
+        // A compact copy: the key outlives the message it came from.
+        self.out_aliases.insert(ByteString::from(&**topic), alias);
+        (topic, Some(alias), true)
+    }
+
+    /// Resends what a resumed session left in flight, in order: PUBLISH with DUP for messages
+    /// not acknowledged, PUBREL for QoS 2 messages already received. MQTT 5.0 [MQTT-4.4.0-1].
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        for (packet_id, state) in self.state.outgoing.in_order() {
+            match state {
+                OutState::Published(d) => {
+                    let m = &d.message;
+                    encode_publish(
+                        &mut wbuf,
+                        self.protocol,
+                        &PublishView {
+                            dup: true,
+                            qos: d.qos,
+                            retain: d.retain,
+                            topic: &m.topic,
+                            packet_id,
+                            payload: &m.payload,
+                            properties: &m.properties,
+                            topic_alias: None,
+                            message_expiry_interval: m.remaining_expiry(now),
+                            subscription_identifiers: &d.subscription_ids,
+                        },
+                    );
+                }
+                OutState::Released => {
+                    let rel = Packet::PubRel(Ack {
+                        packet_id,
+                        reason: reason::SUCCESS,
+                        ..Default::default()
+                    });
+                    rookery_codec::encode(&rel, self.protocol, &mut wbuf);
+                }
+            }
+        }
+        self.wbuf = wbuf;
+    }
+}

@@ -1,0 +1,28 @@
+//! Rookery broker: a clustered MQTT 3.1, 3.1.1 and 5.0 broker.
+//!
+//! Map of the crate, I/O at the edges:
+//! - [`config`]: the [`config::Config`] struct from TOML, `ROOKERY_*` variables and flags.
+//! - [`listener`]: accept loops (TCP) with connection limits and shutdown.
+//! - [`connection`]: one task per client: read, decode, handle, drain the session queue, write.
+//! - [`session`]: per client id state that outlives a connection: queue, QoS 1/2 in flight, will.
+//! - [`router`]: topic rules, the subscription trie and the retained-message index (pure data).
+//! - [`message`]: a routed message and a per-subscriber delivery.
+//! - [`broker`]: shared state and the publish path.
+//! - [`metrics`]: broker-wide counters.
+//! - [`server`]: binds listeners, runs and shuts the broker down.
+//!
+//! The wire codec is the `rookery-codec` crate.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod session;
+
+pub use broker::Broker;
+pub use config::Config;
+pub use server::Server;

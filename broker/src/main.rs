@@ -1,0 +1,95 @@
+//! `rookery-broker`: parses the configuration and runs the broker until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rookery_broker::Server;
+use rookery_broker::config::{Cli, Config, LogFormat};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Cli::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rookery-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // One thread (a broker pinned to one CPU): the current-thread runtime skips work stealing.
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rookery-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, threads))
+}
+
+async fn run(config: Config, threads: usize) -> ExitCode {
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let c = &server.broker.config;
+    let addrs: Vec<String> = server.local_addrs.iter().map(|a| a.to_string()).collect();
+    info!(
+        node_id = %c.node_id,
+        threads,
+        "rookery-broker {} listening on {} (MQTT 3.1.1 and 5.0, anonymous access allowed)",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(", ")
+    );
+    wait_for_signal().await;
+    server.shutdown().await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,134 @@
+//! A published message as the broker routes it: decoded once, shared by every subscriber.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use rookery_codec::{LastWill, Publish, PublishProperties, QoS};
+use smallvec::SmallVec;
+
+use crate::router::trie::SessionId;
+
+/// One application message. Subscribers share it through an `Arc`; nothing in it depends on
+/// the receiver (packet id, QoS downgrade, topic alias and subscription ids are per delivery).
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name (never an alias).
+    pub topic: ByteString,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS as published.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// Properties forwarded to subscribers. Topic alias and subscription identifiers are
+    /// cleared: they belong to one connection (MQTT 5.0 section 3.3.2.3).
+    pub properties: PublishProperties,
+    /// When the message expires, from the Message Expiry Interval.
+    pub expires_at: Option<Instant>,
+    /// The session that published it, for No Local; 0 for the broker itself.
+    pub origin: SessionId,
+}
+
+impl Message {
+    /// Builds a message from a received PUBLISH whose topic has been resolved.
+    pub fn from_publish(publish: Publish, origin: SessionId, now: Instant) -> Message {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            origin,
+        }
+    }
+
+    /// Builds the message a will becomes.
+    pub fn from_will(will: &LastWill, origin: SessionId, now: Instant) -> Message {
+        let p = &will.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            content_type: p.content_type.clone(),
+            ..Default::default()
+        };
+        let expires_at = p
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            origin,
+        }
+    }
+
+    /// True once the message expiry interval has passed: such a message is never delivered.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds left before expiry, rounded up, for the forwarded Message Expiry Interval.
+    /// MQTT 5.0 [MQTT-3.3.2-6]: the forwarded value is the received value minus the time waited.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+        })
+    }
+
+    /// A copy whose topic and payload own compact buffers, for messages kept long (retained,
+    /// queued offline): the decoded slices would otherwise pin the whole read buffer they came from.
+    pub fn compacted(self: &Arc<Self>) -> Arc<Message> {
+        let mut m = Message::clone(self);
+        m.topic = ByteString::from(m.topic.to_string());
+        m.payload = Bytes::copy_from_slice(&m.payload);
+        Arc::new(m)
+    }
+
+    /// Approximate bytes a queued copy of this message costs, for queue byte limits.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            origin: 0,
+        }
+    }
+}
+
+/// One message on its way to one session: the shared message plus what is particular to it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: Arc<Message>,
+    /// QoS for this subscriber (the lower of published and granted).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (MQTT 5.0).
+    pub subscription_ids: SmallVec<[u32; 2]>,
+}

@@ -1,0 +1,372 @@
+//! The subscription trie: topic filters to subscribers, one node per filter level.
+//!
+//! The trie is plain data: [`SubscriptionTrie::collect`] returns the matching subscriptions for a
+//! topic and the caller delivers them, so tests and benchmarks need no runtime. The broker keeps
+//! it behind a read-mostly lock: publishing connections match concurrently under the read lock;
+//! SUBSCRIBE and UNSUBSCRIBE take the write lock briefly.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ahash::AHashMap;
+use indexmap::IndexMap;
+use rookery_codec::{QoS, SubscriptionOptions};
+use smallvec::SmallVec;
+
+/// Identifies a session in the trie: unique for the process lifetime of a session object.
+pub type SessionId = u64;
+
+/// What the trie needs from a subscriber handle.
+pub trait Subscriber: Clone {
+    /// The session's id.
+    fn session_id(&self) -> SessionId;
+    /// True when the session has a live connection; shared groups prefer such members.
+    fn is_online(&self) -> bool;
+}
+
+/// One subscription's options as stored in the trie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier (MQTT 5.0), if the SUBSCRIBE carried one.
+    pub id: Option<u32>,
+}
+
+type FastIndexMap<K, V> = IndexMap<K, V, ahash::RandomState>;
+
+struct Entry<S> {
+    handle: S,
+    sub: Subscription,
+}
+
+struct Group<S> {
+    name: Box<str>,
+    members: FastIndexMap<SessionId, Entry<S>>,
+    /// Round-robin cursor; atomic so that matching needs only the read lock.
+    next: AtomicUsize,
+}
+
+struct Bucket<S> {
+    direct: FastIndexMap<SessionId, Entry<S>>,
+    groups: Vec<Group<S>>,
+}
+
+impl<S> Default for Bucket<S> {
+    fn default() -> Self {
+        Bucket {
+            direct: FastIndexMap::default(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl<S> Bucket<S> {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.groups.is_empty()
+    }
+}
+
+struct Node<S> {
+    children: AHashMap<Box<str>, Node<S>>,
+    plus: Option<Box<Node<S>>>,
+    /// Subscriptions whose filter ends at this node.
+    exact: Option<Box<Bucket<S>>>,
+    /// Subscriptions whose filter is this node's path followed by `/#`.
+    hash: Option<Box<Bucket<S>>>,
+}
+
+impl<S> Default for Node<S> {
+    fn default() -> Self {
+        Node {
+            children: AHashMap::new(),
+            plus: None,
+            exact: None,
+            hash: None,
+        }
+    }
+}
+
+impl<S> Node<S> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_none()
+            && self.hash.is_none()
+    }
+}
+
+/// One matching subscription, borrowed from the trie.
+pub struct Match<'a, S> {
+    /// The subscriber.
+    pub handle: &'a S,
+    /// Its options.
+    pub sub: Subscription,
+    /// True when this delivery comes from a shared group (never merged with others).
+    pub shared: bool,
+}
+
+/// The result of [`SubscriptionTrie::collect`], inline for the common few-subscriber case.
+pub type Matches<'a, S> = SmallVec<[Match<'a, S>; 8]>;
+
+/// Topic filters to subscribers.
+pub struct SubscriptionTrie<S> {
+    root: Node<S>,
+    count: usize,
+}
+
+impl<S> Default for SubscriptionTrie<S> {
+    fn default() -> Self {
+        SubscriptionTrie {
+            root: Node::default(),
+            count: 0,
+        }
+    }
+}
+
+impl<S: Subscriber> SubscriptionTrie<S> {
+    /// Number of subscriptions stored (shared members count one each).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no subscription is stored.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds or replaces a subscription. `filter` must be valid and without the `$share/` prefix.
+    /// Returns true when the subscription is new, false when it replaced an existing one.
+    pub fn subscribe(
+        &mut self,
+        handle: &S,
+        filter: &str,
+        group: Option<&str>,
+        sub: Subscription,
+    ) -> bool {
+        let bucket = bucket_for(&mut self.root, filter);
+        let id = handle.session_id();
+        let entry = Entry {
+            handle: handle.clone(),
+            sub,
+        };
+        let members = match group {
+            None => &mut bucket.direct,
+            Some(name) => match bucket.groups.iter().position(|g| &*g.name == name) {
+                Some(i) => &mut bucket.groups[i].members,
+                None => {
+                    bucket.groups.push(Group {
+                        name: name.into(),
+                        members: FastIndexMap::default(),
+                        next: AtomicUsize::new(0),
+                    });
+                    let last = bucket.groups.len() - 1;
+                    &mut bucket.groups[last].members
+                }
+            },
+        };
+        let new = members.insert(id, entry).is_none();
+        if new {
+            self.count += 1;
+        }
+        new
+    }
+
+    /// Removes a subscription; returns true when it existed.
+    pub fn unsubscribe(&mut self, id: SessionId, filter: &str, group: Option<&str>) -> bool {
+        let levels: SmallVec<[&str; 8]> = filter.split('/').collect();
+        let removed = remove(&mut self.root, &levels, id, group);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Appends every subscription matching `topic` to `out`. A shared group contributes one
+    /// member, chosen round-robin among online members (any member when none is online).
+    pub fn collect<'a>(&'a self, topic: &str, out: &mut Matches<'a, S>) {
+        let levels: SmallVec<[&str; 8]> = topic.split('/').collect();
+        // MQTT 5.0 [MQTT-4.7.2-1]: `$` topics are not matched by first-level wildcards.
+        let dollar = topic.starts_with('$');
+        collect_node(&self.root, &levels, 0, dollar, out);
+    }
+
+    /// True when at least one subscription (shared or not) matches `topic`.
+    pub fn has_match(&self, topic: &str) -> bool {
+        let mut out = Matches::new();
+        self.collect(topic, &mut out);
+        !out.is_empty()
+    }
+}
+
+fn bucket_for<'n, S>(mut node: &'n mut Node<S>, filter: &str) -> &'n mut Bucket<S> {
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level == "#" {
+            return node.hash.get_or_insert_with(Default::default);
+        }
+        node = if level == "+" {
+            node.plus.get_or_insert_with(Default::default)
+        } else {
+            node.children.entry(level.into()).or_default()
+        };
+        if levels.peek().is_none() {
+            return node.exact.get_or_insert_with(Default::default);
+        }
+    }
+    // An empty filter never reaches here (validated), but keep the function total.
+    node.exact.get_or_insert_with(Default::default)
+}
+
+fn remove_from_bucket<S>(
+    slot: &mut Option<Box<Bucket<S>>>,
+    id: SessionId,
+    group: Option<&str>,
+) -> bool {
+    let Some(bucket) = slot else { return false };
+    let removed = match group {
+        None => bucket.direct.swap_remove(&id).is_some(),
+        Some(name) => match bucket.groups.iter().position(|g| &*g.name == name) {
+            Some(i) => {
+                let removed = bucket.groups[i].members.swap_remove(&id).is_some();
+                if bucket.groups[i].members.is_empty() {
+                    bucket.groups.swap_remove(i);
+                }
+                removed
+            }
+            None => false,
+        },
+    };
+    if bucket.is_empty() {
+        *slot = None;
+    }
+    removed
+}
+
+/// Removes a subscription below `node` and prunes nodes left empty.
+fn remove<S>(node: &mut Node<S>, levels: &[&str], id: SessionId, group: Option<&str>) -> bool {
+    let Some((&level, rest)) = levels.split_first() else {
+        return false;
+    };
+    if level == "#" {
+        return remove_from_bucket(&mut node.hash, id, group);
+    }
+    if level == "+" {
+        let Some(child) = node.plus.as_mut() else {
+            return false;
+        };
+        let removed = if rest.is_empty() {
+            remove_from_bucket(&mut child.exact, id, group)
+        } else {
+            remove(child, rest, id, group)
+        };
+        if child.is_empty() {
+            node.plus = None;
+        }
+        return removed;
+    }
+    let Some(child) = node.children.get_mut(level) else {
+        return false;
+    };
+    let removed = if rest.is_empty() {
+        remove_from_bucket(&mut child.exact, id, group)
+    } else {
+        remove(child, rest, id, group)
+    };
+    if child.is_empty() {
+        node.children.remove(level);
+    }
+    removed
+}
+
+fn collect_bucket<'a, S: Subscriber>(bucket: &'a Bucket<S>, out: &mut Matches<'a, S>) {
+    for entry in bucket.direct.values() {
+        out.push(Match {
+            handle: &entry.handle,
+            sub: entry.sub,
+            shared: false,
+        });
+    }
+    for group in &bucket.groups {
+        if let Some(entry) = pick(group) {
+            out.push(Match {
+                handle: &entry.handle,
+                sub: entry.sub,
+                shared: true,
+            });
+        }
+    }
+}
+
+/// Round-robin over online members; falls back to any member so that a group of offline
+/// persistent sessions still queues the message rather than losing it.
+fn pick<S: Subscriber>(group: &Group<S>) -> Option<&Entry<S>> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    for k in 0..n {
+        let (_, entry) = group.members.get_index((start + k) % n)?;
+        if entry.handle.is_online() {
+            return Some(entry);
+        }
+    }
+    group.members.get_index(start % n).map(|(_, e)| e)
+}
+
+fn collect_node<'a, S: Subscriber>(
+    node: &'a Node<S>,
+    levels: &[&str],
+    depth: usize,
+    dollar: bool,
+    out: &mut Matches<'a, S>,
+) {
+    let first_level_of_dollar = dollar && depth == 0;
+    if let Some(hash) = &node.hash
+        && !first_level_of_dollar
+    {
+        // `a/#` also matches `a` itself: MQTT 5.0 section 4.7.1.2.
+        collect_bucket(hash, out);
+    }
+    let Some((&level, rest)) = levels.split_first() else {
+        if let Some(exact) = &node.exact {
+            collect_bucket(exact, out);
+        }
+        return;
+    };
+    if let Some(child) = node.children.get(level) {
+        descend(child, rest, depth + 1, dollar, out);
+    }
+    if let Some(plus) = &node.plus
+        && !first_level_of_dollar
+    {
+        descend(plus, rest, depth + 1, dollar, out);
+    }
+}
+
+fn descend<'a, S: Subscriber>(
+    child: &'a Node<S>,
+    rest: &[&str],
+    depth: usize,
+    dollar: bool,
+    out: &mut Matches<'a, S>,
+) {
+    if rest.is_empty() {
+        if let Some(exact) = &child.exact {
+            collect_bucket(exact, out);
+        }
+        if let Some(hash) = &child.hash {
+            collect_bucket(hash, out);
+        }
+    } else {
+        collect_node(child, rest, depth, dollar, out);
+    }
+}
+
+/// The QoS a subscriber receives: the lower of the published QoS and the subscription's.
+pub fn effective_qos(published: QoS, granted: QoS) -> QoS {
+    published.min(granted)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,390 @@
+//! Sessions: per client id, what outlives a connection.
+//!
+//! A [`Session`] is shared (`Arc`) between the registry, the subscription trie and publishing
+//! connections. Its pending [`queue::Queue`] is the one place where publishers leave deliveries,
+//! online or offline. Its [`SessionState`] (subscriptions and QoS 1/2 state) is owned by the
+//! connection while one is attached, so the connection touches it without locks, and handed
+//! back to the session when the connection ends.
+
+pub mod inflight;
+pub mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use rookery_codec::{LastWill, QoS};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::message::Delivery;
+use crate::router::trie::{SessionId, Subscriber, Subscription};
+use inflight::{Incoming, Outgoing};
+use queue::{Pushed, Queue, QueueLimits};
+
+/// Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// What a connection owns while attached and hands back when it ends.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Subscriptions by the filter as the client sent it (including any `$share/group/`).
+    pub subscriptions: AHashMap<ByteString, Subscription>,
+    /// Outgoing QoS 1/2 in flight.
+    pub outgoing: Outgoing,
+    /// Incoming QoS 2 awaiting PUBREL.
+    pub incoming: Incoming,
+}
+
+/// Messages the broker sends a connection's task.
+#[derive(Debug)]
+pub enum Control {
+    /// Another connection with the same client id arrived: close (v5 reason 0x8E), hand the
+    /// session back and answer on `done`. `resumes` tells whether the newcomer keeps the session.
+    TakeOver {
+        /// The new connection keeps the session (Clean Start 0).
+        resumes: bool,
+        /// Answered once the session is handed back.
+        done: oneshot::Sender<()>,
+    },
+    /// Close with this MQTT 5.0 reason code (for example 0x97 when the queue overflowed).
+    Kick(u8),
+}
+
+/// The live connection of a session.
+#[derive(Debug)]
+struct Attached {
+    control: mpsc::Sender<Control>,
+    peer: SocketAddr,
+}
+
+/// A will waiting for its delay (or the session's end) before it is published.
+#[derive(Debug)]
+pub struct PendingWill {
+    /// The will.
+    pub will: LastWill,
+    /// The generation of the connection that left it.
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Option<SessionState>,
+    attached: Option<Attached>,
+    generation: u64,
+    expiry_secs: u32,
+    removed: bool,
+    pending_will: Option<PendingWill>,
+    takeovers: Vec<Instant>,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique id for this session object.
+    pub id: SessionId,
+    /// The client identifier.
+    pub client_id: ByteString,
+    online: AtomicBool,
+    queue: Mutex<Queue>,
+    /// Woken when the queue goes from empty to non-empty.
+    pub wake: Notify,
+    inner: Mutex<Inner>,
+    /// Serialises CONNECTs for this client id.
+    pub attach_lock: tokio::sync::Mutex<()>,
+    takeovers_total: AtomicU64,
+}
+
+/// What [`Session::push`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued.
+    Queued,
+    /// Queued; an older message was dropped for it.
+    QueuedDroppedOldest,
+    /// Dropped: queue full.
+    DroppedFull,
+    /// Dropped: QoS 0 for an offline session that does not queue QoS 0.
+    DroppedOffline,
+}
+
+/// Delivery-time options every push needs.
+#[derive(Debug, Clone, Copy)]
+pub struct PushPolicy {
+    /// Queue bounds.
+    pub limits: QueueLimits,
+    /// Queue QoS 0 messages for offline sessions.
+    pub queue_qos0_offline: bool,
+}
+
+impl Subscriber for Arc<Session> {
+    fn session_id(&self) -> SessionId {
+        self.id
+    }
+    fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+}
+
+/// What a connection gets when it attaches.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The state it now owns.
+    pub state: SessionState,
+    /// Its generation, to hand back with the state.
+    pub generation: u64,
+    /// True when an existing session was resumed (CONNACK Session Present).
+    pub session_present: bool,
+    /// A will left by the previous connection that the attach made due: publish it now.
+    pub will_to_publish: Option<LastWill>,
+    /// Filters of subscriptions discarded by a clean start: remove them from the trie.
+    pub discarded_subscriptions: Vec<ByteString>,
+}
+
+impl Session {
+    fn new(id: SessionId, client_id: ByteString) -> Session {
+        Session {
+            id,
+            client_id,
+            online: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            inner: Mutex::new(Inner {
+                state: Some(SessionState::default()),
+                attached: None,
+                generation: 0,
+                expiry_secs: 0,
+                removed: false,
+                pending_will: None,
+                takeovers: Vec::new(),
+            }),
+            attach_lock: tokio::sync::Mutex::new(()),
+            takeovers_total: AtomicU64::new(0),
+        }
+    }
+
+    /// True while a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Queues a delivery and wakes the connection if the queue was empty.
+    pub fn push(&self, delivery: Delivery, policy: &PushPolicy) -> PushOutcome {
+        if delivery.qos == QoS::AtMostOnce && !policy.queue_qos0_offline && !self.is_online() {
+            return PushOutcome::DroppedOffline;
+        }
+        let pushed = self.queue.lock().push(delivery, &policy.limits);
+        match pushed {
+            Pushed::Queued { was_empty } => {
+                if was_empty {
+                    self.wake.notify_one();
+                }
+                PushOutcome::Queued
+            }
+            Pushed::QueuedDroppedOldest => PushOutcome::QueuedDroppedOldest,
+            Pushed::DroppedFull => PushOutcome::DroppedFull,
+            Pushed::Overflow => {
+                if let Some(a) = &self.inner.lock().attached {
+                    // Slow consumer under the `disconnect` policy; a full control channel means
+                    // it is already being closed.
+                    let _ = a
+                        .control
+                        .try_send(Control::Kick(rookery_codec::reason::QUOTA_EXCEEDED));
+                }
+                PushOutcome::DroppedFull
+            }
+        }
+    }
+
+    /// Runs `f` on the queue under its lock (the connection drains in batches this way).
+    pub fn with_queue<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
+        f(&mut self.queue.lock())
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// Takeovers of this client id since the session was created.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers_total.load(Ordering::Relaxed)
+    }
+
+    /// The current Session Expiry Interval in seconds.
+    pub fn expiry_secs(&self) -> u32 {
+        self.inner.lock().expiry_secs
+    }
+
+    /// Sets the Session Expiry Interval (at CONNECT or DISCONNECT).
+    pub fn set_expiry_secs(&self, secs: u32) {
+        self.inner.lock().expiry_secs = secs;
+    }
+
+    /// The live connection's control channel, taken (so that the old connection is told once),
+    /// with the old peer. Counts a takeover and returns how many happened within `window`.
+    pub fn begin_takeover(
+        &self,
+        window: Duration,
+        now: Instant,
+    ) -> Option<(mpsc::Sender<Control>, SocketAddr, usize)> {
+        let mut inner = self.inner.lock();
+        let attached = inner.attached.as_ref()?;
+        let (control, peer) = (attached.control.clone(), attached.peer);
+        inner.takeovers.retain(|t| now.duration_since(*t) < window);
+        inner.takeovers.push(now);
+        self.takeovers_total.fetch_add(1, Ordering::Relaxed);
+        Some((control, peer, inner.takeovers.len()))
+    }
+
+    /// Attaches a connection. `None` when the session was removed meanwhile (the caller looks
+    /// the client id up again). The caller holds `attach_lock` and has closed any live connection.
+    pub fn attach(
+        &self,
+        clean_start: bool,
+        expiry_secs: u32,
+        control: mpsc::Sender<Control>,
+        peer: SocketAddr,
+    ) -> Option<Attachment> {
+        let mut inner = self.inner.lock();
+        if inner.removed {
+            return None;
+        }
+        // A connection that did not hand its state back (it timed out) leaves a fresh one.
+        let previous = inner.state.take().unwrap_or_default();
+        // A session whose expiry was 0 ended with its connection. MQTT 5.0 [MQTT-3.1.2-23].
+        let had_session = inner.generation > 0 && inner.expiry_secs > 0;
+        let pending_will = inner.pending_will.take();
+        let mut attachment = Attachment {
+            state: previous,
+            generation: inner.generation + 1,
+            session_present: false,
+            will_to_publish: None,
+            discarded_subscriptions: Vec::new(),
+        };
+        if clean_start || !had_session {
+            // The old session ends: its delayed will is due now. MQTT 5.0 section 3.1.2.5.
+            attachment.will_to_publish = pending_will.map(|p| p.will);
+            let old = std::mem::take(&mut attachment.state);
+            attachment.discarded_subscriptions = old.subscriptions.into_keys().collect();
+            self.queue.lock().clear();
+        } else {
+            // Resumed before the will delay passed: the will is not sent.
+            attachment.session_present = true;
+        }
+        inner.generation = attachment.generation;
+        inner.attached = Some(Attached { control, peer });
+        inner.expiry_secs = expiry_secs;
+        self.online.store(true, Ordering::Relaxed);
+        Some(attachment)
+    }
+
+    /// Hands the state back when a connection ends. Returns false when a newer connection
+    /// has attached meanwhile (then the state is stale and dropped).
+    pub fn detach(
+        &self,
+        generation: u64,
+        state: SessionState,
+        will: Option<PendingWill>,
+        queue_qos0: bool,
+    ) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation {
+            return false;
+        }
+        inner.state = Some(state);
+        inner.attached = None;
+        inner.pending_will = will;
+        self.online.store(false, Ordering::Relaxed);
+        drop(inner);
+        if !queue_qos0 {
+            self.queue.lock().drop_qos0();
+        }
+        true
+    }
+
+    /// Ends the session if it is still detached at `generation`: marks it removed and returns
+    /// its subscriptions (to remove from the trie) and any pending will (to publish now).
+    pub fn end_if_idle(&self, generation: u64) -> Option<(Vec<ByteString>, Option<LastWill>)> {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation || inner.attached.is_some() || inner.removed {
+            return None;
+        }
+        inner.removed = true;
+        let subs = inner
+            .state
+            .take()
+            .map(|s| s.subscriptions.into_keys().collect())
+            .unwrap_or_default();
+        let will = inner.pending_will.take().map(|p| p.will);
+        drop(inner);
+        self.queue.lock().clear();
+        Some((subs, will))
+    }
+
+    /// Takes the pending will if it is still the one left by `generation` and nobody resumed.
+    pub fn take_due_will(&self, generation: u64) -> Option<LastWill> {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation || inner.attached.is_some() {
+            return None;
+        }
+        inner.pending_will.take().map(|p| p.will)
+    }
+}
+
+/// All sessions by client id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<AHashMap<ByteString, Arc<Session>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// The session of `client_id`, created when there is none.
+    pub fn get_or_create(&self, client_id: &ByteString) -> Arc<Session> {
+        let mut map = self.map.lock();
+        if let Some(s) = map.get(client_id) {
+            return s.clone();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let s = Arc::new(Session::new(id, client_id.clone()));
+        map.insert(client_id.clone(), s.clone());
+        s
+    }
+
+    /// The session of `client_id`, if any.
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.map.lock().get(client_id).cloned()
+    }
+
+    /// Removes `session` from the registry if it is still the one registered for its id.
+    pub fn remove(&self, session: &Arc<Session>) {
+        let mut map = self.map.lock();
+        if map
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.client_id);
+        }
+    }
+
+    /// Number of sessions (online and offline).
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// True when there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (online, offline) session counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let map = self.map.lock();
+        let online = map.values().filter(|s| s.is_online()).count();
+        (online, map.len() - online)
+    }
+}

@@ -1,0 +1,240 @@
+//! A session's pending queue: deliveries waiting for the connection (or, offline, for the next
+//! one), bounded by count and bytes with a named overflow policy.
+
+use std::collections::VecDeque;
+
+use rookery_codec::QoS;
+use serde::{Deserialize, Serialize};
+
+use crate::message::Delivery;
+
+/// What happens when a queue is at its limit and one more message arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Drop the message that arrived (Mosquitto's behaviour); the queue keeps the oldest.
+    #[default]
+    DropNew,
+    /// Drop the oldest queued message to make room (EMQX's behaviour); the queue keeps the newest.
+    DropOldest,
+    /// Disconnect the slow client (online sessions; offline ones drop the new message).
+    Disconnect,
+}
+
+/// Bounds of one session's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most messages queued.
+    pub max_messages: usize,
+    /// Most bytes queued (approximate: topic + payload + overhead), 0 for no byte limit.
+    pub max_bytes: usize,
+    /// What to do at the limit.
+    pub overflow: OverflowPolicy,
+}
+
+/// Result of [`Queue::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; `was_empty` tells the caller whether to wake the consumer.
+    Queued {
+        /// The queue was empty before this push.
+        was_empty: bool,
+    },
+    /// Queued after the oldest message was dropped.
+    QueuedDroppedOldest,
+    /// Not queued: the queue is full and the policy drops new messages.
+    DroppedFull,
+    /// Not queued: the queue is full and the policy disconnects the client.
+    Overflow,
+}
+
+/// The queue itself.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl Queue {
+    /// Number of queued deliveries.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Approximate bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Appends a delivery within `limits`.
+    pub fn push(&mut self, delivery: Delivery, limits: &QueueLimits) -> Pushed {
+        let weight = delivery.message.weight();
+        let full = self.items.len() >= limits.max_messages
+            || (limits.max_bytes > 0
+                && self.bytes + weight > limits.max_bytes
+                && !self.items.is_empty());
+        if !full {
+            let was_empty = self.items.is_empty();
+            self.bytes += weight;
+            self.items.push_back(delivery);
+            return Pushed::Queued { was_empty };
+        }
+        match limits.overflow {
+            OverflowPolicy::DropNew => Pushed::DroppedFull,
+            OverflowPolicy::Disconnect => Pushed::Overflow,
+            OverflowPolicy::DropOldest => {
+                // Prefer dropping a QoS 0 message, the one nobody was promised.
+                let victim = self
+                    .items
+                    .iter()
+                    .position(|d| d.qos == QoS::AtMostOnce)
+                    .unwrap_or(0);
+                if let Some(old) = self.items.remove(victim) {
+                    self.bytes -= old.message.weight();
+                }
+                self.bytes += weight;
+                self.items.push_back(delivery);
+                Pushed::QueuedDroppedOldest
+            }
+        }
+    }
+
+    /// Puts deliveries back at the front, in order (used when a connection returns what it took).
+    pub fn push_front_all(&mut self, deliveries: impl DoubleEndedIterator<Item = Delivery>) {
+        for d in deliveries.rev() {
+            self.bytes += d.message.weight();
+            self.items.push_front(d);
+        }
+    }
+
+    /// The next delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.items.pop_front()?;
+        self.bytes -= d.message.weight();
+        Some(d)
+    }
+
+    /// The next delivery's QoS, without taking it.
+    pub fn front_qos(&self) -> Option<QoS> {
+        self.items.front().map(|d| d.qos)
+    }
+
+    /// Drops QoS 0 deliveries (when a session goes offline and QoS 0 is not queued offline).
+    pub fn drop_qos0(&mut self) -> usize {
+        let before = self.items.len();
+        let mut bytes = self.bytes;
+        self.items.retain(|d| {
+            let keep = d.qos != QoS::AtMostOnce;
+            if !keep {
+                bytes -= d.message.weight();
+            }
+            keep
+        });
+        self.bytes = bytes;
+        before - self.items.len()
+    }
+
+    /// Empties the queue.
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn d(payload: &str, qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::test("t", payload)),
+            qos,
+            retain: false,
+            subscription_ids: Default::default(),
+        }
+    }
+
+    fn limits(max: usize, overflow: OverflowPolicy) -> QueueLimits {
+        QueueLimits {
+            max_messages: max,
+            max_bytes: 0,
+            overflow,
+        }
+    }
+
+    fn payloads(q: &mut Queue) -> Vec<String> {
+        std::iter::from_fn(|| q.pop())
+            .map(|d| String::from_utf8(d.message.payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn drop_new_keeps_the_oldest() {
+        let mut q = Queue::default();
+        let l = limits(2, OverflowPolicy::DropNew);
+        assert_eq!(
+            q.push(d("1", QoS::AtLeastOnce), &l),
+            Pushed::Queued { was_empty: true }
+        );
+        assert_eq!(
+            q.push(d("2", QoS::AtLeastOnce), &l),
+            Pushed::Queued { was_empty: false }
+        );
+        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l), Pushed::DroppedFull);
+        assert_eq!(payloads(&mut q), vec!["1", "2"]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_prefers_qos0_victims() {
+        let mut q = Queue::default();
+        let l = limits(2, OverflowPolicy::DropOldest);
+        q.push(d("1", QoS::AtLeastOnce), &l);
+        q.push(d("2", QoS::AtMostOnce), &l);
+        assert_eq!(
+            q.push(d("3", QoS::AtLeastOnce), &l),
+            Pushed::QueuedDroppedOldest
+        );
+        assert_eq!(
+            q.push(d("4", QoS::AtLeastOnce), &l),
+            Pushed::QueuedDroppedOldest
+        );
+        assert_eq!(payloads(&mut q), vec!["3", "4"]);
+    }
+
+    #[test]
+    fn byte_limit_bounds_the_queue_but_admits_one() {
+        let mut q = Queue::default();
+        let l = QueueLimits {
+            max_messages: 100,
+            max_bytes: 100,
+            overflow: OverflowPolicy::Disconnect,
+        };
+        let big = "x".repeat(500);
+        assert!(matches!(
+            q.push(d(&big, QoS::AtLeastOnce), &l),
+            Pushed::Queued { .. }
+        ));
+        assert_eq!(q.push(d("y", QoS::AtLeastOnce), &l), Pushed::Overflow);
+    }
+
+    #[test]
+    fn offline_drop_of_qos0_keeps_order_of_the_rest() {
+        let mut q = Queue::default();
+        let l = limits(10, OverflowPolicy::DropNew);
+        q.push(d("1", QoS::AtMostOnce), &l);
+        q.push(d("2", QoS::ExactlyOnce), &l);
+        q.push(d("3", QoS::AtMostOnce), &l);
+        q.push(d("4", QoS::AtLeastOnce), &l);
+        assert_eq!(q.drop_qos0(), 2);
+        assert_eq!(payloads(&mut q), vec!["2", "4"]);
+    }
+}
