@@ -1,1 +1,199 @@
-//! Test harness: starts real `rookery-broker` processes on free loopback ports and stops them.
+//! Test harness: starts real `rookery-broker` processes on free loopback ports, finds the port
+//! each one bound from its first log line, and stops them (SIGTERM, then SIGKILL).
+//!
+//! The broker is a separate package, so callers pass the binary's path (inside the broker
+//! package, `env!("CARGO_BIN_EXE_rookery-broker")`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a broker has to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A broker process.
+pub struct BrokerProcess {
+    child: Child,
+    /// The first MQTT listener's address.
+    pub addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub log: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts `binary` with `--listen 127.0.0.1:0` and `args`, and waits until it listens.
+    pub fn start(binary: &Path, args: &[&str]) -> anyhow::Result<BrokerProcess> {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// Like [`BrokerProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<BrokerProcess> {
+        let mut cmd = Command::new(binary);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = BrokerProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            log: Vec::new(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match process.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => bail!(
+                    "broker did not report its address; log so far:\n{}",
+                    process.log.join("\n")
+                ),
+            };
+            process.log.push(line.clone());
+            if let Some(addr) = listening_addr(&line) {
+                process.addr = addr;
+                return Ok(process);
+            }
+        }
+    }
+
+    /// Reads log lines until one contains `needle` or `wait` passes.
+    pub fn wait_for_log(&mut self, needle: &str, wait: Duration) -> Option<String> {
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + wait;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (by number, e.g. 15 for SIGTERM).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `wait`; then collects the rest of its log.
+    pub fn wait_exit(&mut self, wait: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push(line);
+                }
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("broker still running after {wait:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds `listening on ADDR` in a log line (text or JSON).
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let end = rest.find(|c: char| {
+        !(c.is_ascii_alphanumeric() || c == '.' || c == ':' || c == '[' || c == ']')
+    })?;
+    rest[..end].parse().ok()
+}
+
+/// Runs the binary to completion (for configuration errors) and returns status and stderr.
+pub fn run_to_exit(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(ExitStatus, String)> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_string(&mut stderr)?;
+    }
+    Ok((child.wait()?, stderr))
+}
+
+/// The workspace's target directory (for binaries built by an earlier `cargo build`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_address_in_text_and_json_lines() {
+        let text = "2026-11-25 INFO rookery_broker: rookery-broker 0.1.0 listening on 127.0.0.1:4567 (MQTT";
+        assert_eq!(
+            listening_addr(text),
+            Some("127.0.0.1:4567".parse().unwrap())
+        );
+        let json = r#"{"fields":{"message":"rookery-broker 0.1.0 listening on 127.0.0.1:80, 127.0.0.1:81 (MQTT"}}"#;
+        assert_eq!(listening_addr(json), Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(listening_addr("nothing here"), None);
+    }
+}

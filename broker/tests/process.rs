@@ -1,0 +1,142 @@
+//! The `rookery-broker` binary as a user runs it: flags, environment, config errors, JSON logs
+//! and graceful shutdown on SIGTERM and SIGINT.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rookery_codec::*;
+use rookery_e2e::{BrokerProcess, run_to_exit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rookery-broker"))
+}
+
+/// Connects with MQTT 5.0 and returns the stream and the CONNACK.
+async fn connect_v5(addr: std::net::SocketAddr, id: &str) -> (TcpStream, BytesMut, ConnAck) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    let connect = Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out);
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let ack = loop {
+        if let Some(p) = decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
+            match p {
+                Packet::ConnAck(a) => break a,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+    };
+    (s, buf, ack)
+}
+
+async fn read_until_closed(s: &mut TcpStream, buf: &mut BytesMut) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    loop {
+        while let Some(p) = decode(buf, Protocol::V5, usize::MAX).unwrap() {
+            packets.push(p);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
+            .await
+            .expect("not closed")
+        {
+            Ok(0) | Err(_) => return packets,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn first_log_line_names_the_address_and_anonymous_access() {
+    let broker = BrokerProcess::start(binary(), &["--node-id", "n1"]).unwrap();
+    let first = &broker.log[0];
+    assert!(first.contains("listening on 127.0.0.1:"), "{first}");
+    assert!(first.contains("anonymous access allowed"), "{first}");
+}
+
+#[tokio::test]
+async fn sigterm_sends_0x8b_to_v5_clients_and_exits_cleanly() {
+    for signal in [15, 2] {
+        let mut broker = BrokerProcess::start(binary(), &[]).unwrap();
+        let (mut s, mut buf, ack) = connect_v5(broker.addr, "bye").await;
+        assert_eq!(ack.code, 0);
+        broker.signal(signal).unwrap();
+        let packets = read_until_closed(&mut s, &mut buf).await;
+        assert!(
+            matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason == reason::SERVER_SHUTTING_DOWN),
+            "{packets:?}"
+        );
+        let status = broker.wait_exit(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+#[tokio::test]
+async fn environment_variables_set_keys_and_flags_win_over_them() {
+    let broker =
+        BrokerProcess::start_with_env(binary(), &[], &[("ROOKERY_RECEIVE_MAXIMUM", "7")]).unwrap();
+    let (_s, _b, ack) = connect_v5(broker.addr, "env").await;
+    assert_eq!(ack.properties.receive_maximum, Some(7));
+    drop(broker);
+    let broker = BrokerProcess::start_with_env(
+        binary(),
+        &["--receive-maximum", "9"],
+        &[("ROOKERY_RECEIVE_MAXIMUM", "7")],
+    )
+    .unwrap();
+    let (_s, _b, ack) = connect_v5(broker.addr, "env").await;
+    assert_eq!(ack.properties.receive_maximum, Some(9));
+}
+
+#[test]
+fn config_file_errors_name_the_field_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "max_inflight = \"lots\"\n").unwrap();
+    let (status, stderr) =
+        run_to_exit(binary(), &["--config", file.to_str().unwrap()], &[]).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("max_inflight"), "{stderr}");
+    std::fs::write(&file, "max_inflight = 0\n").unwrap();
+    let (status, stderr) =
+        run_to_exit(binary(), &["--config", file.to_str().unwrap()], &[]).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("max_inflight"), "{stderr}");
+    let (status, stderr) =
+        run_to_exit(binary(), &[], &[("ROOKERY_MAX_PACKET_SIZE", "big")]).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("max-packet-size"), "{stderr}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut broker = BrokerProcess::start(binary(), &["--log-format", "json"]).unwrap();
+    broker.signal(15).unwrap();
+    broker.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(broker.log.len() >= 2);
+    for line in &broker.log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+}
+
+#[test]
+fn the_default_listen_address_is_localhost_1883() {
+    let c = rookery_broker::Config::default();
+    assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().unwrap()]);
+}
