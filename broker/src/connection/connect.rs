@@ -199,11 +199,16 @@ pub async fn accept(
             }
             let (done, handed_back) = oneshot::channel();
             let resumes = !connect.clean_start;
-            if old.send(Control::TakeOver { resumes, done }).await.is_ok()
-                && tokio::time::timeout(TAKEOVER_TIMEOUT, handed_back)
-                    .await
-                    .is_err()
-            {
+            let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
+            if old.send(Control::TakeOver { resumes, done }).await.is_ok() {
+                let _ = tokio::time::timeout_at(deadline, handed_back).await;
+            }
+            // The old connection may have been closing already (its control channel gone):
+            // wait until it has handed the state back, so in-flight state is not lost.
+            while session.is_attached() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if session.is_attached() {
                 warn!(client_id = %client_id, "previous connection did not hand the session over in time");
             }
         }

@@ -240,6 +240,11 @@ impl Session {
         Some((control, peer, inner.takeovers.len()))
     }
 
+    /// True while a connection holds the session (until it has handed the state back).
+    pub fn is_attached(&self) -> bool {
+        self.inner.lock().attached.is_some()
+    }
+
     /// Attaches a connection. `None` when the session was removed meanwhile (the caller looks
     /// the client id up again). The caller holds `attach_lock` and has closed any live connection.
     pub fn attach(
