@@ -124,7 +124,7 @@ fn total(remaining: usize) -> usize {
 /// subscription identifiers, without building a [`Publish`] for each.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishView<'a> {
-    /// DUP flag (must be false for QoS 0).
+    /// DUP flag; not written for QoS 0, where it must be 0 ([MQTT-3.3.1-2]).
     pub dup: bool,
     /// QoS.
     pub qos: QoS,
@@ -199,8 +199,10 @@ impl<'a> From<&'a Publish> for PublishView<'a> {
 #[inline]
 pub fn encode_publish(buf: &mut BytesMut, protocol: Protocol, p: &PublishView<'_>) {
     let (plen, rem) = p.sizes(protocol);
-    // MQTT 5.0 [MQTT-3.3.1-2]: DUP is 0 for QoS 0; the flag is written as given.
-    let first = 0x30 | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain);
+    // MQTT 3.1.1 / 5.0 [MQTT-3.3.1-2]: DUP is 0 for QoS 0, whatever the view says (a
+    // forwarded message may keep the DUP of a higher-QoS original).
+    let dup = p.dup && p.qos != QoS::AtMostOnce;
+    let first = 0x30 | (u8::from(dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain);
     header(buf, first, rem);
     put_str(buf, p.topic);
     if p.qos != QoS::AtMostOnce {

@@ -195,3 +195,38 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vbi_edges() {
+        assert!(matches!(read_vbi(&[]), Vbi::Incomplete));
+        assert!(matches!(read_vbi(&[0x80]), Vbi::Incomplete));
+        assert!(matches!(read_vbi(&[0x80, 0x80, 0x80]), Vbi::Incomplete));
+        assert!(matches!(read_vbi(&[0x80, 0x80, 0x80, 0x80]), Vbi::TooLong));
+        assert!(matches!(
+            read_vbi(&[0xFF, 0xFF, 0xFF, 0x7F, 9]),
+            Vbi::Done(VBI_MAX, 4)
+        ));
+        assert!(matches!(read_vbi(&[0x80, 0x00]), Vbi::Done(0, 2)));
+    }
+
+    #[test]
+    fn limits_confine_reads() {
+        let mut r = Reader::new(Bytes::from_static(&[0, 1, 2, 3, 4, 5]), 1);
+        assert_eq!(r.remaining(), 5);
+        let outer = r.limit(2).unwrap();
+        assert_eq!(r.u16(), Ok(0x0102));
+        assert!(r.u8().is_err());
+        assert!(r.rest().is_empty());
+        r.unlimit(outer);
+        assert_eq!(r.remaining(), 3);
+        assert!(r.limit(4).is_err());
+        assert!(r.take(usize::MAX).is_err());
+        assert!(r.u32().is_err());
+        assert_eq!(&r.take(3).unwrap()[..], [3, 4, 5]);
+        assert!(r.finish("x").is_ok());
+    }
+}

@@ -1,8 +1,10 @@
 //! Seed inputs for the fuzz targets in `codec/fuzz`.
 //!
-//! `cargo test -p rookery-codec --test fuzz_seeds -- --ignored` rewrites
+//! `ROOKERY_WRITE_FUZZ_SEEDS=1 cargo test -p rookery-codec --test fuzz_seeds` rewrites
 //! `codec/fuzz/seeds/<target>/`; the other test checks that the committed seeds still
 //! decode cleanly, so they keep leading the fuzzer into every packet type.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -266,8 +268,8 @@ fn all_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-#[test]
-#[ignore = "writes codec/fuzz/seeds; run by hand after changing the samples"]
+/// Rewrites the committed seeds; runs first in `committed_seeds_are_current` when
+/// `ROOKERY_WRITE_FUZZ_SEEDS=1` is set (after changing the samples).
 fn write_fuzz_seeds() {
     for (target, name, bytes) in all_seeds() {
         let dir = seeds_dir().join(target);
@@ -278,16 +280,22 @@ fn write_fuzz_seeds() {
 
 #[test]
 fn committed_seeds_are_current() {
+    if std::env::var_os("ROOKERY_WRITE_FUZZ_SEEDS").is_some() {
+        write_fuzz_seeds();
+    }
     let seeds = all_seeds();
     for (target, name, bytes) in &seeds {
         let path = seeds_dir().join(target).join(name);
         let on_disk = fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e}; run the ignored write_fuzz_seeds", path.display())
+            panic!(
+                "{}: {e}; rerun with ROOKERY_WRITE_FUZZ_SEEDS=1",
+                path.display()
+            )
         });
         assert_eq!(
             &on_disk,
             bytes,
-            "{} is stale: run the ignored write_fuzz_seeds",
+            "{} is stale: rerun with ROOKERY_WRITE_FUZZ_SEEDS=1",
             path.display()
         );
     }

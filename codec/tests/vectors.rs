@@ -462,10 +462,11 @@ fn publish_view_overrides_three_properties() {
         0x32, 16, 0, 1, b't', 0, 3, 9, 0x02, 0, 0, 0, 7, 0x0B, 1, 0x0B, 2, b'p',
     ];
     assert_eq!(&buf[..], want);
-    // QoS 0 ignores the packet identifier; empty properties are one 0 byte.
+    // QoS 0 ignores the packet identifier and DUP; empty properties are one 0 byte.
     let empty = PublishProperties::default();
     let view = PublishView {
         qos: QoS::AtMostOnce,
+        dup: true,
         packet_id: 77,
         properties: &empty,
         message_expiry_interval: None,

@@ -59,7 +59,9 @@ pub fn decode_all(data: &[u8], proto: Protocol) {
 /// The `decode_stream` body. `data[0]` picks the protocol (`% 3`: 3.1, 3.1.1, 5.0) and
 /// the read size (`>> 2`, plus 1: 1 to 64 bytes); the rest of `data` is the stream.
 pub fn decode_stream(data: &[u8]) {
-    let Some((&ctl, stream)) = data.split_first() else { return };
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
     let proto = match ctl % 3 {
         0 => Protocol::V31,
         1 => Protocol::V311,
@@ -84,7 +86,11 @@ pub fn decode_stream(data: &[u8]) {
         }
     }
     assert_eq!(got, expected, "chunked decoding differs");
-    assert_eq!(end.is_err(), whole_end.is_err(), "chunked decoding ends differently");
+    assert_eq!(
+        end.is_err(),
+        whole_end.is_err(),
+        "chunked decoding ends differently"
+    );
     if end.is_ok() {
         assert_eq!(buf, whole, "different bytes left over");
     }
