@@ -77,7 +77,7 @@ impl Broker {
             if message.payload.is_empty() {
                 retained.remove(&message.topic);
             } else {
-                retained.set(message.compacted());
+                retained.set(message.clone());
             }
         }
         let router = self.router.read();
@@ -210,7 +210,7 @@ impl Broker {
         }
         let mut router = self.router.write();
         for raw in filters {
-            if let Ok(parsed) = topic::parse_filter(raw) {
+            if let Ok(parsed) = topic::parse_filter(raw, usize::MAX) {
                 router.unsubscribe(session, parsed.filter, parsed.group);
             }
         }
@@ -239,37 +239,54 @@ impl Broker {
         will_delay: Option<u32>,
         expiry_secs: u32,
     ) {
+        let Some(token) = session.timer_token(generation) else {
+            return;
+        };
         if let Some(delay) = will_delay
             && delay < expiry_secs
         {
             let broker = self.clone();
             let session = session.clone();
-            self.spawn_timer(Duration::from_secs(u64::from(delay)), move || {
-                if let Some(will) = session.take_due_will(generation) {
-                    broker.publish_will(&will, session.id, &session.client_id);
-                }
-            });
+            self.spawn_timer(
+                Duration::from_secs(u64::from(delay)),
+                token.clone(),
+                move || {
+                    if let Some(will) = session.take_due_will(generation) {
+                        broker.publish_will(&will, session.id, &session.client_id);
+                    }
+                },
+            );
         }
         if expiry_secs == crate::session::NEVER_EXPIRES {
             return;
         }
         let broker = self.clone();
-        self.spawn_timer(Duration::from_secs(u64::from(expiry_secs)), move || {
-            if broker.end_session(&session, generation) {
-                broker
-                    .metrics
-                    .sessions_expired_total
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(client_id = %session.client_id, "session expired");
-            }
-        });
+        self.spawn_timer(
+            Duration::from_secs(u64::from(expiry_secs)),
+            token,
+            move || {
+                if broker.end_session(&session, generation) {
+                    broker
+                        .metrics
+                        .sessions_expired_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!(client_id = %session.client_id, "session expired");
+                }
+            },
+        );
     }
 
-    fn spawn_timer(&self, after: Duration, f: impl FnOnce() + Send + 'static) {
+    fn spawn_timer(
+        &self,
+        after: Duration,
+        cancel: CancellationToken,
+        f: impl FnOnce() + Send + 'static,
+    ) {
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(after) => f(),
+                _ = cancel.cancelled() => {}
                 _ = shutdown.cancelled() => {}
             }
         });

@@ -42,6 +42,8 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Longest client identifier accepted, bytes.
     pub max_client_id_len: usize,
+    /// Most `/`-separated levels in a topic name or filter (deeper ones are refused).
+    pub max_topic_levels: usize,
     /// Keep alive the broker imposes when a client asks for more (or for none), seconds; 0 = none.
     pub max_keepalive_secs: u16,
     /// Outgoing QoS 1/2 messages in flight per client (lowered by an MQTT 5.0 Receive Maximum).
@@ -83,6 +85,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             max_packet_size: 1024 * 1024,
             max_client_id_len: 1024,
+            max_topic_levels: 128,
             max_keepalive_secs: 0,
             max_inflight: 100,
             receive_maximum: 1024,
@@ -180,6 +183,9 @@ impl Config {
                 "MQTT packets are at most 268435460 bytes",
             );
         }
+        if self.max_topic_levels == 0 {
+            return invalid("max_topic_levels", "must be at least 1");
+        }
         if self.max_inflight == 0 {
             return invalid("max_inflight", "must be at least 1");
         }
@@ -250,6 +256,9 @@ pub struct Cli {
     /// Longest client identifier, bytes.
     #[arg(long, env = "ROOKERY_MAX_CLIENT_ID_LEN")]
     pub max_client_id_len: Option<usize>,
+    /// Most levels in a topic name or filter.
+    #[arg(long, env = "ROOKERY_MAX_TOPIC_LEVELS")]
+    pub max_topic_levels: Option<usize>,
     /// Keep alive imposed on clients asking for more or none, seconds (0 = none).
     #[arg(long, env = "ROOKERY_MAX_KEEPALIVE_SECS")]
     pub max_keepalive_secs: Option<u16>,
@@ -319,6 +328,7 @@ impl Cli {
             connect_timeout_secs,
             max_packet_size,
             max_client_id_len,
+            max_topic_levels,
             max_keepalive_secs,
             max_inflight,
             receive_maximum,

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use rookery_codec::{LastWill, Publish, PublishProperties, QoS};
+use rookery_codec::{LastWill, Publish, PublishProperties, QoS, UserProperty};
 use smallvec::SmallVec;
 
 use crate::router::trie::SessionId;
@@ -33,16 +33,22 @@ pub struct Message {
 
 impl Message {
     /// Builds a message from a received PUBLISH whose topic has been resolved.
+    ///
+    /// Topic, payload and properties are copied into buffers of their own (topic and payload in
+    /// one allocation): the decoded slices share the connection's read buffer, and a message
+    /// that waits in a queue must not keep that whole buffer alive.
     pub fn from_publish(publish: Publish, origin: SessionId, now: Instant) -> Message {
         let mut properties = publish.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
+        compact_properties(&mut properties);
         let expires_at = properties
             .message_expiry_interval
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        let (topic, payload) = compact_topic_payload(&publish.topic, &publish.payload);
         Message {
-            topic: publish.topic,
-            payload: publish.payload,
+            topic,
+            payload,
             qos: publish.qos,
             retain: publish.retain,
             properties,
@@ -92,18 +98,21 @@ impl Message {
         })
     }
 
-    /// A copy whose topic and payload own compact buffers, for messages kept long (retained,
-    /// queued offline): the decoded slices would otherwise pin the whole read buffer they came from.
-    pub fn compacted(self: &Arc<Self>) -> Arc<Message> {
-        let mut m = Message::clone(self);
-        m.topic = ByteString::from(m.topic.to_string());
-        m.payload = Bytes::copy_from_slice(&m.payload);
-        Arc::new(m)
-    }
-
     /// Approximate bytes a queued copy of this message costs, for queue byte limits.
     pub fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        let p = &self.properties;
+        let props = if p.is_empty() {
+            0
+        } else {
+            p.response_topic.as_ref().map_or(0, |s| s.len())
+                + p.correlation_data.as_ref().map_or(0, |b| b.len())
+                + p.content_type.as_ref().map_or(0, |s| s.len())
+                + p.user_properties
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 16)
+                    .sum::<usize>()
+        };
+        self.topic.len() + self.payload.len() + props + 64
     }
 
     #[cfg(test)]
@@ -118,6 +127,70 @@ impl Message {
             origin: 0,
         }
     }
+}
+
+/// Copies topic and payload into one new allocation.
+fn compact_topic_payload(topic: &ByteString, payload: &Bytes) -> (ByteString, Bytes) {
+    let mut buf = BytesMut::with_capacity(topic.len() + payload.len());
+    buf.put_slice(topic.as_bytes());
+    buf.put_slice(payload);
+    let mut all = buf.freeze();
+    let payload = all.split_off(topic.len());
+    // The bytes came from a valid string, so this cannot fail; fall back to a plain copy.
+    let topic = ByteString::try_from(all).unwrap_or_else(|_| ByteString::from(&**topic));
+    (topic, payload)
+}
+
+/// A string in a buffer of its own.
+pub fn own_str(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
+/// Copies the string and binary properties a PUBLISH and a will share into buffers of their own.
+fn own_properties(
+    response_topic: &mut Option<ByteString>,
+    content_type: &mut Option<ByteString>,
+    correlation_data: &mut Option<Bytes>,
+    user_properties: &mut [UserProperty],
+) {
+    for s in [response_topic, content_type].into_iter().flatten() {
+        *s = own_str(s);
+    }
+    if let Some(b) = correlation_data.as_mut() {
+        *b = Bytes::copy_from_slice(b);
+    }
+    for (k, v) in user_properties {
+        *k = own_str(k);
+        *v = own_str(v);
+    }
+}
+
+/// Copies every string and binary property into buffers of their own.
+pub fn compact_properties(p: &mut PublishProperties) {
+    if !p.is_empty() {
+        own_properties(
+            &mut p.response_topic,
+            &mut p.content_type,
+            &mut p.correlation_data,
+            &mut p.user_properties,
+        );
+    }
+}
+
+/// A will whose strings and payload own their buffers (not slices of the CONNECT's frame).
+pub fn compact_will(will: &LastWill) -> LastWill {
+    let mut w = will.clone();
+    let (topic, payload) = compact_topic_payload(&will.topic, &will.payload);
+    w.topic = topic;
+    w.payload = payload;
+    let p = &mut w.properties;
+    own_properties(
+        &mut p.response_topic,
+        &mut p.content_type,
+        &mut p.correlation_data,
+        &mut p.user_properties,
+    );
+    w
 }
 
 /// One message on its way to one session: the shared message plus what is particular to it.

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use rookery_codec::{ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, reason};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -35,7 +34,7 @@ pub enum HandshakeError {
 }
 
 /// Reads until one whole packet is in `rbuf` and returns it if it is a CONNECT.
-pub async fn read_connect<R: AsyncRead + Unpin>(
+pub async fn read_connect<R: super::source::Source>(
     reader: &mut R,
     rbuf: &mut BytesMut,
     max_packet_size: usize,
@@ -45,8 +44,7 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
             Some(Packet::Connect(c)) => return Ok(c),
             Some(other) => return Err(HandshakeError::NotConnect(other.name())),
             None => {
-                rbuf.reserve(256);
-                if reader.read_buf(rbuf).await? == 0 {
+                if reader.read_into(rbuf).await? == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                 }
             }
@@ -125,7 +123,7 @@ pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
         });
     }
     if let Some(will) = &connect.will
-        && topic::validate_name(&will.topic).is_err()
+        && topic::validate_name(&will.topic, c.max_topic_levels).is_err()
     {
         return Err(Refusal {
             code: reason::TOPIC_NAME_INVALID,
@@ -161,7 +159,7 @@ pub async fn accept(
     connect: &Connect,
     peer: SocketAddr,
     control: mpsc::Sender<Control>,
-) -> Accepted {
+) -> Result<Accepted, Refusal> {
     let c = &broker.config;
     let assigned = connect.client_id.is_empty();
     let client_id = if assigned {
@@ -209,7 +207,14 @@ pub async fn accept(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if session.is_attached() {
+                // Attaching over a live connection would lose its state: refuse instead, the
+                // client retries. MQTT 5.0 0x89 (3.1.1: server unavailable).
                 warn!(client_id = %client_id, "previous connection did not hand the session over in time");
+                return Err(Refusal {
+                    code: reason::SERVER_BUSY,
+                    connack_for_v3: true,
+                    why: "takeover timed out",
+                });
             }
         }
         match session.attach(connect.clean_start, expiry_secs, control.clone(), peer) {
@@ -220,6 +225,8 @@ pub async fn accept(
     };
     if !attachment.discarded_subscriptions.is_empty() {
         broker.unsubscribe_all(session.id, &attachment.discarded_subscriptions);
+        // Publishes that matched the old subscriptions while they were being removed.
+        session.with_queue(|q| q.clear());
     }
     if let Some(will) = &attachment.will_to_publish {
         broker.publish_will(will, session.id, &client_id);
@@ -251,12 +258,12 @@ pub async fn accept(
         code: reason::SUCCESS,
         properties,
     };
-    Accepted {
+    Ok(Accepted {
         session,
         attachment,
         client_id,
         keep_alive,
         expiry_secs,
         connack,
-    }
+    })
 }

@@ -83,7 +83,7 @@ impl Conn {
         let qos = p.qos;
         self.counts.received[qos as usize] += 1;
         self.resolve_topic_alias(&mut p)?;
-        if topic::validate_name(&p.topic).is_err() {
+        if topic::validate_name(&p.topic, self.broker.config.max_topic_levels).is_err() {
             // MQTT 5.0 [MQTT-3.3.2-2]: Topic Name invalid; 3.1.1 closes the connection.
             return Err(Close::Violation(
                 reason::TOPIC_NAME_INVALID,
@@ -91,18 +91,20 @@ impl Conn {
             ));
         }
         if qos == QoS::ExactlyOnce {
-            if !self.state.incoming.receive(p.packet_id) {
+            if self.state.incoming.contains(p.packet_id) {
                 // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
                 self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
                 return Ok(());
             }
-            if self.state.incoming.len() > usize::from(self.broker.config.receive_maximum) {
-                // MQTT 5.0 [MQTT-3.3.4-9].
+            if self.state.incoming.len() >= usize::from(self.broker.config.receive_maximum) {
+                // MQTT 5.0 [MQTT-3.3.4-9]. Checked before the id is recorded, so that a resend
+                // after reconnecting is routed and not taken for a duplicate.
                 return Err(Close::Violation(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded",
                 ));
             }
+            self.state.incoming.receive(p.packet_id);
         }
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
@@ -224,12 +226,13 @@ impl Conn {
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
         let id = s.properties.subscription_identifier;
+        let max_levels = self.broker.config.max_topic_levels;
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
+        let now = Instant::now();
         {
             let mut router = self.broker.router.write();
             for f in &s.filters {
-                let parsed = match topic::parse_filter(&f.filter) {
+                let parsed = match topic::parse_filter(&f.filter, max_levels) {
                     Ok(p) => p,
                     Err(_) => {
                         codes.push(if v5 {
@@ -262,8 +265,19 @@ impl Conn {
                         RetainHandling::SendIfNew => !existed,
                         RetainHandling::DoNotSend => false,
                     };
-                if send {
-                    retained.push((parsed.filter.to_string(), f.options.qos));
+                // Queued under the router lock, so that a retained publish racing this
+                // SUBSCRIBE cannot arrive before the older value. They are written after the
+                // SUBACK: the queue is drained only once this packet is handled.
+                if send
+                    && self.broker.send_retained(
+                        &self.session,
+                        parsed.filter,
+                        f.options.qos,
+                        id,
+                        now,
+                    ) > 0
+                {
+                    self.out_pending = true;
                 }
             }
         }
@@ -272,17 +286,6 @@ impl Conn {
             reason_codes: codes,
             properties: AckProperties::default(),
         }));
-        // After the SUBACK: retained messages go through the session queue like any other.
-        let now = Instant::now();
-        for (filter, qos) in retained {
-            if self
-                .broker
-                .send_retained(&self.session, &filter, qos, id, now)
-                > 0
-            {
-                self.out_pending = true;
-            }
-        }
         Ok(())
     }
 
@@ -291,7 +294,8 @@ impl Conn {
         {
             let mut router = self.broker.router.write();
             for raw in &u.filters {
-                let Ok(parsed) = topic::parse_filter(raw) else {
+                let Ok(parsed) = topic::parse_filter(raw, self.broker.config.max_topic_levels)
+                else {
                     codes.push(reason::TOPIC_FILTER_INVALID);
                     continue;
                 };
@@ -328,8 +332,9 @@ impl Conn {
             self.expiry_secs = secs.min(self.broker.config.max_session_expiry_secs);
             self.session.set_expiry_secs(self.expiry_secs);
         }
+        // Only a normal disconnection (0x00) deletes the will. MQTT 5.0 [MQTT-3.1.2-10].
         Err(Close::ClientDisconnect {
-            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+            with_will: d.reason != reason::SUCCESS,
         })
     }
 }

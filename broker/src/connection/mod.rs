@@ -9,6 +9,7 @@
 mod connect;
 mod inbound;
 mod outbound;
+pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,18 +20,19 @@ use ahash::AHashMap;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use rookery_codec::{DecodeError, Disconnect, LastWill, Packet, Protocol, reason};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::broker::Broker;
 use crate::metrics::LocalCounts;
 use crate::session::{Control, PendingWill, Session, SessionState};
+use source::{Reader, Source};
 
 /// Above this many buffered output bytes we stop reading and draining until the socket drains.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 4 * 1024;
+/// Initial size of a write buffer for one batch.
+const WRITE_CHUNK: usize = 4 * 1024;
 /// Time allowed to flush a final packet (DISCONNECT, refused CONNACK) before closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deliveries taken from the session queue per lock.
@@ -66,13 +68,13 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    serve_split(reader, writer, peer, broker).await;
+    serve_split(Reader(reader), writer, peer, broker).await;
 }
 
 /// Serves one client over separate read and write halves (a TCP socket's, without locking).
 pub async fn serve_split<R, W>(reader: R, writer: W, peer: SocketAddr, broker: Arc<Broker>)
 where
-    R: AsyncRead + Unpin + Send,
+    R: Source,
     W: AsyncWrite + Unpin + Send,
 {
     let span = info_span!("conn", %peer, node = %broker.config.node_id, client_id = field::Empty);
@@ -89,7 +91,7 @@ where
 
 async fn run<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, broker: Arc<Broker>)
 where
-    R: AsyncRead + Unpin + Send,
+    R: Source,
     W: AsyncWrite + Unpin + Send,
 {
     let max_packet = broker.config.max_packet_size as usize;
@@ -142,19 +144,15 @@ where
         tracing::Span::current().record("client_id", field::display(&connect.client_id));
     }
     if let Err(refusal) = connect::check(&broker, &connect) {
-        broker
-            .metrics
-            .connects_refused_total
-            .fetch_add(1, Ordering::Relaxed);
-        info!(code = refusal.code, why = refusal.why, "refused CONNECT");
-        if let Some(connack) = connect::refusal_connack(protocol, &refusal) {
-            send_and_close(&mut writer, &Packet::ConnAck(connack), protocol).await;
-        }
+        refuse(&broker, &mut writer, protocol, &refusal).await;
         return;
     }
     // Capacity 2: a takeover and a kick can both be pending; more are redundant.
     let (control_tx, control_rx) = mpsc::channel(2);
-    let accepted = connect::accept(&broker, &connect, peer, control_tx).await;
+    let accepted = match connect::accept(&broker, &connect, peer, control_tx).await {
+        Ok(a) => a,
+        Err(refusal) => return refuse(&broker, &mut writer, protocol, &refusal).await,
+    };
     if connect.client_id.is_empty() {
         tracing::Span::current().record("client_id", field::display(&accepted.client_id));
     }
@@ -178,7 +176,7 @@ where
         client_id: accepted.client_id,
         keep_alive: accepted.keep_alive,
         expiry_secs: accepted.expiry_secs,
-        will: connect.will.clone(),
+        will: connect.will.as_ref().map(crate::message::compact_will),
         out_window: usize::from(out_window),
         client_max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         alias_max: if protocol.is_v5() && broker.config.outgoing_topic_aliases {
@@ -196,8 +194,30 @@ where
     };
     conn.write_packet(&Packet::ConnAck(accepted.connack));
     conn.resend_inflight();
+    // The CONNECT and an emptied read buffer share one allocation: keep neither while idle.
+    drop(connect);
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let close = conn.serve(&mut reader, &mut writer, rbuf, control_rx).await;
     conn.finish(close, &mut writer).await;
+}
+
+/// Counts, logs and answers a refused CONNECT, then closes.
+async fn refuse<W: AsyncWrite + Unpin>(
+    broker: &Broker,
+    writer: &mut W,
+    protocol: Protocol,
+    refusal: &connect::Refusal,
+) {
+    broker
+        .metrics
+        .connects_refused_total
+        .fetch_add(1, Ordering::Relaxed);
+    info!(code = refusal.code, why = refusal.why, "refused CONNECT");
+    if let Some(connack) = connect::refusal_connack(protocol, refusal) {
+        send_and_close(writer, &Packet::ConnAck(connack), protocol).await;
+    }
 }
 
 async fn send_and_close<W: AsyncWrite + Unpin>(
@@ -250,7 +270,7 @@ impl Conn {
         mut control: mpsc::Receiver<Control>,
     ) -> Close
     where
-        R: AsyncRead + Unpin,
+        R: Source,
         W: AsyncWrite + Unpin,
     {
         let shutdown = self.broker.shutdown.clone();
@@ -271,6 +291,9 @@ impl Conn {
             }
             if !self.wbuf.is_empty() {
                 self.counts.flush(&self.broker.metrics);
+            } else if self.wbuf.capacity() > 0 {
+                // Hold no write buffer while idle.
+                self.wbuf = BytesMut::new();
             }
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
             let wait_queue = !self.out_pending;
@@ -286,15 +309,14 @@ impl Conn {
                     Ok(0) | Err(_) => return Close::Gone,
                     Ok(n) => {
                         self.counts.bytes_out += n as u64;
-                        if self.wbuf.is_empty() {
-                            // Give back a large buffer once it has drained.
-                            if self.wbuf.capacity() > 2 * WRITE_HIGH_WATER {
-                                self.wbuf = BytesMut::new();
-                            }
+                        if !can_read {
+                            // We are not reading (backpressure), so the client's PINGREQs wait
+                            // in the socket: its reading our data is the sign of life instead.
+                            last_read = Instant::now();
                         }
                     }
                 },
-                r = reader.read_buf(&mut rbuf), if can_read => {
+                r = reader.read_into(&mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return Close::Gone,
                         Ok(n) => self.counts.bytes_in += n as u64,
@@ -303,11 +325,10 @@ impl Conn {
                     if let Err(close) = self.decode_all(&mut rbuf) {
                         return close;
                     }
-                    if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+                    if rbuf.is_empty() {
+                        // Decoded packets hold slices of this buffer; let them own it, and
+                        // keep no read buffer while the connection is idle.
                         rbuf = BytesMut::new();
-                    }
-                    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                        rbuf.reserve(READ_CHUNK);
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
@@ -460,7 +481,16 @@ impl Conn {
 
     /// Appends a packet to the write buffer.
     fn write_packet(&mut self, packet: &Packet) {
+        self.ensure_wbuf();
         rookery_codec::encode(packet, self.protocol, &mut self.wbuf);
+    }
+
+    /// Gives an empty write buffer room for a batch at once rather than growing it packet by
+    /// packet (it is released again when it drains).
+    fn ensure_wbuf(&mut self) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(WRITE_CHUNK);
+        }
     }
 
     /// A reason string, when the client allows them. MQTT 5.0 [MQTT-3.1.2-29].

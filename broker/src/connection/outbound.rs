@@ -40,9 +40,15 @@ impl Conn {
             for delivery in batch {
                 self.send_delivery(delivery, now);
             }
-            if empty || window_full {
-                // Window full: acknowledgements set `out_pending` again. Empty: the next push wakes us.
-                self.out_pending = window_full;
+            if empty {
+                // The next push that finds the queue empty wakes us.
+                self.out_pending = false;
+                return;
+            }
+            // Deliveries counted into the window may have been dropped (expired, too large):
+            // only a window that is really full waits for acknowledgements.
+            if window_full && self.state.outgoing.len() >= self.out_window {
+                self.out_pending = true;
                 return;
             }
         }
@@ -65,6 +71,7 @@ impl Conn {
             }
         };
         let delivery = &delivery;
+        self.ensure_wbuf();
         let (topic, alias, new_alias) = self.outgoing_alias(&delivery.message.topic);
         let start = self.wbuf.len();
         let message = &delivery.message;

@@ -20,34 +20,46 @@ pub enum TopicError {
     /// `#` not alone in the last level, or `+` not alone in its level. [MQTT-4.7.1-1], [MQTT-4.7.1-2].
     #[error("misplaced wildcard in a topic filter")]
     MisplacedWildcard,
+    /// More levels than the broker accepts (deep topics would make matching recurse deeply).
+    #[error("too many topic levels")]
+    TooManyLevels,
     /// `$share/` without a group name, with a wildcard in the group, or without a filter.
     /// MQTT 5.0 [MQTT-4.8.2-1], [MQTT-4.8.2-2].
     #[error("malformed shared subscription")]
     BadShare,
 }
 
-/// Checks a topic name from a PUBLISH or a will.
-pub fn validate_name(topic: &str) -> Result<(), TopicError> {
+/// Checks a topic name from a PUBLISH or a will; `max_levels` bounds its `/`-separated levels.
+pub fn validate_name(topic: &str, max_levels: usize) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
     if topic.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
+    check_levels(topic, max_levels)?;
     if topic.bytes().any(|b| b == b'+' || b == b'#') {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
 }
 
+fn check_levels(s: &str, max_levels: usize) -> Result<(), TopicError> {
+    if s.bytes().filter(|&b| b == b'/').count() >= max_levels {
+        return Err(TopicError::TooManyLevels);
+    }
+    Ok(())
+}
+
 /// Checks a plain (non-shared) topic filter.
-pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
+pub fn validate_filter(filter: &str, max_levels: usize) -> Result<(), TopicError> {
     if filter.is_empty() {
         return Err(TopicError::Empty);
     }
     if filter.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
+    check_levels(filter, max_levels)?;
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         let last = levels.peek().is_none();
@@ -71,12 +83,12 @@ pub struct ParsedFilter<'a> {
 }
 
 /// Parses and validates a SUBSCRIBE or UNSUBSCRIBE filter, shared or not.
-pub fn parse_filter(raw: &str) -> Result<ParsedFilter<'_>, TopicError> {
+pub fn parse_filter(raw: &str, max_levels: usize) -> Result<ParsedFilter<'_>, TopicError> {
     let Some(rest) = raw.strip_prefix("$share/") else {
         if raw == "$share" {
             return Err(TopicError::BadShare);
         }
-        validate_filter(raw)?;
+        validate_filter(raw, max_levels)?;
         return Ok(ParsedFilter {
             group: None,
             filter: raw,
@@ -86,7 +98,7 @@ pub fn parse_filter(raw: &str) -> Result<ParsedFilter<'_>, TopicError> {
     if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
         return Err(TopicError::BadShare);
     }
-    validate_filter(filter)?;
+    validate_filter(filter, max_levels)?;
     Ok(ParsedFilter {
         group: Some(group),
         filter,
@@ -123,14 +135,36 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn validate_name_t(t: &str) -> Result<(), TopicError> {
+        validate_name(t, 128)
+    }
+
+    #[test]
+    fn deep_topics_are_refused_past_the_level_limit() {
+        let deep = "/".repeat(127);
+        assert!(validate_name(&deep, 128).is_ok());
+        assert_eq!(
+            validate_name(&format!("{deep}/"), 128),
+            Err(TopicError::TooManyLevels)
+        );
+        assert_eq!(
+            validate_filter(&format!("{deep}/#"), 128),
+            Err(TopicError::TooManyLevels)
+        );
+        assert_eq!(
+            parse_filter(&format!("$share/g/{deep}/x"), 128),
+            Err(TopicError::TooManyLevels)
+        );
+    }
+
     #[test]
     fn names_with_wildcards_are_refused() {
-        assert_eq!(validate_name("a/+/b"), Err(TopicError::WildcardInName));
-        assert_eq!(validate_name("a/#"), Err(TopicError::WildcardInName));
-        assert_eq!(validate_name(""), Err(TopicError::Empty));
-        assert!(validate_name("a//b/").is_ok());
-        assert!(validate_name("/").is_ok());
-        assert!(validate_name("$SYS/x").is_ok());
+        assert_eq!(validate_name_t("a/+/b"), Err(TopicError::WildcardInName));
+        assert_eq!(validate_name_t("a/#"), Err(TopicError::WildcardInName));
+        assert_eq!(validate_name_t(""), Err(TopicError::Empty));
+        assert!(validate_name_t("a//b/").is_ok());
+        assert!(validate_name_t("/").is_ok());
+        assert!(validate_name_t("$SYS/x").is_ok());
     }
 
     #[test]
@@ -138,24 +172,24 @@ mod tests {
         for ok in [
             "#", "+", "a/#", "+/+", "a/+/b", "/+", "+/", "a//#", "$SYS/#",
         ] {
-            assert!(validate_filter(ok).is_ok(), "{ok}");
+            assert!(validate_filter(ok, 128).is_ok(), "{ok}");
         }
         for bad in ["a#", "a/#/b", "a+", "a/b+/c", "#/a", "++", "a/##"] {
             assert_eq!(
-                validate_filter(bad),
+                validate_filter(bad, 128),
                 Err(TopicError::MisplacedWildcard),
                 "{bad}"
             );
         }
-        assert_eq!(validate_filter(""), Err(TopicError::Empty));
+        assert_eq!(validate_filter("", 128), Err(TopicError::Empty));
     }
 
     #[test]
     fn shared_filters_name_group_and_filter() {
-        let p = parse_filter("$share/g1/sensors/+/t").unwrap();
+        let p = parse_filter("$share/g1/sensors/+/t", 128).unwrap();
         assert_eq!(p.group, Some("g1"));
         assert_eq!(p.filter, "sensors/+/t");
-        assert_eq!(parse_filter("a/b").unwrap().group, None);
+        assert_eq!(parse_filter("a/b", 128).unwrap().group, None);
         for bad in [
             "$share/g",
             "$share//a",
@@ -164,7 +198,7 @@ mod tests {
             "$share",
             "$share/g/a#",
         ] {
-            assert!(parse_filter(bad).is_err(), "{bad}");
+            assert!(parse_filter(bad, 128).is_err(), "{bad}");
         }
     }
 

@@ -172,6 +172,11 @@ impl Incoming {
         self.ids.insert(pid)
     }
 
+    /// True when a QoS 2 PUBLISH with this id was received and not yet released.
+    pub fn contains(&self, pid: u16) -> bool {
+        self.ids.contains(&pid)
+    }
+
     /// PUBREL: forgets the id; returns false when it was unknown.
     pub fn release(&mut self, pid: u16) -> bool {
         self.ids.remove(&pid)

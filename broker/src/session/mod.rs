@@ -19,6 +19,7 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use rookery_codec::{LastWill, QoS};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::message::Delivery;
 use crate::router::trie::{SessionId, Subscriber, Subscription};
@@ -79,6 +80,8 @@ struct Inner {
     removed: bool,
     pending_will: Option<PendingWill>,
     takeovers: Vec<Instant>,
+    /// Cancels the will-delay and expiry timers of the last disconnect.
+    timers: Option<CancellationToken>,
 }
 
 /// One session.
@@ -160,6 +163,7 @@ impl Session {
                 removed: false,
                 pending_will: None,
                 takeovers: Vec::new(),
+                timers: None,
             }),
             attach_lock: tokio::sync::Mutex::new(()),
             takeovers_total: AtomicU64::new(0),
@@ -258,6 +262,11 @@ impl Session {
         if inner.removed {
             return None;
         }
+        // A reconnect makes the timers of the last disconnect moot: stop them now rather than
+        // let them sleep out a long expiry.
+        if let Some(timers) = inner.timers.take() {
+            timers.cancel();
+        }
         // A connection that did not hand its state back (it timed out) leaves a fresh one.
         let previous = inner.state.take().unwrap_or_default();
         // A session whose expiry was 0 ended with its connection. MQTT 5.0 [MQTT-3.1.2-23].
@@ -309,6 +318,20 @@ impl Session {
             self.queue.lock().drop_qos0();
         }
         true
+    }
+
+    /// A token for the timers armed after the disconnect of `generation`, cancelled by the next
+    /// attach. `None` when another connection attached meanwhile.
+    pub fn timer_token(&self, generation: u64) -> Option<CancellationToken> {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation || inner.attached.is_some() {
+            return None;
+        }
+        let token = CancellationToken::new();
+        if let Some(old) = inner.timers.replace(token.clone()) {
+            old.cancel();
+        }
+        Some(token)
     }
 
     /// Ends the session if it is still detached at `generation`: marks it removed and returns

@@ -88,14 +88,20 @@ impl Queue {
             OverflowPolicy::DropNew => Pushed::DroppedFull,
             OverflowPolicy::Disconnect => Pushed::Overflow,
             OverflowPolicy::DropOldest => {
-                // Prefer dropping a QoS 0 message, the one nobody was promised.
-                let victim = self
-                    .items
-                    .iter()
-                    .position(|d| d.qos == QoS::AtMostOnce)
-                    .unwrap_or(0);
-                if let Some(old) = self.items.remove(victim) {
-                    self.bytes -= old.message.weight();
+                // Drop until the new message fits, QoS 0 messages (nobody was promised those)
+                // first, then the oldest.
+                while !self.items.is_empty()
+                    && (self.items.len() >= limits.max_messages
+                        || (limits.max_bytes > 0 && self.bytes + weight > limits.max_bytes))
+                {
+                    let victim = self
+                        .items
+                        .iter()
+                        .position(|d| d.qos == QoS::AtMostOnce)
+                        .unwrap_or(0);
+                    if let Some(old) = self.items.remove(victim) {
+                        self.bytes -= old.message.weight();
+                    }
                 }
                 self.bytes += weight;
                 self.items.push_back(delivery);
@@ -224,6 +230,25 @@ mod tests {
             Pushed::Queued { .. }
         ));
         assert_eq!(q.push(d("y", QoS::AtLeastOnce), &l), Pushed::Overflow);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_for_a_large_message_within_the_byte_limit() {
+        let mut q = Queue::default();
+        let l = QueueLimits {
+            max_messages: 100,
+            max_bytes: 300,
+            overflow: OverflowPolicy::DropOldest,
+        };
+        for p in ["a", "b", "c"] {
+            q.push(d(p, QoS::AtLeastOnce), &l);
+        }
+        assert_eq!(
+            q.push(d(&"x".repeat(150), QoS::AtLeastOnce), &l),
+            Pushed::QueuedDroppedOldest
+        );
+        assert!(q.bytes() <= 300, "{}", q.bytes());
+        assert_eq!(payloads(&mut q).last().map(|s| s.len()), Some(150));
     }
 
     #[test]

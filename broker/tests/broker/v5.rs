@@ -242,3 +242,32 @@ async fn auth_method_is_refused_with_0x8c() {
     let (_c, ack) = Raw::try_connect(server.addr(), connect).await;
     assert_eq!(ack.code, reason::BAD_AUTHENTICATION_METHOD);
 }
+
+#[tokio::test]
+async fn a_message_dropped_inside_the_window_does_not_stall_delivery() {
+    let server = start(|c| c.max_inflight = 1).await;
+    let mut connect = connect_packet(Protocol::V5, "stall", true);
+    connect.properties.maximum_packet_size = Some(200);
+    let (mut sub, _) = Raw::connect_with(server.addr(), connect).await;
+    sub.subscribe("st", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect(server.addr(), Protocol::V5, "p", true).await;
+    publ.publish("st", b"first", QoS::AtLeastOnce, false, 1)
+        .await;
+    publ.publish("st", &[0u8; 500], QoS::AtLeastOnce, false, 2)
+        .await;
+    let mut expiring = publish("st", b"expires", QoS::AtLeastOnce, false, 3);
+    expiring.properties.message_expiry_interval = Some(1);
+    publ.send(Packet::Publish(expiring)).await;
+    publ.recv().await;
+    publ.publish("st", b"last", QoS::AtLeastOnce, false, 4)
+        .await;
+    let first = sub.recv_publish().await;
+    assert_eq!(&first.payload[..], b"first");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sub.send(Packet::PubAck(Ack {
+        packet_id: first.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(&sub.recv_publish().await.payload[..], b"last");
+}
