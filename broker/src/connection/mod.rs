@@ -11,6 +11,7 @@ mod inbound;
 mod outbound;
 pub mod source;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -190,6 +191,7 @@ where
         wbuf: BytesMut::new(),
         counts: LocalCounts::default(),
         out_pending: true,
+        resend_backlog: VecDeque::new(),
         broker,
     };
     conn.write_packet(&Packet::ConnAck(accepted.connack));
@@ -259,6 +261,8 @@ pub(crate) struct Conn {
     counts: LocalCounts,
     /// The session queue may hold deliveries we have not taken yet.
     out_pending: bool,
+    /// Packet ids left in flight by the previous connection, not yet resent on this one.
+    resend_backlog: VecDeque<u16>,
 }
 
 impl Conn {

@@ -18,6 +18,14 @@ impl Conn {
     /// the in-flight window is full or the buffer reaches its high-water mark.
     pub(super) fn drain_queue(&mut self) {
         let now = Instant::now();
+        if !self.resend_backlog.is_empty() {
+            // Messages left in flight by the last connection go first, in their order.
+            self.resend_from_backlog(now);
+            if !self.resend_backlog.is_empty() {
+                self.out_pending = true;
+                return;
+            }
+        }
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let mut batch: SmallVec<[Delivery; DRAIN_BATCH]> = SmallVec::new();
             let window = self.out_window;
@@ -125,42 +133,68 @@ impl Conn {
         (topic, Some(alias), true)
     }
 
-    /// Resends what a resumed session left in flight, in order: PUBLISH with DUP for messages
-    /// not acknowledged, PUBREL for QoS 2 messages already received. MQTT 5.0 [MQTT-4.4.0-1].
+    /// After a resume, resends what the session left in flight in its original order:
+    /// PUBLISH with DUP for messages not acknowledged (within the new connection's window),
+    /// PUBREL for QoS 2 messages already received. MQTT 5.0 [MQTT-4.4.0-1], [MQTT-3.3.4-9].
     pub(super) fn resend_inflight(&mut self) {
-        let now = Instant::now();
-        let mut wbuf = std::mem::take(&mut self.wbuf);
-        for (packet_id, state) in self.state.outgoing.in_order() {
-            match state {
-                OutState::Published(d) => {
-                    let m = &d.message;
-                    encode_publish(
-                        &mut wbuf,
-                        self.protocol,
-                        &PublishView {
-                            dup: true,
-                            qos: d.qos,
-                            retain: d.retain,
-                            topic: &m.topic,
-                            packet_id,
-                            payload: &m.payload,
-                            properties: &m.properties,
-                            topic_alias: None,
-                            message_expiry_interval: m.remaining_expiry(now),
-                            subscription_identifiers: &d.subscription_ids,
-                        },
-                    );
-                }
-                OutState::Released => {
+        self.resend_backlog
+            .extend(self.state.outgoing.in_order().map(|(pid, _)| pid));
+        self.resend_from_backlog(Instant::now());
+    }
+
+    /// Resends backlog entries while the window allows: an entry still waiting to be resent is
+    /// in `outgoing` but not on this connection's wire, so it does not count as in flight.
+    /// (A released QoS 2 entry still counts until PUBCOMP, which keeps the window conservative.)
+    fn resend_from_backlog(&mut self, now: Instant) {
+        self.ensure_wbuf();
+        while let Some(&packet_id) = self.resend_backlog.front() {
+            let on_wire = self.state.outgoing.len() - self.resend_backlog.len();
+            if on_wire >= self.out_window || self.wbuf.len() >= WRITE_HIGH_WATER {
+                return;
+            }
+            let d = match self.state.outgoing.get(packet_id) {
+                Some(OutState::Published(d)) => d,
+                Some(OutState::Released) => {
+                    self.resend_backlog.pop_front();
                     let rel = Packet::PubRel(Ack {
                         packet_id,
                         reason: reason::SUCCESS,
                         ..Default::default()
                     });
-                    rookery_codec::encode(&rel, self.protocol, &mut wbuf);
+                    rookery_codec::encode(&rel, self.protocol, &mut self.wbuf);
+                    continue;
                 }
+                // Acknowledged meanwhile (the client may ack a packet it got before reconnecting).
+                None => {
+                    self.resend_backlog.pop_front();
+                    continue;
+                }
+            };
+            self.resend_backlog.pop_front();
+            let m = &d.message;
+            let start = self.wbuf.len();
+            encode_publish(
+                &mut self.wbuf,
+                self.protocol,
+                &PublishView {
+                    dup: true,
+                    qos: d.qos,
+                    retain: d.retain,
+                    topic: &m.topic,
+                    packet_id,
+                    payload: &m.payload,
+                    properties: &m.properties,
+                    topic_alias: None,
+                    message_expiry_interval: m.remaining_expiry(now),
+                    subscription_identifiers: &d.subscription_ids,
+                },
+            );
+            if self.wbuf.len() - start > self.client_max_packet {
+                // Too large for what this connection accepts: as for a new message, discard.
+                self.wbuf.truncate(start);
+                self.state.outgoing.discard(packet_id);
+                self.counts.too_large += 1;
             }
         }
-        self.wbuf = wbuf;
     }
 }

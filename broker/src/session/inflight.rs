@@ -142,6 +142,11 @@ impl Outgoing {
         Some(state)
     }
 
+    /// The state of one packet id.
+    pub fn get(&self, pid: u16) -> Option<&OutState> {
+        self.entries.get(&pid).map(|(_, state)| state)
+    }
+
     /// Everything in flight, in send order: what a resumed session resends.
     pub fn in_order(&self) -> impl Iterator<Item = (u16, &OutState)> {
         self.order

@@ -362,3 +362,35 @@ async fn counters_follow_real_traffic() {
     let m = &server.broker.metrics;
     eventually(|| m.received() == 10 && m.sent() == 10).await;
 }
+
+#[tokio::test]
+async fn resent_messages_respect_the_new_connections_receive_maximum() {
+    let server = start(|_| {}).await;
+    let mut connect = connect_packet(Protocol::V5, "shrink", false);
+    connect.properties.session_expiry_interval = Some(300);
+    let (mut sub, _) = Raw::connect_with(server.addr(), connect.clone()).await;
+    sub.subscribe("rs", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect(server.addr(), Protocol::V5, "p", true).await;
+    for i in 0..3u8 {
+        publ.publish("rs", &[i], QoS::AtLeastOnce, false, u16::from(i) + 1)
+            .await;
+    }
+    for _ in 0..3 {
+        sub.recv_publish().await;
+    }
+    drop(sub); // nothing acknowledged
+    connect.properties.receive_maximum = Some(1);
+    let (mut sub, ack) = Raw::connect_with(server.addr(), connect).await;
+    assert!(ack.session_present);
+    for i in 0..3u8 {
+        let p = sub.recv_publish().await;
+        assert!(p.dup);
+        assert_eq!(&p.payload[..], &[i]);
+        sub.expect_silence(Duration::from_millis(100)).await;
+        sub.send(Packet::PubAck(Ack {
+            packet_id: p.packet_id,
+            ..Default::default()
+        }))
+        .await;
+    }
+}
