@@ -25,9 +25,15 @@ pub enum HandshakeError {
     /// The peer closed or the socket failed.
     #[error("connection closed before CONNECT: {0}")]
     Io(#[from] std::io::Error),
-    /// The bytes were not a valid CONNECT.
-    #[error("bad CONNECT: {0}")]
-    Decode(#[from] DecodeError),
+    /// The bytes were not a valid CONNECT; `level` is the protocol level its header named, when
+    /// that much could be read (an MQTT 5.0 client is told why in a CONNACK).
+    #[error("bad CONNECT: {error}")]
+    Decode {
+        /// What was wrong.
+        error: DecodeError,
+        /// The protocol level byte, if the header got that far.
+        level: Option<u8>,
+    },
     /// Another packet came first. MQTT 5.0 [MQTT-3.1.0-1].
     #[error("first packet was {0}, not CONNECT")]
     NotConnect(&'static str),
@@ -40,7 +46,10 @@ pub async fn read_connect<R: super::source::Source>(
     max_packet_size: usize,
 ) -> Result<Box<Connect>, HandshakeError> {
     loop {
-        match rookery_codec::decode(rbuf, Protocol::V311, max_packet_size)? {
+        let level = peek_connect_level(rbuf);
+        let decoded = rookery_codec::decode(rbuf, Protocol::V311, max_packet_size)
+            .map_err(|error| HandshakeError::Decode { error, level })?;
+        match decoded {
             Some(Packet::Connect(c)) => return Ok(c),
             Some(other) => return Err(HandshakeError::NotConnect(other.name())),
             None => {
@@ -50,6 +59,20 @@ pub async fn read_connect<R: super::source::Source>(
             }
         }
     }
+}
+
+/// The protocol level of a CONNECT at the front of `buf`, read from its header before the
+/// packet is complete or valid: fixed header, remaining length, `00 04 "MQTT"` (or
+/// `00 06 "MQIsdp"`), level.
+pub fn peek_connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // Skip the variable-length remaining length (at most 4 bytes).
+    let len_bytes = buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = buf.get(1 + len_bytes..)?;
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    rest.get(2 + name_len).copied()
 }
 
 /// A CONNECT refused.
@@ -129,6 +152,17 @@ pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
             code: reason::TOPIC_NAME_INVALID,
             connack_for_v3: false,
             why: "invalid will topic",
+        });
+    }
+    if let Some(will) = &connect.will
+        && will.properties.payload_format_indicator == Some(1)
+        && std::str::from_utf8(&will.payload).is_err()
+    {
+        // MQTT 5.0 section 3.1.3.2.3: the will payload claims UTF-8 and is not.
+        return Err(Refusal {
+            code: reason::PAYLOAD_FORMAT_INVALID,
+            connack_for_v3: false,
+            why: "will payload is not UTF-8 as its format indicator says",
         });
     }
     if connect.properties.authentication_method.is_some() {
@@ -266,4 +300,32 @@ pub async fn accept(
         expiry_secs,
         connack,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peek_connect_level;
+
+    #[test]
+    fn the_level_is_read_from_an_incomplete_or_broken_connect() {
+        assert_eq!(
+            peek_connect_level(&[0x10, 0x7f, 0, 4, b'M', b'Q', b'T', b'T', 5]),
+            Some(5)
+        );
+        assert_eq!(
+            peek_connect_level(&[0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 4]),
+            Some(4)
+        );
+        assert_eq!(
+            peek_connect_level(&[0x10, 0x7f, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3]),
+            Some(3)
+        );
+        assert_eq!(peek_connect_level(&[0x10, 0x7f, 0, 4, b'M', b'Q']), None);
+        assert_eq!(peek_connect_level(&[0x30, 0x02, 0, 4]), None);
+        assert_eq!(
+            peek_connect_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            None
+        );
+        assert_eq!(peek_connect_level(&[]), None);
+    }
 }

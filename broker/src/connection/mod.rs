@@ -111,7 +111,10 @@ where
             debug!("no CONNECT within {}s", deadline.as_secs());
             return;
         }
-        Ok(Err(connect::HandshakeError::Decode(DecodeError::UnsupportedProtocol { level }))) => {
+        Ok(Err(connect::HandshakeError::Decode {
+            error: DecodeError::UnsupportedProtocol { level },
+            ..
+        })) => {
             // MQTT 3.1.1 [MQTT-3.1.2-2] / 5.0 [MQTT-3.1.2-2]: CONNACK 0x01 / 0x84, then close.
             let (protocol, code) = if level == 5 {
                 (Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
@@ -136,6 +139,19 @@ where
                 .protocol_errors_total
                 .fetch_add(1, Ordering::Relaxed);
             info!(error = %e, "closing connection before CONNECT");
+            // MQTT 5.0 section 3.1.4: a 5.0 client may be told why in a CONNACK; 3.1.1 has no
+            // return code for a malformed CONNECT and just sees the connection close.
+            if let connect::HandshakeError::Decode {
+                error,
+                level: Some(5),
+            } = &e
+            {
+                let connack = rookery_codec::ConnAck {
+                    code: error.reason_code(),
+                    ..Default::default()
+                };
+                send_and_close(&mut writer, &Packet::ConnAck(connack), Protocol::V5).await;
+            }
             return;
         }
         Ok(Ok(c)) => c,

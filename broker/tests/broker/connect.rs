@@ -236,3 +236,50 @@ async fn repeated_takeovers_are_counted_per_client_id() {
         3
     );
 }
+
+#[tokio::test]
+async fn a_malformed_v5_connect_gets_connack_with_the_reason() {
+    let server = start(|c| c.max_packet_size = 1024).await;
+    // Reserved connect-flags bit set: malformed. MQTT 5.0 [MQTT-3.1.2-3].
+    let mut raw = Raw::open(server.addr(), Protocol::V5).await;
+    raw.send_bytes(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 60, 0, 0, 0,
+    ])
+    .await;
+    match raw.recv().await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, reason::MALFORMED_PACKET),
+        other => panic!("{other:?}"),
+    }
+    assert!(raw.expect_closed().await.is_none());
+    // Too large.
+    let mut raw = Raw::open(server.addr(), Protocol::V5).await;
+    raw.send_bytes(&[0x10, 0x80, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 5])
+        .await;
+    match raw.recv().await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, reason::PACKET_TOO_LARGE),
+        other => panic!("{other:?}"),
+    }
+    // The same on 3.1.1: closed without a CONNACK.
+    let mut raw = Raw::open(server.addr(), Protocol::V311).await;
+    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 0])
+        .await;
+    assert!(raw.expect_closed().await.is_none());
+}
+
+#[tokio::test]
+async fn a_will_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
+    let server = start(|_| {}).await;
+    let mut connect = connect_packet(Protocol::V5, "pfi-will", true);
+    connect.will = Some(LastWill {
+        topic: "w".into(),
+        payload: bytes::Bytes::from_static(b"\xff"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties {
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        },
+    });
+    let (_c, ack) = Raw::try_connect(server.addr(), connect).await;
+    assert_eq!(ack.code, reason::PAYLOAD_FORMAT_INVALID);
+}
