@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use rookery_codec::{ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, reason};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
@@ -192,8 +192,9 @@ pub async fn accept(
     broker: &Arc<Broker>,
     connect: &Connect,
     peer: SocketAddr,
-    control: mpsc::Sender<Control>,
+    control: oneshot::Sender<Control>,
 ) -> Result<Accepted, Refusal> {
+    let mut control = Some(control);
     let c = &broker.config;
     let assigned = connect.client_id.is_empty();
     let client_id = if assigned {
@@ -232,7 +233,9 @@ pub async fn accept(
             let (done, handed_back) = oneshot::channel();
             let resumes = !connect.clean_start;
             let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
-            if old.send(Control::TakeOver { resumes, done }).await.is_ok() {
+            if let Some(old) = old
+                && old.send(Control::TakeOver { resumes, done }).is_ok()
+            {
                 let _ = tokio::time::timeout_at(deadline, handed_back).await;
             }
             // The old connection may have been closing already (its control channel gone):
@@ -251,7 +254,7 @@ pub async fn accept(
                 });
             }
         }
-        match session.attach(connect.clean_start, expiry_secs, control.clone(), peer) {
+        match session.attach(connect.clean_start, expiry_secs, &mut control, peer) {
             Some(attachment) => break (session.clone(), attachment),
             // The session ended meanwhile: look the id up again.
             None => tokio::task::yield_now().await,

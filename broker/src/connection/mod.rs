@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use rookery_codec::{DecodeError, Disconnect, LastWill, Packet, Protocol, reason};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::broker::Broker;
@@ -95,12 +95,34 @@ where
     R: Source,
     W: AsyncWrite + Unpin + Send,
 {
+    // The handshake and the teardown are boxed: their futures are large and short-lived, and
+    // inline they would size every connection's task for its whole life.
+    let Some((mut conn, rbuf, control)) =
+        Box::pin(handshake(&mut reader, &mut writer, peer, broker)).await
+    else {
+        return;
+    };
+    let close = conn.serve(&mut reader, &mut writer, rbuf, control).await;
+    Box::pin(conn.finish(close, &mut writer)).await;
+}
+
+/// Reads and answers the CONNECT; `None` when the connection ends there.
+async fn handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+) -> Option<(Conn, BytesMut, oneshot::Receiver<Control>)>
+where
+    R: Source,
+    W: AsyncWrite + Unpin + Send,
+{
     let max_packet = broker.config.max_packet_size as usize;
     let mut rbuf = BytesMut::new();
     let deadline = Duration::from_secs(broker.config.connect_timeout_secs);
     let first = tokio::select! {
-        r = tokio::time::timeout(deadline, connect::read_connect(&mut reader, &mut rbuf, max_packet)) => r,
-        _ = broker.shutdown.cancelled() => return,
+        r = tokio::time::timeout(deadline, connect::read_connect(reader, &mut rbuf, max_packet)) => r,
+        _ = broker.shutdown.cancelled() => return None,
     };
     let connect = match first {
         Err(_) => {
@@ -109,7 +131,7 @@ where
                 .connect_timeouts_total
                 .fetch_add(1, Ordering::Relaxed);
             debug!("no CONNECT within {}s", deadline.as_secs());
-            return;
+            return None;
         }
         Ok(Err(connect::HandshakeError::Decode {
             error: DecodeError::UnsupportedProtocol { level },
@@ -130,8 +152,8 @@ where
                 code,
                 ..Default::default()
             });
-            send_and_close(&mut writer, &packet, protocol).await;
-            return;
+            send_and_close(writer, &packet, protocol).await;
+            return None;
         }
         Ok(Err(e)) => {
             broker
@@ -150,9 +172,9 @@ where
                     code: error.reason_code(),
                     ..Default::default()
                 };
-                send_and_close(&mut writer, &Packet::ConnAck(connack), Protocol::V5).await;
+                send_and_close(writer, &Packet::ConnAck(connack), Protocol::V5).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(c)) => c,
     };
@@ -161,14 +183,17 @@ where
         tracing::Span::current().record("client_id", field::display(&connect.client_id));
     }
     if let Err(refusal) = connect::check(&broker, &connect) {
-        refuse(&broker, &mut writer, protocol, &refusal).await;
-        return;
+        refuse(&broker, writer, protocol, &refusal).await;
+        return None;
     }
-    // Capacity 2: a takeover and a kick can both be pending; more are redundant.
-    let (control_tx, control_rx) = mpsc::channel(2);
+    // One message is all a connection ever needs: it closes on the first (takeover or kick).
+    let (control_tx, control_rx) = oneshot::channel();
     let accepted = match connect::accept(&broker, &connect, peer, control_tx).await {
         Ok(a) => a,
-        Err(refusal) => return refuse(&broker, &mut writer, protocol, &refusal).await,
+        Err(refusal) => {
+            refuse(&broker, writer, protocol, &refusal).await;
+            return None;
+        }
     };
     if connect.client_id.is_empty() {
         tracing::Span::current().record("client_id", field::display(&accepted.client_id));
@@ -217,8 +242,7 @@ where
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
-    let close = conn.serve(&mut reader, &mut writer, rbuf, control_rx).await;
-    conn.finish(close, &mut writer).await;
+    Some((conn, rbuf, control_rx))
 }
 
 /// Counts, logs and answers a refused CONNECT, then closes.
@@ -287,7 +311,7 @@ impl Conn {
         reader: &mut R,
         writer: &mut W,
         mut rbuf: BytesMut,
-        mut control: mpsc::Receiver<Control>,
+        mut control: oneshot::Receiver<Control>,
     ) -> Close
     where
         R: Source,
@@ -319,10 +343,10 @@ impl Conn {
             let wait_queue = !self.out_pending;
             tokio::select! {
                 biased;
-                ctl = control.recv() => match ctl {
-                    Some(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
-                    Some(Control::Kick(code)) => return Close::Kicked(code),
-                    None => return Close::Shutdown,
+                ctl = &mut control => match ctl {
+                    Ok(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
+                    Ok(Control::Kick(code)) => return Close::Kicked(code),
+                    Err(_) => return Close::Kicked(reason::UNSPECIFIED_ERROR),
                 },
                 _ = shutdown.cancelled() => return Close::Shutdown,
                 r = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match r {

@@ -34,7 +34,13 @@ impl Source for OwnedReadHalf {
             reserve(buf);
             match self.try_read_buf(buf) {
                 Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness was stale. Wait without holding the buffer we just reserved.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -18,7 +18,7 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use rookery_codec::{LastWill, QoS};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Delivery;
@@ -58,7 +58,8 @@ pub enum Control {
 /// The live connection of a session.
 #[derive(Debug)]
 struct Attached {
-    control: mpsc::Sender<Control>,
+    /// Taken by the first control message: one is all a closing connection needs.
+    control: Option<oneshot::Sender<Control>>,
     peer: SocketAddr,
 }
 
@@ -191,12 +192,12 @@ impl Session {
             Pushed::QueuedDroppedOldest => PushOutcome::QueuedDroppedOldest,
             Pushed::DroppedFull => PushOutcome::DroppedFull,
             Pushed::Overflow => {
-                if let Some(a) = &self.inner.lock().attached {
-                    // Slow consumer under the `disconnect` policy; a full control channel means
-                    // it is already being closed.
-                    let _ = a
-                        .control
-                        .try_send(Control::Kick(rookery_codec::reason::QUOTA_EXCEEDED));
+                // Slow consumer under the `disconnect` policy. No sender left means the
+                // connection is already being closed.
+                if let Some(a) = self.inner.lock().attached.as_mut()
+                    && let Some(control) = a.control.take()
+                {
+                    let _ = control.send(Control::Kick(rookery_codec::reason::QUOTA_EXCEEDED));
                 }
                 PushOutcome::DroppedFull
             }
@@ -234,10 +235,10 @@ impl Session {
         &self,
         window: Duration,
         now: Instant,
-    ) -> Option<(mpsc::Sender<Control>, SocketAddr, usize)> {
+    ) -> Option<(Option<oneshot::Sender<Control>>, SocketAddr, usize)> {
         let mut inner = self.inner.lock();
-        let attached = inner.attached.as_ref()?;
-        let (control, peer) = (attached.control.clone(), attached.peer);
+        let attached = inner.attached.as_mut()?;
+        let (control, peer) = (attached.control.take(), attached.peer);
         inner.takeovers.retain(|t| now.duration_since(*t) < window);
         inner.takeovers.push(now);
         self.takeovers_total.fetch_add(1, Ordering::Relaxed);
@@ -255,7 +256,7 @@ impl Session {
         &self,
         clean_start: bool,
         expiry_secs: u32,
-        control: mpsc::Sender<Control>,
+        control: &mut Option<oneshot::Sender<Control>>,
         peer: SocketAddr,
     ) -> Option<Attachment> {
         let mut inner = self.inner.lock();
@@ -290,7 +291,10 @@ impl Session {
             attachment.session_present = true;
         }
         inner.generation = attachment.generation;
-        inner.attached = Some(Attached { control, peer });
+        inner.attached = Some(Attached {
+            control: control.take(),
+            peer,
+        });
         inner.expiry_secs = expiry_secs;
         self.online.store(true, Ordering::Relaxed);
         Some(attachment)
