@@ -140,3 +140,74 @@ fn the_default_listen_address_is_localhost_1883() {
     let c = rookery_broker::Config::default();
     assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().unwrap()]);
 }
+
+/// Sends a 3.1.1 CONNECT for `id` and waits for the CONNACK.
+async fn connect_v311(addr: std::net::SocketAddr, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    let connect = Connect {
+        protocol: Protocol::V311,
+        clean_start: false,
+        keep_alive: 30,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    encode(
+        &Packet::Connect(Box::new(connect)),
+        Protocol::V311,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack[0], 0x20);
+    s
+}
+
+#[tokio::test]
+async fn repeated_takeovers_log_a_warning_with_both_addresses() {
+    let mut broker = BrokerProcess::start(binary(), &["--takeover-warn-count", "3"]).unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(connect_v311(broker.addr, "twin-device").await);
+    }
+    let line = broker
+        .wait_for_log(
+            "two devices may be sharing one client id",
+            Duration::from_secs(5),
+        )
+        .expect("takeover warning");
+    assert!(line.contains("twin-device"), "{line}");
+    assert!(
+        line.contains("old_peer=127.0.0.1:") && line.contains("new_peer=127.0.0.1:"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_packet_is_logged_once_with_the_client_id() {
+    let mut broker = BrokerProcess::start(binary(), &[]).unwrap();
+    let mut s = connect_v311(broker.addr, "broken-sensor").await;
+    s.write_all(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01])
+        .await
+        .unwrap(); // QoS 3
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    let line = broker
+        .wait_for_log("malformed packet", Duration::from_secs(5))
+        .expect("log line");
+    assert!(line.contains("broken-sensor"), "{line}");
+    broker.signal(15).unwrap();
+    broker.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        broker
+            .log
+            .iter()
+            .filter(|l| l.contains("malformed packet"))
+            .count(),
+        1
+    );
+}
