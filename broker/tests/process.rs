@@ -15,13 +15,17 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rookery-broker"))
 }
 
-/// Connects with MQTT 5.0 and returns the stream and the CONNACK.
-async fn connect_v5(addr: std::net::SocketAddr, id: &str) -> (TcpStream, BytesMut, ConnAck) {
+/// Opens a TCP connection and sends a CONNECT.
+async fn send_connect(
+    addr: std::net::SocketAddr,
+    protocol: Protocol,
+    id: &str,
+    clean_start: bool,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut out = BytesMut::new();
     let connect = Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
+        protocol,
+        clean_start,
         keep_alive: 30,
         client_id: id.into(),
         will: None,
@@ -29,8 +33,15 @@ async fn connect_v5(addr: std::net::SocketAddr, id: &str) -> (TcpStream, BytesMu
         password: None,
         properties: Default::default(),
     };
-    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out);
+    let mut out = BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect)), protocol, &mut out);
     s.write_all(&out).await.unwrap();
+    s
+}
+
+/// Connects with MQTT 5.0 and returns the stream and the CONNACK.
+async fn connect_v5(addr: std::net::SocketAddr, id: &str) -> (TcpStream, BytesMut, ConnAck) {
+    let mut s = send_connect(addr, Protocol::V5, id, true).await;
     let mut buf = BytesMut::new();
     let ack = loop {
         if let Some(p) = decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
@@ -143,24 +154,7 @@ fn the_default_listen_address_is_localhost_1883() {
 
 /// Sends a 3.1.1 CONNECT for `id` and waits for the CONNACK.
 async fn connect_v311(addr: std::net::SocketAddr, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut out = BytesMut::new();
-    let connect = Connect {
-        protocol: Protocol::V311,
-        clean_start: false,
-        keep_alive: 30,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Default::default(),
-    };
-    encode(
-        &Packet::Connect(Box::new(connect)),
-        Protocol::V311,
-        &mut out,
-    );
-    s.write_all(&out).await.unwrap();
+    let mut s = send_connect(addr, Protocol::V311, id, false).await;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.unwrap();
     assert_eq!(ack[0], 0x20);
