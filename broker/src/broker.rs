@@ -21,7 +21,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::router::retained::RetainedIndex;
 use crate::router::topic;
-use crate::router::trie::{Match, Matches, SessionId, Subscriber, SubscriptionTrie};
+use crate::router::trie::{Matches, SessionId, Subscriber, SubscriptionTrie};
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 
 /// Everything connections share.
@@ -89,42 +89,30 @@ impl Broker {
         // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
         matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
         let mut delivered = 0;
-        if matches.len() > 1 && has_overlap(&matches) {
-            // One delivery per session: highest QoS and every subscription identifier.
-            // MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
-            matches.sort_unstable_by_key(|m| (m.shared, m.handle.session_id()));
-            let mut i = 0;
-            while i < matches.len() {
-                let first = &matches[i];
-                let mut j = i + 1;
-                let mut qos = first.sub.options.qos;
-                let mut rap = first.sub.options.retain_as_published;
-                let mut ids: SmallVec<[u32; 2]> = first.sub.id.into_iter().collect();
-                if !first.shared {
-                    while j < matches.len()
-                        && !matches[j].shared
-                        && matches[j].handle.id == first.handle.id
-                    {
-                        qos = qos.max(matches[j].sub.options.qos);
-                        rap |= matches[j].sub.options.retain_as_published;
-                        ids.extend(matches[j].sub.id);
-                        j += 1;
-                    }
+        // One delivery per session for overlapping subscriptions: highest QoS and every
+        // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+        // Sorting in place brings a session's matches together without allocating.
+        matches.sort_unstable_by_key(|m| (m.shared, m.handle.session_id()));
+        let mut i = 0;
+        while i < matches.len() {
+            let first = &matches[i];
+            let mut j = i + 1;
+            let mut qos = first.sub.options.qos;
+            let mut rap = first.sub.options.retain_as_published;
+            let mut ids: SmallVec<[u32; 2]> = first.sub.id.into_iter().collect();
+            if !first.shared {
+                while j < matches.len()
+                    && !matches[j].shared
+                    && matches[j].handle.id == first.handle.id
+                {
+                    qos = qos.max(matches[j].sub.options.qos);
+                    rap |= matches[j].sub.options.retain_as_published;
+                    ids.extend(matches[j].sub.id);
+                    j += 1;
                 }
-                delivered += self.push(first.handle, message, qos, rap, ids);
-                i = j;
             }
-        } else {
-            for m in &matches {
-                let ids = m.sub.id.into_iter().collect();
-                delivered += self.push(
-                    m.handle,
-                    message,
-                    m.sub.options.qos,
-                    m.sub.options.retain_as_published,
-                    ids,
-                );
-            }
+            delivered += self.push(first.handle, message, qos, rap, ids);
+            i = j;
         }
         delivered
     }
@@ -291,27 +279,4 @@ impl Broker {
             }
         });
     }
-}
-
-/// True when two non-shared matches belong to one session (overlapping subscriptions).
-fn has_overlap(matches: &[Match<'_, Arc<Session>>]) -> bool {
-    if matches.len() <= 8 {
-        for (i, a) in matches.iter().enumerate() {
-            if !a.shared
-                && matches[i + 1..]
-                    .iter()
-                    .any(|b| !b.shared && b.handle.id == a.handle.id)
-            {
-                return true;
-            }
-        }
-        return false;
-    }
-    let mut ids: Vec<SessionId> = matches
-        .iter()
-        .filter(|m| !m.shared)
-        .map(|m| m.handle.id)
-        .collect();
-    ids.sort_unstable();
-    ids.windows(2).any(|w| w[0] == w[1])
 }
