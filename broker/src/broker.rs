@@ -24,6 +24,15 @@ use crate::router::topic;
 use crate::router::trie::{Matches, SessionId, Subscriber, SubscriptionTrie};
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 
+/// What routing one message did.
+#[derive(Default)]
+pub struct Routed {
+    /// Sessions it was queued for.
+    pub receivers: usize,
+    /// A session whose queue is now over its limit: the publisher pauses until it drains.
+    pub congested: Option<Arc<Session>>,
+}
+
 /// Everything connections share.
 pub struct Broker {
     /// The configuration in force.
@@ -70,8 +79,7 @@ impl Broker {
     }
 
     /// Routes a message: stores it if retained, then queues it for every matching session.
-    /// Returns the number of sessions it was queued for.
-    pub fn route(&self, message: &Arc<Message>) -> usize {
+    pub fn route(&self, message: &Arc<Message>) -> Routed {
         if message.retain {
             let mut retained = self.retained.write();
             if message.payload.is_empty() {
@@ -83,12 +91,12 @@ impl Broker {
         let router = self.router.read();
         let mut matches: Matches<'_, Arc<Session>> = Matches::new();
         router.collect(&message.topic, &mut matches);
+        let mut routed = Routed::default();
         if matches.is_empty() {
-            return 0;
+            return routed;
         }
         // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
         matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
-        let mut delivered = 0;
         // One delivery per session for overlapping subscriptions: highest QoS and every
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.
@@ -111,10 +119,17 @@ impl Broker {
                     j += 1;
                 }
             }
-            delivered += self.push(first.handle, message, qos, rap, ids);
+            match self.push(first.handle, message, qos, rap, ids) {
+                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest => routed.receivers += 1,
+                PushOutcome::QueuedOverLimit => {
+                    routed.receivers += 1;
+                    routed.congested.get_or_insert_with(|| first.handle.clone());
+                }
+                PushOutcome::DroppedFull | PushOutcome::DroppedOffline => {}
+            }
             i = j;
         }
-        delivered
+        routed
     }
 
     fn push(
@@ -124,7 +139,7 @@ impl Broker {
         granted: QoS,
         retain_as_published: bool,
         subscription_ids: SmallVec<[u32; 2]>,
-    ) -> usize {
+    ) -> PushOutcome {
         let delivery = Delivery {
             message: message.clone(),
             qos: message.qos.min(granted),
@@ -132,21 +147,15 @@ impl Broker {
             retain: retain_as_published && message.retain,
             subscription_ids,
         };
-        match session.push(delivery, &self.push_policy) {
-            PushOutcome::Queued => 1,
-            PushOutcome::QueuedDroppedOldest => {
-                self.metrics.dropped(DropReason::QueueFull, 1);
-                1
+        let outcome = session.push(delivery, &self.push_policy);
+        match outcome {
+            PushOutcome::QueuedDroppedOldest | PushOutcome::DroppedFull => {
+                self.metrics.dropped(DropReason::QueueFull, 1)
             }
-            PushOutcome::DroppedFull => {
-                self.metrics.dropped(DropReason::QueueFull, 1);
-                0
-            }
-            PushOutcome::DroppedOffline => {
-                self.metrics.dropped(DropReason::Offline, 1);
-                0
-            }
+            PushOutcome::DroppedOffline => self.metrics.dropped(DropReason::Offline, 1),
+            PushOutcome::Queued | PushOutcome::QueuedOverLimit => {}
         }
+        outcome
     }
 
     /// Queues the retained messages matching a new subscription for `session`.
@@ -173,7 +182,7 @@ impl Broker {
             };
             if matches!(
                 session.push(delivery, &self.push_policy),
-                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest
+                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest | PushOutcome::QueuedOverLimit
             ) {
                 sent += 1;
             }
@@ -184,7 +193,7 @@ impl Broker {
     /// Publishes a will message (its topic was validated at CONNECT).
     pub fn publish_will(&self, will: &LastWill, origin: SessionId, client_id: &str) {
         let message = Arc::new(Message::from_will(will, origin, Instant::now()));
-        let n = self.route(&message);
+        let n = self.route(&message).receivers;
         self.metrics
             .wills_published_total
             .fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,8 @@
 //! The broker is a separate package, so callers pass the binary's path (inside the broker
 //! package, `env!("CARGO_BIN_EXE_rookery-broker")`).
 
+pub mod bench;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -133,7 +133,13 @@ impl Conn {
         }
         let packet_id = p.packet_id;
         let message = Arc::new(Message::from_publish(p, self.session.id, Instant::now()));
-        let receivers = self.broker.route(&message);
+        let routed = self.broker.route(&message);
+        let receivers = routed.receivers;
+        if let Some(session) = routed.congested {
+            // A subscriber's queue is over its limit: stop reading from this publisher until
+            // it drains, rather than drop what we acknowledge.
+            self.congested = Some(session);
+        }
         // MQTT 5.0: 0x10 tells the publisher nobody subscribed; 3.1.1 acks carry no code.
         let code = if receivers == 0 {
             reason::NO_MATCHING_SUBSCRIBERS

@@ -233,6 +233,7 @@ where
         counts: LocalCounts::default(),
         out_pending: true,
         resend_backlog: VecDeque::new(),
+        congested: None,
         broker,
     };
     conn.write_packet(&Packet::ConnAck(accepted.connack));
@@ -243,6 +244,32 @@ where
         rbuf = BytesMut::new();
     }
     Some((conn, rbuf, control_rx))
+}
+
+/// Longest a publisher is paused for a congested subscriber: past it, the queue's overflow
+/// policy applies, so that one stuck subscriber cannot silence a publisher for good.
+const BACKPRESSURE_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Waits until `session`'s queue is below `limit`, it goes offline, or the pause limit passes.
+async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize) {
+    let Some(session) = session else {
+        return std::future::pending().await;
+    };
+    let deadline = tokio::time::sleep(BACKPRESSURE_MAX_PAUSE);
+    tokio::pin!(deadline);
+    loop {
+        let notified = session.space.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a drain in between is not missed.
+        notified.as_mut().enable();
+        if session.queued() < limit || !session.is_online() {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = &mut deadline => return,
+        }
+    }
 }
 
 /// Counts, logs and answers a refused CONNECT, then closes.
@@ -303,6 +330,9 @@ pub(crate) struct Conn {
     out_pending: bool,
     /// Packet ids left in flight by the previous connection, not yet resent on this one.
     resend_backlog: VecDeque<u16>,
+    /// A subscriber session whose queue this client's publishes pushed over its limit: reads
+    /// pause until it drains (backpressure).
+    congested: Option<Arc<Session>>,
 }
 
 impl Conn {
@@ -339,7 +369,7 @@ impl Conn {
                 // Hold no write buffer while idle.
                 self.wbuf = BytesMut::new();
             }
-            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER && self.congested.is_none();
             let wait_queue = !self.out_pending;
             tokio::select! {
                 biased;
@@ -376,11 +406,23 @@ impl Conn {
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
+                _ = wait_for_space(self.congested.as_ref(), self.broker.config.max_queued_messages), if self.congested.is_some() => {
+                    self.congested = None;
+                    // The client was not ignoring us: we were not reading.
+                    last_read = Instant::now();
+                    if let Err(close) = self.decode_all(&mut rbuf) {
+                        return close;
+                    }
+                },
                 _ = &mut ka_timer => {
                     let Some(limit) = keep_alive else {
                         ka_timer.as_mut().reset(tokio::time::Instant::now() + far);
                         continue;
                     };
+                    if self.congested.is_some() {
+                        // Paused by backpressure: we are the ones not reading.
+                        last_read = Instant::now();
+                    }
                     let idle = last_read.elapsed();
                     if idle >= limit {
                         return Close::KeepAlive;
@@ -395,7 +437,13 @@ impl Conn {
         let max = self.broker.config.max_packet_size as usize;
         loop {
             match rookery_codec::decode(rbuf, self.protocol, max) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => {
+                    self.handle(packet)?;
+                    if self.congested.is_some() {
+                        // Leave the rest in the buffer until the congested queue drains.
+                        return Ok(());
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Close::Decode(e)),
             }

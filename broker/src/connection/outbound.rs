@@ -30,8 +30,11 @@ impl Conn {
             let mut batch: SmallVec<[Delivery; DRAIN_BATCH]> = SmallVec::new();
             let window = self.out_window;
             let mut inflight = self.state.outgoing.len();
+            let limit = self.broker.config.max_queued_messages;
+            let mut was_over = false;
             // Under the queue lock only pops: encoding happens after it is released.
             let (empty, window_full) = self.session.with_queue(|q| {
+                was_over = q.len() >= limit;
                 while batch.len() < DRAIN_BATCH {
                     match q.front_qos() {
                         None => return (true, false),
@@ -45,6 +48,10 @@ impl Conn {
                 }
                 (q.is_empty(), false)
             });
+            if was_over && self.session.queued() < limit {
+                // Publishers paused by backpressure may go on.
+                self.session.space.notify_waiters();
+            }
             for delivery in batch {
                 self.send_delivery(delivery, now);
             }

@@ -96,6 +96,9 @@ pub struct Session {
     queue: Mutex<Queue>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
+    /// Woken (all waiters) when the queue drops below its limit or the session goes offline:
+    /// publishers paused by backpressure wait here.
+    pub space: Notify,
     inner: Mutex<Inner>,
     /// Serialises CONNECTs for this client id.
     pub attach_lock: tokio::sync::Mutex<()>,
@@ -107,6 +110,8 @@ pub struct Session {
 pub enum PushOutcome {
     /// Queued.
     Queued,
+    /// Queued beyond the queue's limits: the publisher should pause until it drains.
+    QueuedOverLimit,
     /// Queued; an older message was dropped for it.
     QueuedDroppedOldest,
     /// Dropped: queue full.
@@ -156,6 +161,7 @@ impl Session {
             online: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
+            space: Notify::new(),
             inner: Mutex::new(Inner {
                 state: Some(SessionState::default()),
                 attached: None,
@@ -181,13 +187,18 @@ impl Session {
         if delivery.qos == QoS::AtMostOnce && !policy.queue_qos0_offline && !self.is_online() {
             return PushOutcome::DroppedOffline;
         }
-        let pushed = self.queue.lock().push(delivery, &policy.limits);
+        // Backpressure only towards a live subscriber (an offline one may never drain), and not
+        // under the `disconnect` policy, whose point is to cut slow clients off.
+        let backpressure = delivery.qos != QoS::AtMostOnce
+            && self.is_online()
+            && policy.limits.overflow != queue::OverflowPolicy::Disconnect;
+        let pushed = self.queue.lock().push(delivery, &policy.limits, backpressure);
         match pushed {
-            Pushed::Queued { was_empty } => {
+            Pushed::Queued { was_empty, over_limit } => {
                 if was_empty {
                     self.wake.notify_one();
                 }
-                PushOutcome::Queued
+                if over_limit { PushOutcome::QueuedOverLimit } else { PushOutcome::Queued }
             }
             Pushed::QueuedDroppedOldest => PushOutcome::QueuedDroppedOldest,
             Pushed::DroppedFull => PushOutcome::DroppedFull,
@@ -318,6 +329,8 @@ impl Session {
         inner.pending_will = will;
         self.online.store(false, Ordering::Relaxed);
         drop(inner);
+        // Publishers paused on this queue stop waiting for a client that is gone.
+        self.space.notify_waiters();
         if !queue_qos0 {
             self.queue.lock().drop_qos0();
         }

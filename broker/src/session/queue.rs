@@ -39,6 +39,8 @@ pub enum Pushed {
     Queued {
         /// The queue was empty before this push.
         was_empty: bool,
+        /// Queued beyond the limits (backpressure): the publisher should pause.
+        over_limit: bool,
     },
     /// Queued after the oldest message was dropped.
     QueuedDroppedOldest,
@@ -71,18 +73,23 @@ impl Queue {
         self.bytes
     }
 
-    /// Appends a delivery within `limits`.
-    pub fn push(&mut self, delivery: Delivery, limits: &QueueLimits) -> Pushed {
+    /// Appends a delivery within `limits`. With `backpressure` (QoS 1/2 for an online client)
+    /// a full queue still takes the delivery up to twice its limits and reports
+    /// `over_limit`: the publisher is then paused instead of the message being dropped.
+    pub fn push(&mut self, delivery: Delivery, limits: &QueueLimits, backpressure: bool) -> Pushed {
         let weight = delivery.message.weight();
-        let full = self.items.len() >= limits.max_messages
-            || (limits.max_bytes > 0
-                && self.bytes + weight > limits.max_bytes
-                && !self.items.is_empty());
-        if !full {
+        let over = |factor: usize| {
+            self.items.len() >= limits.max_messages * factor
+                || (limits.max_bytes > 0
+                    && self.bytes + weight > limits.max_bytes * factor
+                    && !self.items.is_empty())
+        };
+        let full = over(1);
+        if !full || (backpressure && !over(2)) {
             let was_empty = self.items.is_empty();
             self.bytes += weight;
             self.items.push_back(delivery);
-            return Pushed::Queued { was_empty };
+            return Pushed::Queued { was_empty, over_limit: full };
         }
         match limits.overflow {
             OverflowPolicy::DropNew => Pushed::DroppedFull,
@@ -107,14 +114,6 @@ impl Queue {
                 self.items.push_back(delivery);
                 Pushed::QueuedDroppedOldest
             }
-        }
-    }
-
-    /// Puts deliveries back at the front, in order (used when a connection returns what it took).
-    pub fn push_front_all(&mut self, deliveries: impl DoubleEndedIterator<Item = Delivery>) {
-        for d in deliveries.rev() {
-            self.bytes += d.message.weight();
-            self.items.push_front(d);
         }
     }
 
@@ -187,30 +186,41 @@ mod tests {
         let mut q = Queue::default();
         let l = limits(2, OverflowPolicy::DropNew);
         assert_eq!(
-            q.push(d("1", QoS::AtLeastOnce), &l),
-            Pushed::Queued { was_empty: true }
+            q.push(d("1", QoS::AtLeastOnce), &l, false),
+            Pushed::Queued { was_empty: true, over_limit: false }
         );
         assert_eq!(
-            q.push(d("2", QoS::AtLeastOnce), &l),
-            Pushed::Queued { was_empty: false }
+            q.push(d("2", QoS::AtLeastOnce), &l, false),
+            Pushed::Queued { was_empty: false, over_limit: false }
         );
-        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l), Pushed::DroppedFull);
+        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l, false), Pushed::DroppedFull);
         assert_eq!(payloads(&mut q), vec!["1", "2"]);
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn backpressure_admits_up_to_twice_the_limit_and_says_so() {
+        let mut q = Queue::default();
+        let l = limits(2, OverflowPolicy::DropNew);
+        q.push(d("1", QoS::AtLeastOnce), &l, true);
+        q.push(d("2", QoS::AtLeastOnce), &l, true);
+        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l, true), Pushed::Queued { was_empty: false, over_limit: true });
+        assert_eq!(q.push(d("4", QoS::AtLeastOnce), &l, true), Pushed::Queued { was_empty: false, over_limit: true });
+        assert_eq!(q.push(d("5", QoS::AtLeastOnce), &l, true), Pushed::DroppedFull);
     }
 
     #[test]
     fn drop_oldest_prefers_qos0_victims() {
         let mut q = Queue::default();
         let l = limits(2, OverflowPolicy::DropOldest);
-        q.push(d("1", QoS::AtLeastOnce), &l);
-        q.push(d("2", QoS::AtMostOnce), &l);
+        q.push(d("1", QoS::AtLeastOnce), &l, false);
+        q.push(d("2", QoS::AtMostOnce), &l, false);
         assert_eq!(
-            q.push(d("3", QoS::AtLeastOnce), &l),
+            q.push(d("3", QoS::AtLeastOnce), &l, false),
             Pushed::QueuedDroppedOldest
         );
         assert_eq!(
-            q.push(d("4", QoS::AtLeastOnce), &l),
+            q.push(d("4", QoS::AtLeastOnce), &l, false),
             Pushed::QueuedDroppedOldest
         );
         assert_eq!(payloads(&mut q), vec!["3", "4"]);
@@ -226,10 +236,10 @@ mod tests {
         };
         let big = "x".repeat(500);
         assert!(matches!(
-            q.push(d(&big, QoS::AtLeastOnce), &l),
+            q.push(d(&big, QoS::AtLeastOnce), &l, false),
             Pushed::Queued { .. }
         ));
-        assert_eq!(q.push(d("y", QoS::AtLeastOnce), &l), Pushed::Overflow);
+        assert_eq!(q.push(d("y", QoS::AtLeastOnce), &l, false), Pushed::Overflow);
     }
 
     #[test]
@@ -241,10 +251,10 @@ mod tests {
             overflow: OverflowPolicy::DropOldest,
         };
         for p in ["a", "b", "c"] {
-            q.push(d(p, QoS::AtLeastOnce), &l);
+            q.push(d(p, QoS::AtLeastOnce), &l, false);
         }
         assert_eq!(
-            q.push(d(&"x".repeat(150), QoS::AtLeastOnce), &l),
+            q.push(d(&"x".repeat(150), QoS::AtLeastOnce), &l, false),
             Pushed::QueuedDroppedOldest
         );
         assert!(q.bytes() <= 300, "{}", q.bytes());
@@ -255,10 +265,10 @@ mod tests {
     fn offline_drop_of_qos0_keeps_order_of_the_rest() {
         let mut q = Queue::default();
         let l = limits(10, OverflowPolicy::DropNew);
-        q.push(d("1", QoS::AtMostOnce), &l);
-        q.push(d("2", QoS::ExactlyOnce), &l);
-        q.push(d("3", QoS::AtMostOnce), &l);
-        q.push(d("4", QoS::AtLeastOnce), &l);
+        q.push(d("1", QoS::AtMostOnce), &l, false);
+        q.push(d("2", QoS::ExactlyOnce), &l, false);
+        q.push(d("3", QoS::AtMostOnce), &l, false);
+        q.push(d("4", QoS::AtLeastOnce), &l, false);
         assert_eq!(q.drop_qos0(), 2);
         assert_eq!(payloads(&mut q), vec!["2", "4"]);
     }

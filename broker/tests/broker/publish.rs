@@ -394,3 +394,35 @@ async fn resent_messages_respect_the_new_connections_receive_maximum() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_pauses_the_publisher_instead_of_losing_qos1() {
+    let server = start(|c| {
+        c.max_queued_messages = 5;
+        c.max_inflight = 1;
+    })
+    .await;
+    let (mut sub, _) = Raw::connect(server.addr(), Protocol::V311, "slow-sub", true).await;
+    sub.subscribe("bp", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect(server.addr(), Protocol::V311, "fast-pub", true).await;
+    for i in 0..40u16 {
+        publ.send(Packet::Publish(publish("bp", &i.to_be_bytes(), QoS::AtLeastOnce, false, i + 1))).await;
+    }
+    // The publisher is held back: far fewer than 40 acknowledgements while nobody drains.
+    let mut acked = 0;
+    while let Some(Packet::PubAck(_)) = publ.recv_within(std::time::Duration::from_millis(300)).await {
+        acked += 1;
+    }
+    assert!(acked < 40, "publisher was not paused ({acked} acks)");
+    // Draining the subscriber lets everything through, in order, with nothing dropped.
+    for i in 0..40u16 {
+        let p = sub.recv_publish().await;
+        assert_eq!(u16::from_be_bytes([p.payload[0], p.payload[1]]), i);
+        sub.send(Packet::PubAck(Ack { packet_id: p.packet_id, ..Default::default() })).await;
+    }
+    while acked < 40 {
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+        acked += 1;
+    }
+    assert_eq!(server.broker.metrics.dropped_queue_full_total.load(Ordering::Relaxed), 0);
+}
