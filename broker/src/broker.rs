@@ -182,7 +182,9 @@ impl Broker {
             };
             if matches!(
                 session.push(delivery, &self.push_policy),
-                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest | PushOutcome::QueuedOverLimit
+                PushOutcome::Queued
+                    | PushOutcome::QueuedDroppedOldest
+                    | PushOutcome::QueuedOverLimit
             ) {
                 sent += 1;
             }

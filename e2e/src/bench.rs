@@ -132,10 +132,18 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr, protocol: Protocol, id: String) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
-        let mut c = Client { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new(), protocol };
+        let mut c = Client {
+            reader,
+            writer,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::new(),
+            protocol,
+        };
         c.queue(&connect_packet(protocol, id));
         c.flush().await?;
         match c.next().await? {
@@ -156,7 +164,11 @@ impl Client {
 
     /// The next packet already buffered, without reading.
     fn buffered(&mut self) -> anyhow::Result<Option<Packet>> {
-        Ok(rookery_codec::decode(&mut self.rbuf, self.protocol, usize::MAX)?)
+        Ok(rookery_codec::decode(
+            &mut self.rbuf,
+            self.protocol,
+            usize::MAX,
+        )?)
     }
 
     async fn fill(&mut self) -> anyhow::Result<()> {
@@ -181,8 +193,17 @@ fn qos_of(q: u8) -> anyhow::Result<QoS> {
     QoS::from_u8(q).context("--qos must be 0, 1 or 2")
 }
 
-async fn publisher(opts: Options, shared: Arc<Shared>, index: usize, topic: String) -> anyhow::Result<()> {
-    let protocol = if opts.v5 { Protocol::V5 } else { Protocol::V311 };
+async fn publisher(
+    opts: Options,
+    shared: Arc<Shared>,
+    index: usize,
+    topic: String,
+) -> anyhow::Result<()> {
+    let protocol = if opts.v5 {
+        Protocol::V5
+    } else {
+        Protocol::V311
+    };
     let qos = qos_of(opts.qos)?;
     let mut c = Client::connect(opts.broker, protocol, format!("bench-pub-{index}")).await?;
     let mut seq: u64 = 0;
@@ -242,7 +263,10 @@ async fn publisher(opts: Options, shared: Arc<Shared>, index: usize, topic: Stri
                     // Acks come in order: everything up to seq - inflight is acknowledged.
                     shared.published[index].store(seq - inflight as u64, Ordering::Relaxed);
                 }
-                Some(Packet::PubRec(a)) => c.queue(&Packet::PubRel(Ack { packet_id: a.packet_id, ..Default::default() })),
+                Some(Packet::PubRec(a)) => c.queue(&Packet::PubRel(Ack {
+                    packet_id: a.packet_id,
+                    ..Default::default()
+                })),
                 Some(_) => {}
                 None if must_wait && inflight >= opts.inflight => {
                     c.flush().await?;
@@ -264,7 +288,10 @@ async fn publisher(opts: Options, shared: Arc<Shared>, index: usize, topic: Stri
                 shared.published[index].store(seq - inflight as u64, Ordering::Relaxed);
             }
             Ok(Ok(Packet::PubRec(a))) => {
-                c.queue(&Packet::PubRel(Ack { packet_id: a.packet_id, ..Default::default() }));
+                c.queue(&Packet::PubRel(Ack {
+                    packet_id: a.packet_id,
+                    ..Default::default()
+                }));
                 c.flush().await?;
             }
             Ok(Ok(_)) => {}
@@ -292,12 +319,22 @@ async fn subscriber(
     publishers: usize,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Seen> {
-    let protocol = if opts.v5 { Protocol::V5 } else { Protocol::V311 };
+    let protocol = if opts.v5 {
+        Protocol::V5
+    } else {
+        Protocol::V311
+    };
     let qos = qos_of(opts.qos)?;
     let mut c = Client::connect(opts.broker, protocol, format!("bench-sub-{index}")).await?;
     c.queue(&Packet::Subscribe(Subscribe {
         packet_id: 1,
-        filters: vec![SubscribeFilter { filter: filter.into(), options: SubscriptionOptions { qos, ..Default::default() } }],
+        filters: vec![SubscribeFilter {
+            filter: filter.into(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
         properties: Default::default(),
     }));
     c.flush().await?;
@@ -319,13 +356,22 @@ async fn subscriber(
             match p {
                 Packet::Publish(p) => {
                     if p.qos == QoS::AtLeastOnce {
-                        c.queue(&Packet::PubAck(Ack { packet_id: p.packet_id, ..Default::default() }));
+                        c.queue(&Packet::PubAck(Ack {
+                            packet_id: p.packet_id,
+                            ..Default::default()
+                        }));
                     } else if p.qos == QoS::ExactlyOnce {
-                        c.queue(&Packet::PubRec(Ack { packet_id: p.packet_id, ..Default::default() }));
+                        c.queue(&Packet::PubRec(Ack {
+                            packet_id: p.packet_id,
+                            ..Default::default()
+                        }));
                     }
                     record(&shared, &mut seen, &p.payload);
                 }
-                Packet::PubRel(a) => c.queue(&Packet::PubComp(Ack { packet_id: a.packet_id, ..Default::default() })),
+                Packet::PubRel(a) => c.queue(&Packet::PubComp(Ack {
+                    packet_id: a.packet_id,
+                    ..Default::default()
+                })),
                 _ => {}
             }
         }
@@ -339,14 +385,11 @@ async fn subscriber(
                 return Ok(seen);
             }
         }
-        match tokio::time::timeout(Duration::from_millis(100), c.fill()).await {
-            Ok(r) => {
-                r?;
-                if shared.stop.load(Ordering::Relaxed) {
-                    idle_since = Some(Instant::now());
-                }
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), c.fill()).await {
+            r?;
+            if shared.stop.load(Ordering::Relaxed) {
+                idle_since = Some(Instant::now());
             }
-            Err(_) => {}
         }
     }
 }
@@ -361,7 +404,9 @@ fn record(shared: &Shared, seen: &mut Seen, payload: &[u8]) {
     let seq = u64::from_be_bytes(b);
     b.copy_from_slice(&payload[12..20]);
     let sent = u64::from_be_bytes(b);
-    let Some(slot) = seen.per_publisher.get_mut(publisher) else { return };
+    let Some(slot) = seen.per_publisher.get_mut(publisher) else {
+        return;
+    };
     if seq <= slot.0 {
         seen.duplicated += 1;
         return;
@@ -426,10 +471,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             Scenario::Pairs => format!("bench/pair/{i}"),
             Scenario::FanOut => "bench/out".to_string(),
         };
-        subs.push(tokio::spawn(subscriber(opts.clone(), shared.clone(), i, filter, publishers, ready_tx.clone())));
+        subs.push(tokio::spawn(subscriber(
+            opts.clone(),
+            shared.clone(),
+            i,
+            filter,
+            publishers,
+            ready_tx.clone(),
+        )));
     }
     for _ in 0..subscribers {
-        ready_rx.recv().await.context("a subscriber failed to start")?;
+        ready_rx
+            .recv()
+            .await
+            .context("a subscriber failed to start")?;
     }
     let mut pubs = Vec::new();
     for i in 0..publishers {
@@ -438,7 +493,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             Scenario::Pairs => format!("bench/pair/{i}"),
             Scenario::FanOut => "bench/out".to_string(),
         };
-        pubs.push(tokio::spawn(publisher(opts.clone(), shared.clone(), i, topic)));
+        pubs.push(tokio::spawn(publisher(
+            opts.clone(),
+            shared.clone(),
+            i,
+            topic,
+        )));
     }
     let pid = opts.broker_pid.map(|p| p.to_string());
     let mut peak_rss = 0u64;
@@ -456,11 +516,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let measure_start = Instant::now();
     let end = measure_start + Duration::from_secs_f64(opts.duration);
     while Instant::now() < end {
-        let left = end.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let left = end
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
         tokio::time::sleep(left).await;
         sample(&mut peak_rss);
-        let done = shared.published.iter().map(|p| p.load(Ordering::Relaxed)).sum::<u64>();
-        eprint!("\r{:>5.1}s  published {done:>12}", measure_start.elapsed().as_secs_f64());
+        let done = shared
+            .published
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .sum::<u64>();
+        eprint!(
+            "\r{:>5.1}s  published {done:>12}",
+            measure_start.elapsed().as_secs_f64()
+        );
     }
     eprintln!();
     shared.measuring.store(false, Ordering::Relaxed);
@@ -492,8 +561,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
     }
     let broker_cpu_secs = broker_start.zip(broker_end).map(|(a, b)| b.0 - a.0);
-    let broker_syscalls_per_msg =
-        broker_start.zip(broker_end).map(|(a, b)| (b.2 - a.2) as f64 / delivered.max(1) as f64);
+    let broker_syscalls_per_msg = broker_start
+        .zip(broker_end)
+        .map(|(a, b)| (b.2 - a.2) as f64 / delivered.max(1) as f64);
     Ok(Report {
         delivered,
         delivered_per_sec: delivered as f64 / elapsed,
@@ -517,7 +587,8 @@ impl Report {
     /// A human-readable table.
     pub fn table(&self) -> String {
         let o = &self.options;
-        let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
         format!(
             "scenario {:?}, {} clients, QoS {}, {} B payload, {}s measured\n\
              delivered        {:>12} ({:.0} msg/s)\n\
@@ -541,7 +612,8 @@ impl Report {
             self.lost,
             self.duplicated,
             opt(self.broker_cpu_secs, "s"),
-            self.broker_peak_rss_kib.map_or("-".to_string(), |k| format!("{} KiB", k)),
+            self.broker_peak_rss_kib
+                .map_or("-".to_string(), |k| format!("{} KiB", k)),
             opt(self.broker_syscalls_per_msg, ""),
             self.bench_cpu_secs,
         )

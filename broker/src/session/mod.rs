@@ -192,13 +192,23 @@ impl Session {
         let backpressure = delivery.qos != QoS::AtMostOnce
             && self.is_online()
             && policy.limits.overflow != queue::OverflowPolicy::Disconnect;
-        let pushed = self.queue.lock().push(delivery, &policy.limits, backpressure);
+        let pushed = self
+            .queue
+            .lock()
+            .push(delivery, &policy.limits, backpressure);
         match pushed {
-            Pushed::Queued { was_empty, over_limit } => {
+            Pushed::Queued {
+                was_empty,
+                over_limit,
+            } => {
                 if was_empty {
                     self.wake.notify_one();
                 }
-                if over_limit { PushOutcome::QueuedOverLimit } else { PushOutcome::Queued }
+                if over_limit {
+                    PushOutcome::QueuedOverLimit
+                } else {
+                    PushOutcome::Queued
+                }
             }
             Pushed::QueuedDroppedOldest => PushOutcome::QueuedDroppedOldest,
             Pushed::DroppedFull => PushOutcome::DroppedFull,

@@ -89,7 +89,10 @@ impl Queue {
             let was_empty = self.items.is_empty();
             self.bytes += weight;
             self.items.push_back(delivery);
-            return Pushed::Queued { was_empty, over_limit: full };
+            return Pushed::Queued {
+                was_empty,
+                over_limit: full,
+            };
         }
         match limits.overflow {
             OverflowPolicy::DropNew => Pushed::DroppedFull,
@@ -187,13 +190,22 @@ mod tests {
         let l = limits(2, OverflowPolicy::DropNew);
         assert_eq!(
             q.push(d("1", QoS::AtLeastOnce), &l, false),
-            Pushed::Queued { was_empty: true, over_limit: false }
+            Pushed::Queued {
+                was_empty: true,
+                over_limit: false
+            }
         );
         assert_eq!(
             q.push(d("2", QoS::AtLeastOnce), &l, false),
-            Pushed::Queued { was_empty: false, over_limit: false }
+            Pushed::Queued {
+                was_empty: false,
+                over_limit: false
+            }
         );
-        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l, false), Pushed::DroppedFull);
+        assert_eq!(
+            q.push(d("3", QoS::AtLeastOnce), &l, false),
+            Pushed::DroppedFull
+        );
         assert_eq!(payloads(&mut q), vec!["1", "2"]);
         assert_eq!(q.bytes(), 0);
     }
@@ -204,9 +216,24 @@ mod tests {
         let l = limits(2, OverflowPolicy::DropNew);
         q.push(d("1", QoS::AtLeastOnce), &l, true);
         q.push(d("2", QoS::AtLeastOnce), &l, true);
-        assert_eq!(q.push(d("3", QoS::AtLeastOnce), &l, true), Pushed::Queued { was_empty: false, over_limit: true });
-        assert_eq!(q.push(d("4", QoS::AtLeastOnce), &l, true), Pushed::Queued { was_empty: false, over_limit: true });
-        assert_eq!(q.push(d("5", QoS::AtLeastOnce), &l, true), Pushed::DroppedFull);
+        assert_eq!(
+            q.push(d("3", QoS::AtLeastOnce), &l, true),
+            Pushed::Queued {
+                was_empty: false,
+                over_limit: true
+            }
+        );
+        assert_eq!(
+            q.push(d("4", QoS::AtLeastOnce), &l, true),
+            Pushed::Queued {
+                was_empty: false,
+                over_limit: true
+            }
+        );
+        assert_eq!(
+            q.push(d("5", QoS::AtLeastOnce), &l, true),
+            Pushed::DroppedFull
+        );
     }
 
     #[test]
@@ -239,7 +266,10 @@ mod tests {
             q.push(d(&big, QoS::AtLeastOnce), &l, false),
             Pushed::Queued { .. }
         ));
-        assert_eq!(q.push(d("y", QoS::AtLeastOnce), &l, false), Pushed::Overflow);
+        assert_eq!(
+            q.push(d("y", QoS::AtLeastOnce), &l, false),
+            Pushed::Overflow
+        );
     }
 
     #[test]

@@ -406,11 +406,21 @@ async fn a_slow_subscriber_pauses_the_publisher_instead_of_losing_qos1() {
     sub.subscribe("bp", QoS::AtLeastOnce).await;
     let (mut publ, _) = Raw::connect(server.addr(), Protocol::V311, "fast-pub", true).await;
     for i in 0..40u16 {
-        publ.send(Packet::Publish(publish("bp", &i.to_be_bytes(), QoS::AtLeastOnce, false, i + 1))).await;
+        publ.send(Packet::Publish(publish(
+            "bp",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            i + 1,
+        )))
+        .await;
     }
     // The publisher is held back: far fewer than 40 acknowledgements while nobody drains.
     let mut acked = 0;
-    while let Some(Packet::PubAck(_)) = publ.recv_within(std::time::Duration::from_millis(300)).await {
+    while let Some(Packet::PubAck(_)) = publ
+        .recv_within(std::time::Duration::from_millis(300))
+        .await
+    {
         acked += 1;
     }
     assert!(acked < 40, "publisher was not paused ({acked} acks)");
@@ -418,11 +428,22 @@ async fn a_slow_subscriber_pauses_the_publisher_instead_of_losing_qos1() {
     for i in 0..40u16 {
         let p = sub.recv_publish().await;
         assert_eq!(u16::from_be_bytes([p.payload[0], p.payload[1]]), i);
-        sub.send(Packet::PubAck(Ack { packet_id: p.packet_id, ..Default::default() })).await;
+        sub.send(Packet::PubAck(Ack {
+            packet_id: p.packet_id,
+            ..Default::default()
+        }))
+        .await;
     }
     while acked < 40 {
         assert!(matches!(publ.recv().await, Packet::PubAck(_)));
         acked += 1;
     }
-    assert_eq!(server.broker.metrics.dropped_queue_full_total.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        server
+            .broker
+            .metrics
+            .dropped_queue_full_total
+            .load(Ordering::Relaxed),
+        0
+    );
 }

@@ -6,7 +6,10 @@ use clap::Parser;
 use rookery_e2e::bench::{self, Options};
 
 #[derive(Parser)]
-#[command(name = "rookery-bench", about = "MQTT load tool: fan-in, pairs and fan-out scenarios")]
+#[command(
+    name = "rookery-bench",
+    about = "MQTT load tool: fan-in, pairs and fan-out scenarios"
+)]
 struct Cli {
     #[command(flatten)]
     options: Options,
@@ -17,7 +20,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rookery-bench: {e}");
@@ -35,8 +41,13 @@ fn main() -> ExitCode {
                 print!("{}", report.table());
             }
             // A run that lost messages at QoS 1 or 2 is a failed run.
-            if report.options.qos > 0 && (report.lost > 0 || (report.options.qos == 2 && report.duplicated > 0)) {
-                eprintln!("rookery-bench: {} lost, {} duplicated at QoS {}", report.lost, report.duplicated, report.options.qos);
+            if report.options.qos > 0
+                && (report.lost > 0 || (report.options.qos == 2 && report.duplicated > 0))
+            {
+                eprintln!(
+                    "rookery-bench: {} lost, {} duplicated at QoS {}",
+                    report.lost, report.duplicated, report.options.qos
+                );
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
