@@ -250,6 +250,12 @@ where
 /// policy applies, so that one stuck subscriber cannot silence a publisher for good.
 const BACKPRESSURE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
+/// Paused publishers resume when the congested queue is below half its limit: the gap keeps
+/// them from waking for every message drained.
+fn resume_below(broker: &Broker) -> usize {
+    broker.config.max_queued_messages.div_ceil(2)
+}
+
 /// Waits until `session`'s queue is below `limit`, it goes offline, or the pause limit passes.
 async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize) {
     let Some(session) = session else {
@@ -406,7 +412,7 @@ impl Conn {
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
-                _ = wait_for_space(self.congested.as_ref(), self.broker.config.max_queued_messages), if self.congested.is_some() => {
+                _ = wait_for_space(self.congested.as_ref(), resume_below(&self.broker)), if self.congested.is_some() => {
                     self.congested = None;
                     // The client was not ignoring us: we were not reading.
                     last_read = Instant::now();

@@ -30,7 +30,7 @@ impl Conn {
             let mut batch: SmallVec<[Delivery; DRAIN_BATCH]> = SmallVec::new();
             let window = self.out_window;
             let mut inflight = self.state.outgoing.len();
-            let limit = self.broker.config.max_queued_messages;
+            let limit = super::resume_below(&self.broker);
             let mut was_over = false;
             // Under the queue lock only pops: encoding happens after it is released.
             let (empty, window_full) = self.session.with_queue(|q| {
@@ -49,7 +49,7 @@ impl Conn {
                 (q.is_empty(), false)
             });
             if was_over && self.session.queued() < limit {
-                // Publishers paused by backpressure may go on.
+                // Publishers paused by backpressure may go on (see `resume_below`).
                 self.session.space.notify_waiters();
             }
             for delivery in batch {
