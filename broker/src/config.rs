@@ -56,6 +56,8 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// What to do when a session queue is full: `drop-new`, `drop-oldest` or `disconnect`.
     pub queue_overflow: OverflowPolicy,
+    /// Queue depth of an online subscriber from which its QoS 1/2 publishers are paused.
+    pub backpressure_depth: usize,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
     /// Topic aliases a client may use towards us (MQTT 5.0 Topic Alias Maximum we advertise).
@@ -92,6 +94,7 @@ impl Default for Config {
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             queue_overflow: OverflowPolicy::DropNew,
+            backpressure_depth: 256,
             queue_qos0_offline: false,
             topic_alias_maximum: 1024,
             outgoing_topic_aliases: true,
@@ -195,6 +198,9 @@ impl Config {
         if self.max_queued_messages == 0 {
             return invalid("max_queued_messages", "must be at least 1");
         }
+        if self.backpressure_depth < 2 {
+            return invalid("backpressure_depth", "must be at least 2");
+        }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
         }
@@ -213,6 +219,7 @@ impl Config {
             max_messages: self.max_queued_messages,
             max_bytes: self.max_queued_bytes,
             overflow: self.queue_overflow,
+            backpressure_depth: self.backpressure_depth,
         }
     }
 }
@@ -277,6 +284,9 @@ pub struct Cli {
     /// Policy when a session queue is full.
     #[arg(long, env = "ROOKERY_QUEUE_OVERFLOW", value_enum)]
     pub queue_overflow: Option<OverflowPolicy>,
+    /// Queue depth from which QoS 1/2 publishers are paused.
+    #[arg(long, env = "ROOKERY_BACKPRESSURE_DEPTH")]
+    pub backpressure_depth: Option<usize>,
     /// Queue QoS 0 messages for offline sessions.
     #[arg(long, env = "ROOKERY_QUEUE_QOS0_OFFLINE")]
     pub queue_qos0_offline: Option<bool>,
@@ -335,6 +345,7 @@ impl Cli {
             max_queued_messages,
             max_queued_bytes,
             queue_overflow,
+            backpressure_depth,
             queue_qos0_offline,
             topic_alias_maximum,
             outgoing_topic_aliases,

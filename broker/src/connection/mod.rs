@@ -250,10 +250,11 @@ where
 /// policy applies, so that one stuck subscriber cannot silence a publisher for good.
 const BACKPRESSURE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
-/// Paused publishers resume when the congested queue is below half its limit: the gap keeps
-/// them from waking for every message drained.
+/// Paused publishers resume when the congested queue is below half the depth that paused them:
+/// the gap keeps them from waking for every message drained.
 fn resume_below(broker: &Broker) -> usize {
-    broker.config.max_queued_messages.div_ceil(2)
+    let c = &broker.config;
+    c.backpressure_depth.min(c.max_queued_messages).div_ceil(2)
 }
 
 /// Waits until `session`'s queue is below `limit`, it goes offline, or the pause limit passes.

@@ -30,6 +30,8 @@ pub struct QueueLimits {
     pub max_bytes: usize,
     /// What to do at the limit.
     pub overflow: OverflowPolicy,
+    /// Queue depth from which QoS 1/2 pushes for an online client ask the publisher to pause.
+    pub backpressure_depth: usize,
 }
 
 /// Result of [`Queue::push`].
@@ -74,8 +76,9 @@ impl Queue {
     }
 
     /// Appends a delivery within `limits`. With `backpressure` (QoS 1/2 for an online client)
-    /// a full queue still takes the delivery up to twice its limits and reports
-    /// `over_limit`: the publisher is then paused instead of the message being dropped.
+    /// the push reports `over_limit` once the queue is deeper than `backpressure_depth`, and a
+    /// full queue still takes the delivery up to twice its limits: the publisher is then paused
+    /// instead of the message being dropped.
     pub fn push(&mut self, delivery: Delivery, limits: &QueueLimits, backpressure: bool) -> Pushed {
         let weight = delivery.message.weight();
         let over = |factor: usize| {
@@ -89,10 +92,8 @@ impl Queue {
             let was_empty = self.items.is_empty();
             self.bytes += weight;
             self.items.push_back(delivery);
-            return Pushed::Queued {
-                was_empty,
-                over_limit: full,
-            };
+            let over_limit = backpressure && (full || self.items.len() > limits.backpressure_depth);
+            return Pushed::Queued { was_empty, over_limit };
         }
         match limits.overflow {
             OverflowPolicy::DropNew => Pushed::DroppedFull,
@@ -175,6 +176,7 @@ mod tests {
             max_messages: max,
             max_bytes: 0,
             overflow,
+            backpressure_depth: usize::MAX,
         }
     }
 
@@ -260,6 +262,7 @@ mod tests {
             max_messages: 100,
             max_bytes: 100,
             overflow: OverflowPolicy::Disconnect,
+            backpressure_depth: usize::MAX,
         };
         let big = "x".repeat(500);
         assert!(matches!(
@@ -279,6 +282,7 @@ mod tests {
             max_messages: 100,
             max_bytes: 300,
             overflow: OverflowPolicy::DropOldest,
+            backpressure_depth: usize::MAX,
         };
         for p in ["a", "b", "c"] {
             q.push(d(p, QoS::AtLeastOnce), &l, false);
