@@ -93,7 +93,10 @@ impl Queue {
             self.bytes += weight;
             self.items.push_back(delivery);
             let over_limit = backpressure && (full || self.items.len() > limits.backpressure_depth);
-            return Pushed::Queued { was_empty, over_limit };
+            return Pushed::Queued {
+                was_empty,
+                over_limit,
+            };
         }
         match limits.overflow {
             OverflowPolicy::DropNew => Pushed::DroppedFull,
