@@ -22,6 +22,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::router::retained::RetainedIndex;
 use crate::router::topic;
 use crate::router::trie::{Matches, SessionId, Subscriber, SubscriptionTrie};
+use crate::security::Security;
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 
 /// What routing one message did.
@@ -45,6 +46,8 @@ pub struct Broker {
     pub retained: RwLock<RetainedIndex>,
     /// Counters.
     pub metrics: Metrics,
+    /// Passwords, ACL and bans in force.
+    pub security: Security,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Background tasks (connections, timers) to wait for at shutdown.
@@ -55,7 +58,7 @@ pub struct Broker {
 
 impl Broker {
     /// A broker with this configuration and no state.
-    pub fn new(config: Config) -> Arc<Broker> {
+    pub fn new(config: Config, security: Security) -> Arc<Broker> {
         let push_policy = PushPolicy {
             limits: config.queue_limits(),
             queue_qos0_offline: config.queue_qos0_offline,
@@ -66,6 +69,7 @@ impl Broker {
             router: RwLock::new(SubscriptionTrie::default()),
             retained: RwLock::new(RetainedIndex::default()),
             metrics: Metrics::default(),
+            security,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             push_policy,
@@ -96,7 +100,23 @@ impl Broker {
             return routed;
         }
         // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
-        matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
+        // Subscriptions the ACL allows only in part: each message is checked for read access.
+        let mut denied = 0;
+        matches.retain(|m| {
+            if m.sub.options.no_local && m.handle.id == message.origin {
+                return false;
+            }
+            if m.sub.acl_check && !self.readable_by(m.handle, &message.topic) {
+                denied += 1;
+                return false;
+            }
+            true
+        });
+        if denied > 0 {
+            self.metrics
+                .dropped_acl_total
+                .fetch_add(denied, Ordering::Relaxed);
+        }
         // One delivery per session for overlapping subscriptions: highest QoS and every
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.
@@ -132,6 +152,12 @@ impl Broker {
         routed
     }
 
+    fn readable_by(&self, session: &Session, topic: &str) -> bool {
+        let username = session.username();
+        self.security
+            .can_read(username.as_deref(), &session.client_id, topic)
+    }
+
     fn push(
         &self,
         session: &Arc<Session>,
@@ -165,12 +191,24 @@ impl Broker {
         filter: &str,
         granted: QoS,
         subscription_id: Option<u32>,
+        acl_check: Option<Option<&str>>,
         now: Instant,
     ) -> usize {
         let messages = self.retained.read().matching(filter);
         let mut sent = 0;
         for message in messages {
             if message.is_expired(now) {
+                continue;
+            }
+            // The ACL allows the filter only in part: each retained topic is checked.
+            if let Some(username) = acl_check
+                && !self
+                    .security
+                    .can_read(username, &session.client_id, &message.topic)
+            {
+                self.metrics
+                    .dropped_acl_total
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let delivery = Delivery {

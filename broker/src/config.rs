@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::listener::identity::CertIdentity;
+use crate::listener::tls::TlsFiles;
+use crate::listener::{ListenerKind, ListenerSpec};
 use crate::session::queue::{OverflowPolicy, QueueLimits};
 
 /// Log output format.
@@ -73,6 +76,62 @@ pub struct Config {
     pub takeover_window_secs: u64,
     /// Seconds to wait for connections to close at shutdown.
     pub shutdown_timeout_secs: u64,
+
+    /// MQTT over TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket listeners.
+    pub ws_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket over TLS listeners.
+    pub wss_listen: Vec<SocketAddr>,
+    /// HTTP path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// PEM certificate chain for the TLS listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle that client certificates must chain to (enables client certificates).
+    pub ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate during the handshake.
+    pub require_client_cert: bool,
+    /// Use this part of a client certificate as the username: `cn`, `san-dns`, `san-uri`,
+    /// `subject`.
+    pub cert_identity: Option<CertIdentity>,
+    /// Also use the certificate identity as the client id.
+    pub cert_identity_as_client_id: bool,
+    /// Listener kinds that expect a PROXY protocol v1/v2 header: `mqtt`, `mqtts`, `ws`, `wss`.
+    pub proxy_protocol: Vec<ListenerKind>,
+    /// Most open connections from one client address; 0 for no limit.
+    pub max_connections_per_address: u32,
+    /// Mosquitto-format password file.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Allow clients without credentials. Unset: allowed only when neither a password file nor
+    /// client certificates are configured.
+    pub allow_anonymous: Option<bool>,
+    /// Seconds between checks of the certificate, password and ACL files for changes; 0 to
+    /// reload on SIGHUP only.
+    pub reload_interval_secs: u64,
+    /// Password hashes verified at once (each on a blocking thread); 0 = one per CPU.
+    pub auth_workers: usize,
+    /// Failed logins per client address, and per username, within `auth_fail_window_secs`
+    /// before a ban; 0 disables.
+    pub auth_fail_max: u32,
+    /// Window for `auth_fail_max`, seconds.
+    pub auth_fail_window_secs: u64,
+    /// How long a failed-login ban lasts, seconds.
+    pub auth_ban_secs: u64,
+    /// Connections per client id (and per address) within `flapping_window_secs` before a
+    /// ban; 0 disables.
+    pub flapping_max: u32,
+    /// Connections per client address within `flapping_window_secs` before the address is
+    /// banned; 0 (the default) disables, since NAT and load balancers put many devices
+    /// behind one address.
+    pub flapping_max_per_address: u32,
+    /// Window for `flapping_max`, seconds.
+    pub flapping_window_secs: u64,
+    /// How long a flapping ban lasts, seconds.
+    pub flapping_ban_secs: u64,
 }
 
 impl Default for Config {
@@ -102,6 +161,30 @@ impl Default for Config {
             takeover_warn_count: 3,
             takeover_window_secs: 60,
             shutdown_timeout_secs: 10,
+            tls_listen: Vec::new(),
+            ws_listen: Vec::new(),
+            wss_listen: Vec::new(),
+            ws_path: "/mqtt".into(),
+            cert: None,
+            key: None,
+            ca: None,
+            require_client_cert: false,
+            cert_identity: None,
+            cert_identity_as_client_id: false,
+            proxy_protocol: Vec::new(),
+            max_connections_per_address: 0,
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
+            reload_interval_secs: 10,
+            auth_workers: 0,
+            auth_fail_max: 10,
+            auth_fail_window_secs: 60,
+            auth_ban_secs: 300,
+            flapping_max: 15,
+            flapping_max_per_address: 0,
+            flapping_window_secs: 60,
+            flapping_ban_secs: 300,
         }
     }
 }
@@ -174,8 +257,36 @@ impl Config {
                 reason: reason.into(),
             })
         };
-        if self.listen.is_empty() {
-            return invalid("listen", "at least one address is needed");
+        if self.listeners().is_empty() {
+            return invalid(
+                "listen",
+                "at least one listener (listen, tls_listen, ws_listen or wss_listen) is needed",
+            );
+        }
+        let tls = !self.tls_listen.is_empty() || !self.wss_listen.is_empty();
+        if tls && self.cert.is_none() {
+            return invalid("cert", "TLS listeners need a certificate file");
+        }
+        if tls && self.key.is_none() {
+            return invalid("key", "TLS listeners need a private key file");
+        }
+        if self.require_client_cert && self.ca.is_none() {
+            return invalid(
+                "ca",
+                "require_client_cert needs a CA file to check certificates",
+            );
+        }
+        if self.cert_identity.is_some() && self.ca.is_none() {
+            return invalid("ca", "cert_identity needs a CA file to check certificates");
+        }
+        if self.cert_identity_as_client_id && self.cert_identity.is_none() {
+            return invalid(
+                "cert_identity_as_client_id",
+                "needs cert_identity to say which part of the certificate",
+            );
+        }
+        if !self.ws_path.starts_with('/') {
+            return invalid("ws_path", "must start with /");
         }
         if self.max_packet_size < 64 {
             return invalid("max_packet_size", "must be at least 64 bytes");
@@ -213,6 +324,45 @@ impl Config {
         Ok(())
     }
 
+    /// Every listener to bind, in order: mqtt, mqtts, ws, wss.
+    pub fn listeners(&self) -> Vec<ListenerSpec> {
+        let kinds = [
+            (ListenerKind::Mqtt, &self.listen),
+            (ListenerKind::Mqtts, &self.tls_listen),
+            (ListenerKind::Ws, &self.ws_listen),
+            (ListenerKind::Wss, &self.wss_listen),
+        ];
+        kinds
+            .into_iter()
+            .flat_map(|(kind, addrs)| {
+                addrs.iter().map(move |&addr| ListenerSpec {
+                    kind,
+                    addr,
+                    proxy_protocol: self.proxy_protocol.contains(&kind),
+                })
+            })
+            .collect()
+    }
+
+    /// The TLS files, when TLS listeners are configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        if self.tls_listen.is_empty() && self.wss_listen.is_empty() {
+            return None;
+        }
+        Some(TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            ca: self.ca.clone(),
+            require_client_cert: self.require_client_cert,
+        })
+    }
+
+    /// Whether clients without credentials are let in.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.password_file.is_none() && self.ca.is_none())
+    }
+
     /// Session queue bounds.
     pub fn queue_limits(&self) -> QueueLimits {
         QueueLimits {
@@ -228,6 +378,9 @@ impl Config {
 #[derive(Debug, Parser)]
 #[command(name = "rookery-broker", version, about = "Rookery MQTT broker")]
 pub struct Cli {
+    /// A tool instead of the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, env = "ROOKERY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -308,6 +461,127 @@ pub struct Cli {
     /// Seconds to wait for connections at shutdown.
     #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// MQTT over TLS listener; repeat for several.
+    #[arg(
+        long,
+        env = "ROOKERY_TLS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+    /// MQTT over WebSocket listener; repeat for several.
+    #[arg(
+        long,
+        env = "ROOKERY_WS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub ws_listen: Vec<SocketAddr>,
+    /// MQTT over secure WebSocket listener; repeat for several.
+    #[arg(
+        long,
+        env = "ROOKERY_WSS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub wss_listen: Vec<SocketAddr>,
+    /// HTTP path of the WebSocket endpoint.
+    #[arg(long, env = "ROOKERY_WS_PATH", value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// PEM certificate chain for TLS listeners.
+    #[arg(long, env = "ROOKERY_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, env = "ROOKERY_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates.
+    #[arg(long, env = "ROOKERY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate.
+    #[arg(long, env = "ROOKERY_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
+    pub require_client_cert: Option<bool>,
+    /// Use this part of a client certificate as the username.
+    #[arg(long, env = "ROOKERY_CERT_IDENTITY", value_enum)]
+    pub cert_identity: Option<CertIdentity>,
+    /// Also use the certificate identity as the client id.
+    #[arg(long, env = "ROOKERY_CERT_IDENTITY_AS_CLIENT_ID", num_args = 0..=1, default_missing_value = "true")]
+    pub cert_identity_as_client_id: Option<bool>,
+    /// Listener kinds that expect a PROXY protocol header (comma-separated).
+    #[arg(
+        long,
+        env = "ROOKERY_PROXY_PROTOCOL",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub proxy_protocol: Vec<ListenerKind>,
+    /// Most open connections from one address (0 = no limit).
+    #[arg(long, env = "ROOKERY_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<u32>,
+    /// Mosquitto-format password file.
+    #[arg(long, env = "ROOKERY_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file.
+    #[arg(long, env = "ROOKERY_ACL_FILE", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// Allow clients without credentials.
+    #[arg(long, env = "ROOKERY_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_anonymous: Option<bool>,
+    /// Seconds between checks of certificate, password and ACL files (0 = SIGHUP only).
+    #[arg(long, env = "ROOKERY_RELOAD_INTERVAL_SECS")]
+    pub reload_interval_secs: Option<u64>,
+    /// Password hashes verified at once (0 = one per CPU).
+    #[arg(long, env = "ROOKERY_AUTH_WORKERS")]
+    pub auth_workers: Option<usize>,
+    /// Failed logins per address or username within the window before a ban (0 = off).
+    #[arg(long, env = "ROOKERY_AUTH_FAIL_MAX")]
+    pub auth_fail_max: Option<u32>,
+    /// Failed-login window, seconds.
+    #[arg(long, env = "ROOKERY_AUTH_FAIL_WINDOW_SECS")]
+    pub auth_fail_window_secs: Option<u64>,
+    /// Failed-login ban, seconds.
+    #[arg(long, env = "ROOKERY_AUTH_BAN_SECS")]
+    pub auth_ban_secs: Option<u64>,
+    /// Connections per client id or address within the window before a ban (0 = off).
+    #[arg(long, env = "ROOKERY_FLAPPING_MAX")]
+    pub flapping_max: Option<u32>,
+    /// Connections per address within the window before a ban (0 = off).
+    #[arg(long, env = "ROOKERY_FLAPPING_MAX_PER_ADDRESS")]
+    pub flapping_max_per_address: Option<u32>,
+    /// Flapping window, seconds.
+    #[arg(long, env = "ROOKERY_FLAPPING_WINDOW_SECS")]
+    pub flapping_window_secs: Option<u64>,
+    /// Flapping ban, seconds.
+    #[arg(long, env = "ROOKERY_FLAPPING_BAN_SECS")]
+    pub flapping_ban_secs: Option<u64>,
+}
+
+/// Tools run instead of the broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Adds or updates a user in a Mosquitto-format password file (the password is read from
+    /// the terminal, or from the first line of standard input; never from arguments).
+    Passwd {
+        /// The password file (created when missing, unless deleting).
+        file: PathBuf,
+        /// The user.
+        user: String,
+        /// Delete the user instead.
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// Hash for new entries: `argon2id`, or `pbkdf2` (Mosquitto's `$7$`, readable by
+        /// Mosquitto too).
+        #[arg(long, value_enum, default_value_t = HashScheme::Argon2id)]
+        hash: HashScheme,
+    },
+}
+
+/// Hash scheme for new password entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashScheme {
+    /// argon2id with the argon2 crate's recommended cost.
+    Argon2id,
+    /// PBKDF2-HMAC-SHA512, Mosquitto's `$7$`, with 210 000 iterations.
+    Pbkdf2,
 }
 
 macro_rules! override_fields {
@@ -326,6 +600,35 @@ impl Cli {
         let cli = self;
         if !cli.listen.is_empty() {
             config.listen = cli.listen;
+        }
+        if !cli.tls_listen.is_empty() {
+            config.tls_listen = cli.tls_listen;
+        }
+        if !cli.ws_listen.is_empty() {
+            config.ws_listen = cli.ws_listen;
+        }
+        if !cli.wss_listen.is_empty() {
+            config.wss_listen = cli.wss_listen;
+        }
+        if !cli.proxy_protocol.is_empty() {
+            config.proxy_protocol = cli.proxy_protocol;
+        }
+        for (slot, value) in [
+            (&mut config.cert, cli.cert),
+            (&mut config.key, cli.key),
+            (&mut config.ca, cli.ca),
+            (&mut config.password_file, cli.password_file),
+            (&mut config.acl_file, cli.acl_file),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        if cli.cert_identity.is_some() {
+            config.cert_identity = cli.cert_identity;
+        }
+        if cli.allow_anonymous.is_some() {
+            config.allow_anonymous = cli.allow_anonymous;
         }
         override_fields!(
             config,
@@ -353,6 +656,19 @@ impl Cli {
             takeover_warn_count,
             takeover_window_secs,
             shutdown_timeout_secs,
+            ws_path,
+            require_client_cert,
+            cert_identity_as_client_id,
+            max_connections_per_address,
+            reload_interval_secs,
+            auth_workers,
+            auth_fail_max,
+            auth_fail_window_secs,
+            auth_ban_secs,
+            flapping_max,
+            flapping_max_per_address,
+            flapping_window_secs,
+            flapping_ban_secs,
         );
         config.validate()?;
         Ok(config)

@@ -2,7 +2,8 @@
 //!
 //! Map of the crate, I/O at the edges:
 //! - [`config`]: the [`config::Config`] struct from TOML, `ROOKERY_*` variables and flags.
-//! - [`listener`]: accept loops (TCP) with connection limits and shutdown.
+//! - [`listener`]: accept loops with connection limits; PROXY protocol, TLS and WebSocket.
+//! - [`security`]: passwords, ACLs and bans in force, CONNECT checks, reload.
 //! - [`connection`]: one task per client: read, decode, handle, drain the session queue, write.
 //! - [`session`]: per client id state that outlives a connection: queue, QoS 1/2 in flight, will.
 //! - [`router`]: topic rules, the subscription trie and the retained-message index (pure data).
@@ -20,6 +21,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod router;
+pub mod security;
 pub mod server;
 pub mod session;
 

@@ -1,4 +1,6 @@
-//! `rookery-broker`: parses the configuration and runs the broker until SIGTERM or SIGINT.
+//! `rookery-broker`: parses the configuration and runs the broker until SIGTERM or SIGINT;
+//! SIGHUP reloads certificates, password and ACL files. `rookery-broker passwd` edits a
+//! password file.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,8 +11,14 @@ use rookery_broker::config::{Cli, Config, LogFormat};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+mod passwd;
+
 fn main() -> ExitCode {
-    let config = match Cli::parse().into_config() {
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return passwd::run(command);
+    }
+    let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rookery-broker: {e}");
@@ -52,32 +60,47 @@ async fn run(config: Config, threads: usize) -> ExitCode {
         }
     };
     let c = &server.broker.config;
-    let addrs: Vec<String> = server.local_addrs.iter().map(|a| a.to_string()).collect();
+    // One line that names every listener: the first address is the first plain MQTT one.
+    let addrs: Vec<String> = server
+        .listeners
+        .iter()
+        .map(|(kind, addr)| format!("{addr} ({kind})"))
+        .collect();
+    let access = if c.anonymous_allowed() {
+        "anonymous access allowed"
+    } else {
+        "credentials required"
+    };
     info!(
         node_id = %c.node_id,
         threads,
-        "rookery-broker {} listening on {} (MQTT 3.1.1 and 5.0, anonymous access allowed)",
+        "rookery-broker {} listening on {}; MQTT 3.1.1 and 5.0, {access}",
         env!("CARGO_PKG_VERSION"),
         addrs.join(", ")
     );
-    wait_for_signal().await;
+    wait_for_signal(&server).await;
     server.shutdown().await;
     info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(server: &Server) {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
             tokio::select! {
-                _ = term.recv() => info!("SIGTERM received"),
-                _ = int.recv() => info!("SIGINT received"),
+                _ = term.recv() => return info!("SIGTERM received"),
+                _ = int.recv() => return info!("SIGINT received"),
+                _ = hup.recv() => {
+                    info!("SIGHUP received: reloading certificate, password and ACL files");
+                    server.reload();
+                }
             }
-        }
+        },
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }

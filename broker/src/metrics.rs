@@ -55,6 +55,20 @@ pub struct Metrics {
     pub wills_published_total: AtomicU64,
     /// Sessions that expired.
     pub sessions_expired_total: AtomicU64,
+    /// TLS handshakes that failed (bad or missing client certificate, protocol mismatch).
+    pub tls_handshake_failures_total: AtomicU64,
+    /// CONNECTs refused for bad credentials.
+    pub auth_failures_total: AtomicU64,
+    /// CONNECTs refused because the client id, address or username is banned.
+    pub connects_banned_total: AtomicU64,
+    /// Bans imposed (failed logins or flapping).
+    pub bans_total: AtomicU64,
+    /// PUBLISH packets refused by the ACL.
+    pub publishes_denied_total: AtomicU64,
+    /// Subscription filters refused by the ACL.
+    pub subscriptions_denied_total: AtomicU64,
+    /// Deliveries withheld by the ACL (read access).
+    pub dropped_acl_total: AtomicU64,
 }
 
 impl Metrics {

@@ -1,46 +1,117 @@
-//! A running broker: its listeners, and a shutdown that stops accepting, tells every client
-//! (MQTT 5.0 DISCONNECT 0x8B), flushes and waits for connections to close.
+//! A running broker: its listeners, reloads (SIGHUP and a file poll), and a shutdown that stops
+//! accepting, tells every client (MQTT 5.0 DISCONNECT 0x8B), flushes and waits for connections
+//! to close.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::listener::tcp;
+use crate::listener::tls::ReloadingTls;
+use crate::listener::{self, AddressCounts, ListenerContext, ListenerKind};
+use crate::security::Security;
 
 /// A running broker.
 pub struct Server {
     /// Shared state, for tests and the admin interface.
     pub broker: Arc<Broker>,
-    /// The addresses the MQTT listeners bound (port 0 resolved).
+    /// The addresses the MQTT listeners bound (port 0 resolved), with their kind, in the order
+    /// mqtt, mqtts, ws, wss.
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
+    /// The addresses of the plain MQTT listeners.
     pub local_addrs: Vec<SocketAddr>,
+    tls: Option<Arc<ReloadingTls>>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
 impl Server {
-    /// Binds every listener and starts accepting.
+    /// Loads certificates, password and ACL files, binds every listener and starts accepting.
+    /// Errors name the file or address at fault.
     pub async fn start(config: Config) -> io::Result<Server> {
-        let broker = Broker::new(config);
-        let mut local_addrs = Vec::new();
-        for addr in broker.config.listen.clone() {
-            let listener = tcp::bind(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            local_addrs.push(listener.local_addr()?);
-            broker.tasks.spawn(tcp::run(listener, broker.clone()));
+        let security = Security::load(&config).map_err(invalid)?;
+        let tls = match config.tls_files() {
+            Some(files) => Some(Arc::new(ReloadingTls::load(files).map_err(invalid)?)),
+            None => None,
+        };
+        let broker = Broker::new(config, security);
+        let ctx = ListenerContext {
+            broker: broker.clone(),
+            tls: tls.clone(),
+            addresses: Arc::new(AddressCounts::default()),
+        };
+        let mut listeners = Vec::new();
+        for spec in broker.config.listeners() {
+            let socket = listener::bind(spec.addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {} ({}): {e}", spec.addr, spec.kind),
+                )
+            })?;
+            listeners.push((spec.kind, socket.local_addr()?));
+            broker.tasks.spawn(listener::run(socket, spec, ctx.clone()));
         }
-        Ok(Server {
+        let local_addrs = listeners
+            .iter()
+            .filter(|(k, _)| *k == ListenerKind::Mqtt)
+            .map(|(_, a)| *a)
+            .collect();
+        let server = Server {
             broker,
+            listeners,
             local_addrs,
-        })
+            tls,
+        };
+        server.spawn_housekeeping();
+        Ok(server)
     }
 
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
-        self.local_addrs[0]
+        self.listeners[0].1
+    }
+
+    /// The first address of a listener of this kind.
+    pub fn addr_of(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// Re-reads certificates, password and ACL files (SIGHUP). What fails to load is logged
+    /// and the previous version stays in force.
+    pub fn reload(&self) {
+        reload(&self.broker, self.tls.as_deref());
+    }
+
+    /// Polls the files for changes and forgets expired bans.
+    fn spawn_housekeeping(&self) {
+        let broker = self.broker.clone();
+        let tls = self.tls.clone();
+        let secs = broker.config.reload_interval_secs;
+        let shutdown = broker.shutdown.clone();
+        self.broker.tasks.spawn(async move {
+            let period = Duration::from_secs(if secs == 0 { 60 } else { secs });
+            let mut ticks = tokio::time::interval(period);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if secs > 0 {
+                    reload(&broker, tls.as_deref());
+                }
+                broker.security.prune(Instant::now());
+            }
+        });
     }
 
     /// Graceful shutdown: stop accepting, disconnect clients, wait up to the configured timeout.
@@ -60,4 +131,17 @@ impl Server {
             );
         }
     }
+}
+
+fn reload(broker: &Broker, tls: Option<&ReloadingTls>) {
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(true) => info!("TLS certificate files reloaded; new handshakes use them"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "refused the new TLS files; the previous ones stay in force")
+            }
+        }
+    }
+    broker.reload_security();
 }

@@ -27,6 +27,7 @@ BROKER_BIN = Path(
 )
 LOG_LEVEL = os.environ.get("ROOKERY_TEST_LOG_LEVEL", "debug")
 PORT_RE = re.compile(r"listening on [0-9.]+:(\d+)")
+LISTENER_RE = re.compile(r"[0-9.]+:(\d+) \((mqtt|mqtts|ws|wss)\)")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -38,6 +39,8 @@ class Broker:
         self.log_path = log_path
         self.args = args
         self.port: int = 0
+        # Port of the first listener of each kind ("mqtt", "mqtts", "ws", "wss").
+        self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:
@@ -64,9 +67,12 @@ class Broker:
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            m = PORT_RE.search(self.log_path.read_text(errors="replace"))
+            text = self.log_path.read_text(errors="replace")
+            m = PORT_RE.search(text)
             if m:
                 self.port = int(m.group(1))
+                for port, kind in LISTENER_RE.findall(text):
+                    self.ports.setdefault(kind, int(port))
                 return self
             if self.proc.poll() is not None:
                 pytest.fail(

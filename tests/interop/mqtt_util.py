@@ -109,6 +109,11 @@ class Client:
         clean_session: bool = True,
         keepalive: int = 30,
         manual_ack: bool = False,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
+        tls: dict[str, Any] | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.port = port
         self.version = version
@@ -119,10 +124,18 @@ class Client:
             "protocol": mqtt.MQTTv5 if version == V5 else mqtt.MQTTv311,
             "reconnect_on_failure": False,
             "manual_ack": manual_ack,
+            "transport": transport,
         }
         if version != V5:
             kwargs["clean_session"] = clean_session
         self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        if transport == "websockets":
+            self.paho.ws_set_options(path=ws_path)
+        if tls is not None:
+            # ca_certs, certfile, keyfile: a real TLS handshake checked against our test CA.
+            self.paho.tls_set(**tls)
+        if username is not None:
+            self.paho.username_pw_set(username, password)
         self.messages: queue.Queue[Msg] = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::router::topic;
+use crate::security::authenticate::Identity;
 use crate::session::{Attachment, Control, NEVER_EXPIRES, Session};
 
 /// How long a new connection waits for the old one to hand a session over.
@@ -46,6 +47,11 @@ pub async fn read_connect<R: super::source::Source>(
     max_packet_size: usize,
 ) -> Result<Box<Connect>, HandshakeError> {
     loop {
+        if crate::listener::proxy::looks_like_header(rbuf) {
+            return Err(HandshakeError::NotConnect(
+                "a PROXY protocol header (this listener does not expect one)",
+            ));
+        }
         let level = peek_connect_level(rbuf);
         let decoded = rookery_codec::decode(rbuf, Protocol::V311, max_packet_size)
             .map_err(|error| HandshakeError::Decode { error, level })?;
@@ -191,6 +197,7 @@ pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
 pub async fn accept(
     broker: &Arc<Broker>,
     connect: &Connect,
+    identity: &Identity,
     peer: SocketAddr,
     control: oneshot::Sender<Control>,
 ) -> Result<Accepted, Refusal> {
@@ -260,6 +267,7 @@ pub async fn accept(
             None => tokio::task::yield_now().await,
         }
     };
+    session.set_identity(identity.username.clone(), identity.by_password);
     if !attachment.discarded_subscriptions.is_empty() {
         broker.unsubscribe_all(session.id, &attachment.discarded_subscriptions);
         // Publishes that matched the old subscriptions while they were being removed.

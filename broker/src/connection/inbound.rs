@@ -9,7 +9,10 @@ use rookery_codec::{
     Ack, AckProperties, Packet, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe, reason,
 };
-use tracing::debug;
+use std::sync::atomic::Ordering;
+
+use rookery_auth::acl::SubscribeDecision;
+use tracing::{debug, info};
 
 use super::{Close, Conn};
 use crate::message::Message;
@@ -90,6 +93,13 @@ impl Conn {
                 "invalid topic name in PUBLISH",
             ));
         }
+        if !self
+            .broker
+            .security
+            .can_publish(self.username.as_deref(), &self.client_id, &p.topic)
+        {
+            return self.deny_publish(&p);
+        }
         if qos == QoS::ExactlyOnce {
             if self.state.incoming.contains(p.packet_id) {
                 // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
@@ -152,6 +162,60 @@ impl Conn {
             QoS::ExactlyOnce => self.write_ack(Packet::PubRec, packet_id, code, None),
         }
         Ok(())
+    }
+
+    /// A PUBLISH the ACL does not allow: dropped and counted. MQTT 5.0 clients get 0x87 in
+    /// the PUBACK or PUBREC; 3.1.1 has no way to say it, so their acknowledgements look
+    /// normal (as in Mosquitto) and the message goes nowhere.
+    fn deny_publish(&mut self, p: &Publish) -> Result<(), Close> {
+        self.broker
+            .metrics
+            .publishes_denied_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.note_denied("PUBLISH", &p.topic);
+        let v5 = self.protocol.is_v5();
+        let why = if v5 {
+            self.reason_string("the ACL does not allow publishing to this topic")
+        } else {
+            None
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let code = if v5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::SUCCESS
+                };
+                self.write_ack(Packet::PubAck, p.packet_id, code, why);
+            }
+            QoS::ExactlyOnce if v5 => {
+                // A failure code in PUBREC ends the exchange: no PUBREL follows.
+                self.write_ack(Packet::PubRec, p.packet_id, reason::NOT_AUTHORIZED, why);
+            }
+            QoS::ExactlyOnce => {
+                if !self.state.incoming.contains(p.packet_id) {
+                    self.state.incoming.receive(p.packet_id);
+                }
+                self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs an ACL denial: the first per connection, then every 1000th, so that a device
+    /// stuck on a forbidden topic cannot flood the log.
+    fn note_denied(&mut self, what: &'static str, topic: &str) {
+        if self.acl_denials.is_multiple_of(1000) {
+            info!(
+                what,
+                topic,
+                username = self.username.as_deref().unwrap_or(""),
+                denied_so_far = self.acl_denials + 1,
+                "denied by the ACL"
+            );
+        }
+        self.acl_denials += 1;
     }
 
     /// MQTT 5.0 section 3.3.2.3.4: a topic alias either sets a mapping (topic given) or uses one
@@ -236,7 +300,9 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.filters.len());
         let now = Instant::now();
         {
-            let mut router = self.broker.router.write();
+            // A handle of our own: the router guard must not borrow `self`.
+            let broker = self.broker.clone();
+            let mut router = broker.router.write();
             for f in &s.filters {
                 let parsed = match topic::parse_filter(&f.filter, max_levels) {
                     Ok(p) => p,
@@ -256,9 +322,30 @@ impl Conn {
                         "No Local on a shared subscription",
                     ));
                 }
+                let acl_check = match self.broker.security.check_subscribe(
+                    self.username.as_deref(),
+                    &self.client_id,
+                    parsed.filter,
+                ) {
+                    SubscribeDecision::Denied => {
+                        self.broker
+                            .metrics
+                            .subscriptions_denied_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.note_denied("SUBSCRIBE", &f.filter);
+                        codes.push(if v5 {
+                            reason::NOT_AUTHORIZED
+                        } else {
+                            reason::v3::SUBACK_FAILURE
+                        });
+                        continue;
+                    }
+                    SubscribeDecision::Allowed { check_each_message } => check_each_message,
+                };
                 let sub = Subscription {
                     options: f.options,
                     id,
+                    acl_check,
                 };
                 let key = ByteString::from(&*f.filter);
                 let existed = self.state.subscriptions.insert(key, sub).is_some();
@@ -275,11 +362,12 @@ impl Conn {
                 // SUBSCRIBE cannot arrive before the older value. They are written after the
                 // SUBACK: the queue is drained only once this packet is handled.
                 if send
-                    && self.broker.send_retained(
+                    && broker.send_retained(
                         &self.session,
                         parsed.filter,
                         f.options.qos,
                         id,
+                        acl_check.then_some(self.username.as_deref()),
                         now,
                     ) > 0
                 {

@@ -6,7 +6,7 @@
 //! while the write buffer is above its high-water mark, so a client that does not read cannot
 //! make us buffer without bound.
 
-mod connect;
+pub(crate) mod connect;
 mod inbound;
 mod outbound;
 pub mod source;
@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::broker::Broker;
+use crate::listener::ListenerKind;
 use crate::metrics::LocalCounts;
+use crate::security::authenticate::authenticate;
 use crate::session::{Control, PendingWill, Session, SessionState};
 use source::{Reader, Source};
 
@@ -63,34 +65,60 @@ enum Close {
     Shutdown,
 }
 
+/// Where a connection comes from, as the listener saw it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address (from the PROXY header when the listener expects one).
+    pub peer: SocketAddr,
+    /// The listener it arrived on.
+    pub listener: ListenerKind,
+    /// The identity from a verified client certificate, when `cert_identity` is set.
+    pub cert_identity: Option<String>,
+    /// The client presented a certificate that chains to the configured CA.
+    pub cert_verified: bool,
+}
+
+impl ConnInfo {
+    /// A plain TCP connection from `peer`.
+    pub fn tcp(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            listener: ListenerKind::Mqtt,
+            cert_identity: None,
+            cert_verified: false,
+        }
+    }
+}
+
 /// Serves one client over any byte stream.
-pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+pub async fn serve<S>(stream: S, info: ConnInfo, broker: Arc<Broker>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    serve_split(Reader(reader), writer, peer, broker).await;
+    serve_split(Reader(reader), writer, info, broker).await;
 }
 
 /// Serves one client over separate read and write halves (a TCP socket's, without locking).
-pub async fn serve_split<R, W>(reader: R, writer: W, peer: SocketAddr, broker: Arc<Broker>)
+pub async fn serve_split<R, W>(reader: R, writer: W, info: ConnInfo, broker: Arc<Broker>)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send,
 {
-    let span = info_span!("conn", %peer, node = %broker.config.node_id, client_id = field::Empty);
+    let span = info_span!("conn", peer = %info.peer, listener = %info.listener,
+        node = %broker.config.node_id, client_id = field::Empty);
     broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
     broker
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    run(reader, writer, peer, broker.clone())
+    run(reader, writer, info, broker.clone())
         .instrument(span)
         .await;
     broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, broker: Arc<Broker>)
+async fn run<R, W>(mut reader: R, mut writer: W, info: ConnInfo, broker: Arc<Broker>)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send,
@@ -98,7 +126,7 @@ where
     // The handshake and the teardown are boxed: their futures are large and short-lived, and
     // inline they would size every connection's task for its whole life.
     let Some((mut conn, rbuf, control)) =
-        Box::pin(handshake(&mut reader, &mut writer, peer, broker)).await
+        Box::pin(handshake(&mut reader, &mut writer, info, broker)).await
     else {
         return;
     };
@@ -110,7 +138,7 @@ where
 async fn handshake<R, W>(
     reader: &mut R,
     writer: &mut W,
-    peer: SocketAddr,
+    info: ConnInfo,
     broker: Arc<Broker>,
 ) -> Option<(Conn, BytesMut, oneshot::Receiver<Control>)>
 where
@@ -178,6 +206,7 @@ where
         }
         Ok(Ok(c)) => c,
     };
+    let mut connect = connect;
     let protocol = connect.protocol;
     if !connect.client_id.is_empty() {
         tracing::Span::current().record("client_id", field::display(&connect.client_id));
@@ -186,9 +215,17 @@ where
         refuse(&broker, writer, protocol, &refusal).await;
         return None;
     }
+    let identity = match authenticate(&broker, &mut connect, &info).await {
+        Ok(i) => i,
+        Err(refusal) => {
+            refuse(&broker, writer, protocol, &refusal).await;
+            return None;
+        }
+    };
     // One message is all a connection ever needs: it closes on the first (takeover or kick).
     let (control_tx, control_rx) = oneshot::channel();
-    let accepted = match connect::accept(&broker, &connect, peer, control_tx).await {
+    let accepted = match connect::accept(&broker, &connect, &identity, info.peer, control_tx).await
+    {
         Ok(a) => a,
         Err(refusal) => {
             refuse(&broker, writer, protocol, &refusal).await;
@@ -199,7 +236,8 @@ where
         tracing::Span::current().record("client_id", field::display(&accepted.client_id));
     }
     debug!(protocol = ?protocol, clean_start = connect.clean_start, keep_alive = accepted.keep_alive,
-        session_present = accepted.connack.session_present, "client connected");
+        session_present = accepted.connack.session_present,
+        username = identity.username.as_deref().unwrap_or(""), "client connected");
 
     let props = &connect.properties;
     let out_window = if protocol.is_v5() {
@@ -216,6 +254,8 @@ where
         state: accepted.attachment.state,
         generation: accepted.attachment.generation,
         client_id: accepted.client_id,
+        username: identity.username,
+        acl_denials: 0,
         keep_alive: accepted.keep_alive,
         expiry_secs: accepted.expiry_secs,
         will: connect.will.as_ref().map(crate::message::compact_will),
@@ -279,6 +319,19 @@ async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize) {
     }
 }
 
+/// Writes what `wbuf` holds (`Some(bytes written)`), or when it is empty flushes the writer
+/// (`None`): one future, so one borrow of the writer in the connection's select.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if wbuf.is_empty() {
+        writer.flush().await.map(|()| None)
+    } else {
+        writer.write_buf(wbuf).await.map(Some)
+    }
+}
+
 /// Counts, logs and answers a refused CONNECT, then closes.
 async fn refuse<W: AsyncWrite + Unpin>(
     broker: &Broker,
@@ -318,6 +371,10 @@ pub(crate) struct Conn {
     state: SessionState,
     generation: u64,
     client_id: ByteString,
+    /// The username ACLs apply to (from the password check or the certificate).
+    username: Option<ByteString>,
+    /// PUBLISH and SUBSCRIBE requests the ACL refused, for log rate limiting.
+    acl_denials: u32,
     keep_alive: u16,
     expiry_secs: u32,
     will: Option<LastWill>,
@@ -366,6 +423,9 @@ impl Conn {
         if let Err(close) = self.decode_all(&mut rbuf) {
             return close;
         }
+        // Bytes handed to the writer but perhaps held in its buffer (TLS records, WebSocket
+        // frames): flushed once the write buffer is empty. A no-op on a TCP socket.
+        let mut unflushed = false;
         loop {
             if self.out_pending && self.wbuf.len() < WRITE_HIGH_WATER {
                 self.drain_queue();
@@ -386,9 +446,11 @@ impl Conn {
                     Err(_) => return Close::Kicked(reason::UNSPECIFIED_ERROR),
                 },
                 _ = shutdown.cancelled() => return Close::Shutdown,
-                r = writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match r {
-                    Ok(0) | Err(_) => return Close::Gone,
-                    Ok(n) => {
+                r = write_or_flush(writer, &mut self.wbuf), if !self.wbuf.is_empty() || unflushed => match r {
+                    Ok(Some(0)) | Err(_) => return Close::Gone,
+                    Ok(None) => unflushed = false,
+                    Ok(Some(n)) => {
+                        unflushed = true;
                         self.counts.bytes_out += n as u64;
                         if !can_read {
                             // We are not reading (backpressure), so the client's PINGREQs wait

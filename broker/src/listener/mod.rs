@@ -1,4 +1,326 @@
-//! Accept loops, one per listener. Each has a connection limit and stops on shutdown; the
-//! CONNECT handshake runs under its deadline in the connection's own task, never here.
+//! Accept loops, one per listener, and the layers a connection passes before it speaks MQTT:
+//! an optional PROXY protocol header ([`proxy`]), TLS ([`tls`]), WebSocket ([`ws`]). Each
+//! listener has a connection limit, a per-address limit and stops on shutdown; every layer's
+//! handshake runs under the connect deadline in the connection's own task, never in the loop.
 
-pub mod tcp;
+pub mod identity;
+pub mod proxy;
+pub mod tls;
+pub mod ws;
+
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::connection::{self, ConnInfo};
+
+/// The kinds of listener.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    Serialize,
+    clap::ValueEnum,
+    PartialOrd,
+    Ord,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    Mqtt,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The name used in config, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    /// Whether connections on it are TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Mqtts | ListenerKind::Wss)
+    }
+
+    /// Whether connections on it are WebSocket.
+    pub fn is_ws(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A listener to bind.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSpec {
+    /// What it speaks.
+    pub kind: ListenerKind,
+    /// Where.
+    pub addr: SocketAddr,
+    /// Expect a PROXY protocol header before anything else.
+    pub proxy_protocol: bool,
+}
+
+/// Binds a TCP socket for a listener.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Open connections per client address, for `max_connections_per_address`.
+#[derive(Default)]
+pub struct AddressCounts {
+    counts: Mutex<AHashMap<IpAddr, u32>>,
+}
+
+/// One counted connection; uncounts on drop.
+pub struct AddressGuard {
+    counts: Arc<AddressCounts>,
+    ip: IpAddr,
+}
+
+impl AddressCounts {
+    /// Counts a connection from `ip` unless it already has `limit` (0 = no limit).
+    pub fn try_add(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<AddressGuard> {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(AddressGuard {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock();
+        if let Entry::Occupied(mut e) = counts.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// What a listener needs besides the socket.
+#[derive(Clone)]
+pub struct ListenerContext {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The TLS configuration, for `mqtts` and `wss`.
+    pub tls: Option<Arc<tls::ReloadingTls>>,
+    /// Shared by all listeners.
+    pub addresses: Arc<AddressCounts>,
+}
+
+/// Accepts connections until shutdown. At `max_connections` open connections on this listener
+/// it stops accepting (new clients wait in the kernel's backlog) until one closes.
+pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext) {
+    let broker = ctx.broker.clone();
+    let limit = Arc::new(Semaphore::new(broker.config.max_connections));
+    let shutdown = broker.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, listener = %spec.kind, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Latency over throughput per packet: our own batching already coalesces writes.
+        let _ = socket.set_nodelay(true);
+        let ctx = ctx.clone();
+        broker.tasks.clone().spawn(async move {
+            let _permit = permit;
+            connect_layers(socket, peer, spec, ctx).await;
+        });
+    }
+}
+
+/// Why a connection ended before it reached MQTT.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("PROXY header: {0}")]
+    Proxy(#[from] proxy::ProxyError),
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+    #[error("WebSocket handshake: {0}")]
+    WebSocket(String),
+    #[error("no handshake within the connect timeout")]
+    Timeout,
+}
+
+/// PROXY header, address limit, TLS, WebSocket, then MQTT.
+async fn connect_layers(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    spec: ListenerSpec,
+    ctx: ListenerContext,
+) {
+    let broker = &ctx.broker;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(broker.config.connect_timeout_secs);
+    let shutdown = broker.shutdown.clone();
+    let mut info = ConnInfo {
+        peer,
+        listener: spec.kind,
+        cert_identity: None,
+        cert_verified: false,
+    };
+    let setup = async {
+        if spec.proxy_protocol
+            && let Some(source) = proxy::read_header(&mut socket).await?
+        {
+            debug!(proxy = %peer, client = %source, "PROXY header");
+            info.peer = source;
+        }
+        Ok::<_, SetupError>(())
+    };
+    if let Err(e) = within(deadline, &shutdown, setup).await {
+        note_setup_failure(broker, &info, &e);
+        return;
+    }
+    let per_address = broker.config.max_connections_per_address;
+    let Some(_address) = ctx.addresses.try_add(info.peer.ip(), per_address) else {
+        broker
+            .metrics
+            .connects_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        info!(peer = %info.peer, listener = %spec.kind, limit = per_address,
+            "refused connection: too many from this address");
+        return;
+    };
+    match spec.kind {
+        ListenerKind::Mqtt => {
+            let (reader, writer) = socket.into_split();
+            connection::serve_split(reader, writer, info, ctx.broker.clone()).await;
+        }
+        ListenerKind::Ws => {
+            let upgrade = ws::accept(socket, &broker.config);
+            match within(deadline, &shutdown, async {
+                upgrade.await.map_err(ws_error)
+            })
+            .await
+            {
+                Ok(stream) => connection::serve(stream, info, ctx.broker.clone()).await,
+                Err(e) => note_setup_failure(broker, &info, &e),
+            }
+        }
+        ListenerKind::Mqtts | ListenerKind::Wss => {
+            let Some(tls) = &ctx.tls else {
+                return;
+            };
+            let handshake = tls.acceptor().accept(socket);
+            let stream = match within(deadline, &shutdown, async {
+                handshake.await.map_err(SetupError::Tls)
+            })
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    note_setup_failure(broker, &info, &e);
+                    return;
+                }
+            };
+            // rustls only completes a handshake whose client certificate verified.
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first());
+            info.cert_verified = leaf.is_some();
+            if let (Some(which), Some(leaf)) = (broker.config.cert_identity, leaf) {
+                info.cert_identity = identity::extract(leaf, which);
+            }
+            if spec.kind == ListenerKind::Mqtts {
+                connection::serve(stream, info, ctx.broker.clone()).await;
+                return;
+            }
+            let upgrade = ws::accept(stream, &broker.config);
+            match within(deadline, &shutdown, async {
+                upgrade.await.map_err(ws_error)
+            })
+            .await
+            {
+                Ok(stream) => connection::serve(stream, info, ctx.broker.clone()).await,
+                Err(e) => note_setup_failure(broker, &info, &e),
+            }
+        }
+    }
+}
+
+fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> SetupError {
+    SetupError::WebSocket(e.to_string())
+}
+
+/// Runs a handshake step under the connect deadline; shutdown ends it too.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    shutdown: &tokio_util::sync::CancellationToken,
+    step: impl Future<Output = Result<T, SetupError>>,
+) -> Result<T, SetupError> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, step) => r.unwrap_or(Err(SetupError::Timeout)),
+        _ = shutdown.cancelled() => Err(SetupError::Timeout),
+    }
+}
+
+fn note_setup_failure(broker: &Broker, info: &ConnInfo, e: &SetupError) {
+    let counter = match e {
+        SetupError::Tls(_) => &broker.metrics.tls_handshake_failures_total,
+        SetupError::Timeout => &broker.metrics.connect_timeouts_total,
+        _ => &broker.metrics.protocol_errors_total,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    info!(peer = %info.peer, listener = %info.listener, error = %e, "connection closed before MQTT");
+}

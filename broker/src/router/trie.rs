@@ -30,6 +30,8 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// Subscription identifier (MQTT 5.0), if the SUBSCRIBE carried one.
     pub id: Option<u32>,
+    /// The ACL allows this filter only in part: check read access for each message.
+    pub acl_check: bool,
 }
 
 type FastIndexMap<K, V> = IndexMap<K, V, ahash::RandomState>;
@@ -190,6 +192,18 @@ impl<S: Subscriber> SubscriptionTrie<S> {
         collect_node(&self.root, &levels, 0, dollar, out);
     }
 
+    /// Visits every subscription with its filter and group; those for which `keep` returns
+    /// false are removed (and emptied nodes pruned). `keep` may change the options in place.
+    /// Used when ACL rules change at reload; O(subscriptions).
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&S, &str, Option<&str>, &mut Subscription) -> bool,
+    ) {
+        let mut path = String::new();
+        let removed = retain_node(&mut self.root, &mut path, true, &mut keep);
+        self.count -= removed;
+    }
+
     /// True when at least one subscription (shared or not) matches `topic`.
     pub fn has_match(&self, topic: &str) -> bool {
         let mut out = Matches::new();
@@ -275,6 +289,73 @@ fn remove<S>(node: &mut Node<S>, levels: &[&str], id: SessionId, group: Option<&
     if child.is_empty() {
         node.children.remove(level);
     }
+    removed
+}
+
+type Keep<'k, S> = dyn FnMut(&S, &str, Option<&str>, &mut Subscription) -> bool + 'k;
+
+fn retain_bucket<S>(
+    slot: &mut Option<Box<Bucket<S>>>,
+    filter: &str,
+    keep: &mut Keep<'_, S>,
+) -> usize {
+    let Some(bucket) = slot else { return 0 };
+    let mut removed = 0;
+    bucket.direct.retain(|_, e| {
+        let k = keep(&e.handle, filter, None, &mut e.sub);
+        removed += usize::from(!k);
+        k
+    });
+    for group in &mut bucket.groups {
+        let name = &group.name;
+        group.members.retain(|_, e| {
+            let k = keep(&e.handle, filter, Some(name), &mut e.sub);
+            removed += usize::from(!k);
+            k
+        });
+    }
+    bucket.groups.retain(|g| !g.members.is_empty());
+    if bucket.is_empty() {
+        *slot = None;
+    }
+    removed
+}
+
+/// `path` is the filter up to and including this node; `root` is true only for the root,
+/// whose path is empty (a first level may itself be empty, as in `/a`).
+fn retain_node<S>(
+    node: &mut Node<S>,
+    path: &mut String,
+    root: bool,
+    keep: &mut Keep<'_, S>,
+) -> usize {
+    let len = path.len();
+    let mut removed = retain_bucket(&mut node.exact, path, keep);
+    let extend = |path: &mut String, level: &str| {
+        if !root {
+            path.push('/');
+        }
+        path.push_str(level);
+    };
+    if node.hash.is_some() {
+        extend(path, "#");
+        removed += retain_bucket(&mut node.hash, path, keep);
+        path.truncate(len);
+    }
+    if let Some(plus) = node.plus.as_mut() {
+        extend(path, "+");
+        removed += retain_node(plus, path, false, keep);
+        path.truncate(len);
+        if plus.is_empty() {
+            node.plus = None;
+        }
+    }
+    for (level, child) in node.children.iter_mut() {
+        extend(path, level);
+        removed += retain_node(child, path, false, keep);
+        path.truncate(len);
+    }
+    node.children.retain(|_, c| !c.is_empty());
     removed
 }
 

@@ -102,6 +102,9 @@ pub struct Session {
     inner: Mutex<Inner>,
     /// Serialises CONNECTs for this client id.
     pub attach_lock: tokio::sync::Mutex<()>,
+    /// The username of the last connection (for ACL checks when delivering), and whether the
+    /// password file vouched for it.
+    identity: Mutex<(Option<ByteString>, bool)>,
     takeovers_total: AtomicU64,
 }
 
@@ -173,6 +176,7 @@ impl Session {
                 timers: None,
             }),
             attach_lock: tokio::sync::Mutex::new(()),
+            identity: Mutex::new((None, false)),
             takeovers_total: AtomicU64::new(0),
         }
     }
@@ -380,6 +384,32 @@ impl Session {
         Some((subs, will))
     }
 
+    /// Records who the attached connection authenticated as.
+    pub fn set_identity(&self, username: Option<ByteString>, by_password: bool) {
+        *self.identity.lock() = (username, by_password);
+    }
+
+    /// The username ACLs apply to.
+    pub fn username(&self) -> Option<ByteString> {
+        self.identity.lock().0.clone()
+    }
+
+    /// The username, when the password file vouched for it.
+    pub fn password_user(&self) -> Option<ByteString> {
+        let identity = self.identity.lock();
+        identity.1.then(|| identity.0.clone()).flatten()
+    }
+
+    /// Closes the live connection, if any, with this MQTT 5.0 reason code. True when one was
+    /// told to close.
+    pub fn kick(&self, code: u8) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.attached.as_mut().and_then(|a| a.control.take()) {
+            Some(control) => control.send(Control::Kick(code)).is_ok(),
+            None => false,
+        }
+    }
+
     /// Takes the pending will if it is still the one left by `generation` and nobody resumed.
     pub fn take_due_will(&self, generation: u64) -> Option<LastWill> {
         let mut inner = self.inner.lock();
@@ -424,6 +454,11 @@ impl Sessions {
         {
             map.remove(&session.client_id);
         }
+    }
+
+    /// A snapshot of every session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().values().cloned().collect()
     }
 
     /// Number of sessions (online and offline).

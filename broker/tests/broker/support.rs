@@ -7,8 +7,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rookery_broker::{Config, Server};
 use rookery_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Any byte stream a test client can talk over (TCP, TLS, WebSocket).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// How long a test waits for a packet that must come.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -27,7 +31,7 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
 
 /// A client that speaks packets, not a library's API.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
     pub protocol: Protocol,
 }
@@ -51,10 +55,24 @@ impl Raw {
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        Raw::over(stream, protocol)
+    }
+
+    /// A client over an already open stream.
+    pub fn over(stream: impl Stream + 'static, protocol: Protocol) -> Raw {
         Raw {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             protocol,
+        }
+    }
+
+    /// Sends CONNECT over this stream and returns the CONNACK.
+    pub async fn handshake(&mut self, connect: Connect) -> ConnAck {
+        self.send(Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Packet::ConnAck(ack) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -78,11 +96,8 @@ impl Raw {
     /// Connects with a prepared CONNECT and returns whatever CONNACK came.
     pub async fn try_connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr, connect.protocol).await;
-        raw.send(Packet::Connect(Box::new(connect))).await;
-        match raw.recv().await {
-            Packet::ConnAck(ack) => (raw, ack),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        let ack = raw.handshake(connect).await;
+        (raw, ack)
     }
 
     /// Sends one packet.
@@ -90,11 +105,13 @@ impl Raw {
         let mut out = BytesMut::new();
         encode(&packet, self.protocol, &mut out);
         self.stream.write_all(&out).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// Sends raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// The next packet, or `None` at end of stream or after `wait`.

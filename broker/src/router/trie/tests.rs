@@ -37,6 +37,7 @@ fn qos1() -> Subscription {
             ..Default::default()
         },
         id: None,
+        acl_check: false,
     }
 }
 
@@ -161,4 +162,31 @@ proptest! {
         }
         prop_assert!(t.root.is_empty());
     }
+}
+
+#[test]
+fn retain_visits_every_filter_and_removes_what_it_rejects() {
+    let mut trie = SubscriptionTrie::default();
+    let filters = ["a/b", "a/+", "#", "/a", "a/#", "+/x/#", "a", "$SYS/#"];
+    for (i, f) in filters.iter().enumerate() {
+        trie.subscribe(&sub(i as u64 + 1), f, None, Subscription::default());
+    }
+    trie.subscribe(&sub(99), "a/b", Some("g"), Subscription::default());
+    let mut seen = Vec::new();
+    trie.retain(|h, filter, group, sub| {
+        seen.push((filter.to_string(), group.map(str::to_string)));
+        sub.acl_check = true;
+        !(filter.starts_with("a/") && h.0 != 99)
+    });
+    seen.sort();
+    let mut expected: Vec<_> = filters.iter().map(|f| (f.to_string(), None)).collect();
+    expected.push(("a/b".into(), Some("g".into())));
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(trie.len(), filters.len() + 1 - 3);
+    let mut out = Matches::new();
+    trie.collect("a/b", &mut out);
+    // `#` and the shared member remain; `a/b`, `a/+`, `a/#` are gone.
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|m| m.sub.acl_check));
 }

@@ -1,0 +1,199 @@
+//! Password files, anonymous access, failed-login bans, flapping bans, and password-file
+//! reloads while clients are connected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rookery_auth::password::{PasswordFile, Scheme};
+use rookery_codec::*;
+
+use crate::support::*;
+
+/// Fast hashes for tests; the format is Mosquitto's `$7$`.
+const FAST: Scheme = Scheme::Pbkdf2Sha512 { iterations: 1000 };
+
+fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let mut file = PasswordFile::parse("").unwrap();
+    for (user, password) in users {
+        file.set(user, password.as_bytes(), FAST).unwrap();
+    }
+    let path = dir.join("passwd");
+    std::fs::write(&path, file.render()).unwrap();
+    path
+}
+
+fn login(protocol: Protocol, id: &str, user: Option<&str>, password: Option<&str>) -> Connect {
+    let mut c = connect_packet(protocol, id, true);
+    c.username = user.map(Into::into);
+    c.password = password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()));
+    c
+}
+
+#[tokio::test]
+async fn passwords_are_checked_and_anonymous_is_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland"), ("bob", "builder")]);
+    let server = start(|c| c.password_file = Some(file)).await;
+    let addr = server.addr();
+    let (_a, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V5, "a", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+    let (_b, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V5, "b", Some("alice"), Some("builder")),
+    )
+    .await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    let (_c, ack) =
+        Raw::try_connect(addr, login(Protocol::V311, "c", Some("carol"), Some("x"))).await;
+    assert_eq!(ack.code, reason::v3::BAD_USERNAME_OR_PASSWORD);
+    let (_d, ack) = Raw::try_connect(addr, login(Protocol::V5, "d", None, None)).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+    let (_e, ack) = Raw::try_connect(addr, login(Protocol::V311, "e", None, None)).await;
+    assert_eq!(ack.code, reason::v3::NOT_AUTHORIZED);
+    let (_f, ack) = Raw::try_connect(addr, login(Protocol::V5, "f", Some("bob"), None)).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+}
+
+#[tokio::test]
+async fn allow_anonymous_lets_clients_without_credentials_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland")]);
+    let server = start(|c| {
+        c.password_file = Some(file);
+        c.allow_anonymous = Some(true);
+    })
+    .await;
+    let (_a, ack) = Raw::try_connect(server.addr(), login(Protocol::V5, "anon", None, None)).await;
+    assert_eq!(ack.code, 0);
+    // Credentials, when given, are still checked.
+    let (_b, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "b", Some("alice"), Some("no")),
+    )
+    .await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+}
+
+#[tokio::test]
+async fn argon2id_entries_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = PasswordFile::parse("").unwrap();
+    file.set("dev", b"s3cret", Scheme::Argon2id).unwrap();
+    let path = dir.path().join("passwd");
+    std::fs::write(&path, file.render()).unwrap();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("$argon2id$")
+    );
+    let server = start(|c| c.password_file = Some(path)).await;
+    let (_a, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "d", Some("dev"), Some("s3cret")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+}
+
+#[tokio::test]
+async fn repeated_failures_ban_the_address_and_the_ban_can_be_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland")]);
+    let server = start(|c| {
+        c.password_file = Some(file);
+        c.auth_fail_max = 2;
+    })
+    .await;
+    let addr = server.addr();
+    for i in 0..3 {
+        let (_r, ack) = Raw::try_connect(
+            addr,
+            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
+        )
+        .await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    }
+    // Banned now, even with the right password.
+    let (_r, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V5, "ok", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, reason::BANNED);
+    let bans = server.broker.security.bans(std::time::Instant::now());
+    assert!(bans.iter().any(|(k, _)| k == "addr/127.0.0.1"), "{bans:?}");
+    assert!(server.broker.security.clear_ban("addr/127.0.0.1"));
+    server.broker.security.clear_ban("user/alice");
+    let (_r, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V5, "ok", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+}
+
+#[tokio::test]
+async fn a_flapping_client_id_is_banned() {
+    let server = start(|c| c.flapping_max = 3).await;
+    for _ in 0..3 {
+        let (raw, ack) =
+            Raw::try_connect(server.addr(), login(Protocol::V5, "flap", None, None)).await;
+        assert_eq!(ack.code, 0);
+        raw.disconnect().await;
+    }
+    let (_r, ack) = Raw::try_connect(server.addr(), login(Protocol::V5, "flap", None, None)).await;
+    assert_eq!(ack.code, reason::BANNED);
+    // Other client ids are not affected.
+    let (_r, ack) = Raw::try_connect(server.addr(), login(Protocol::V5, "calm", None, None)).await;
+    assert_eq!(ack.code, 0);
+}
+
+#[tokio::test]
+async fn deleting_a_user_disconnects_it_and_a_bad_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland"), ("bob", "builder")]);
+    let server = start(|c| {
+        c.password_file = Some(file.clone());
+        c.reload_interval_secs = 0;
+    })
+    .await;
+    let (mut alice, _) = Raw::connect_with(
+        server.addr(),
+        login(Protocol::V5, "a", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    let (mut bob, _) = Raw::connect_with(
+        server.addr(),
+        login(Protocol::V5, "b", Some("bob"), Some("builder")),
+    )
+    .await;
+
+    // A file that does not parse: refused, the old users stay.
+    std::fs::write(&file, "alice:$7$oops\nnot a line\n").unwrap();
+    server.reload();
+    let (_r, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "a2", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+
+    // Bob is deleted: his live connection is closed with 0x87; Alice stays.
+    password_file(dir.path(), &[("alice", "wonderland")]);
+    server.reload();
+    let d = bob.expect_closed().await.expect("DISCONNECT");
+    assert_eq!(d.reason, reason::NOT_AUTHORIZED);
+    alice.send(Packet::PingReq).await;
+    assert!(matches!(alice.recv().await, Packet::PingResp));
+    let (_r, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "b2", Some("bob"), Some("builder")),
+    )
+    .await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    let _ = Duration::ZERO;
+}
