@@ -21,7 +21,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::router::retained::RetainedIndex;
 use crate::router::topic;
-use crate::router::trie::{Matches, SessionId, Subscriber, SubscriptionTrie};
+use crate::router::trie::{Matches, SessionId, Subscriber, Subscription, SubscriptionTrie};
 use crate::security::Security;
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 
@@ -94,29 +94,34 @@ impl Broker {
         }
         let router = self.router.read();
         let mut matches: Matches<'_, Arc<Session>> = Matches::new();
-        router.collect(&message.topic, &mut matches);
-        let mut routed = Routed::default();
-        if matches.is_empty() {
-            return routed;
+        let mut denied = 0u64;
+        if self.security.has_acl() {
+            // Subscriptions the ACL allows only in part: each message is checked for read
+            // access, inside the match so that a shared group picks a member that may read it.
+            let denied_cell = std::cell::Cell::new(0u64);
+            let accept = |s: &Arc<Session>, sub: &Subscription| {
+                let ok = !sub.acl_check || self.readable_by(s, &message.topic);
+                if !ok {
+                    denied_cell.set(denied_cell.get() + 1);
+                }
+                ok
+            };
+            router.collect_filtered(&message.topic, &mut matches, &accept);
+            denied = denied_cell.get();
+        } else {
+            router.collect(&message.topic, &mut matches);
         }
-        // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
-        // Subscriptions the ACL allows only in part: each message is checked for read access.
-        let mut denied = 0;
-        matches.retain(|m| {
-            if m.sub.options.no_local && m.handle.id == message.origin {
-                return false;
-            }
-            if m.sub.acl_check && !self.readable_by(m.handle, &message.topic) {
-                denied += 1;
-                return false;
-            }
-            true
-        });
         if denied > 0 {
             self.metrics
                 .dropped_acl_total
                 .fetch_add(denied, Ordering::Relaxed);
         }
+        let mut routed = Routed::default();
+        if matches.is_empty() {
+            return routed;
+        }
+        // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
+        matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
         // One delivery per session for overlapping subscriptions: highest QoS and every
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.
@@ -230,8 +235,22 @@ impl Broker {
         sent
     }
 
-    /// Publishes a will message (its topic was validated at CONNECT).
-    pub fn publish_will(&self, will: &LastWill, origin: SessionId, client_id: &str) {
+    /// Publishes a will message (its topic was validated at CONNECT) if the ACL in force still
+    /// lets `username` write it: a rule revoked since CONNECT holds back the will too.
+    pub fn publish_will(
+        &self,
+        will: &LastWill,
+        origin: SessionId,
+        client_id: &str,
+        username: Option<&str>,
+    ) {
+        if !self.security.can_publish(username, client_id, &will.topic) {
+            self.metrics
+                .publishes_denied_total
+                .fetch_add(1, Ordering::Relaxed);
+            info!(client_id, topic = %will.topic, "will withheld: the ACL no longer allows its topic");
+            return;
+        }
         let message = Arc::new(Message::from_will(will, origin, Instant::now()));
         let n = self.route(&message).receivers;
         self.metrics
@@ -262,7 +281,8 @@ impl Broker {
         self.unsubscribe_all(session.id, &subs);
         self.sessions.remove(session);
         if let Some(will) = will {
-            self.publish_will(&will, session.id, &session.client_id);
+            let username = session.username();
+            self.publish_will(&will, session.id, &session.client_id, username.as_deref());
         }
         true
     }
@@ -289,7 +309,13 @@ impl Broker {
                 token.clone(),
                 move || {
                     if let Some(will) = session.take_due_will(generation) {
-                        broker.publish_will(&will, session.id, &session.client_id);
+                        let username = session.username();
+                        broker.publish_will(
+                            &will,
+                            session.id,
+                            &session.client_id,
+                            username.as_deref(),
+                        );
                     }
                 },
             );

@@ -97,7 +97,7 @@ async fn wait_for_signal(server: &Server) {
                 _ = int.recv() => return info!("SIGINT received"),
                 _ = hup.recv() => {
                     info!("SIGHUP received: reloading certificate, password and ACL files");
-                    server.reload();
+                    server.reload().await;
                 }
             }
         },

@@ -79,14 +79,21 @@ fn non_empty(password: String) -> anyhow::Result<String> {
 }
 
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    // Through a symlink (a mounted Secret, say), replace the file it points to, not the link.
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, path)?;
-    std::io::Write::write_all(&mut tmp.1, text.as_bytes())?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
-        .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?;
-    Ok(())
+    let (tmp, mut file) = tempfile_in(dir, &target)?;
+    let written = (|| -> anyhow::Result<()> {
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &target)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", target.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// A new file beside `path`, readable by its owner only (it holds password hashes).

@@ -86,9 +86,10 @@ impl Server {
     }
 
     /// Re-reads certificates, password and ACL files (SIGHUP). What fails to load is logged
-    /// and the previous version stays in force.
-    pub fn reload(&self) {
-        reload(&self.broker, self.tls.as_deref());
+    /// and the previous version stays in force. The file reads, the TLS build and the walk over
+    /// every subscription run on a blocking thread, not on the runtime.
+    pub async fn reload(&self) {
+        reload_off_runtime(self.broker.clone(), self.tls.clone()).await;
     }
 
     /// Polls the files for changes and forgets expired bans.
@@ -107,7 +108,7 @@ impl Server {
                     _ = shutdown.cancelled() => return,
                 }
                 if secs > 0 {
-                    reload(&broker, tls.as_deref());
+                    reload_off_runtime(broker.clone(), tls.clone()).await;
                 }
                 broker.security.prune(Instant::now());
             }
@@ -130,6 +131,13 @@ impl Server {
                 "shutdown timed out with tasks still running"
             );
         }
+    }
+}
+
+async fn reload_off_runtime(broker: Arc<Broker>, tls: Option<Arc<ReloadingTls>>) {
+    let done = tokio::task::spawn_blocking(move || reload(&broker, tls.as_deref())).await;
+    if let Err(e) = done {
+        warn!(error = %e, "reload failed");
     }
 }
 

@@ -197,19 +197,15 @@ pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
 pub async fn accept(
     broker: &Arc<Broker>,
     connect: &Connect,
+    assigned: bool,
     identity: &Identity,
     peer: SocketAddr,
     control: oneshot::Sender<Control>,
 ) -> Result<Accepted, Refusal> {
     let mut control = Some(control);
     let c = &broker.config;
-    let assigned = connect.client_id.is_empty();
-    let client_id = if assigned {
-        ByteString::from(format!("auto-{:016x}", rand::random::<u64>()))
-    } else {
-        // A compact copy: the decoded string would pin the read buffer for the session's life.
-        ByteString::from(&*connect.client_id)
-    };
+    // A compact copy: the decoded string would pin the read buffer for the session's life.
+    let client_id = ByteString::from(&*connect.client_id);
     let requested_expiry = if connect.protocol.is_v5() {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {
@@ -219,9 +215,22 @@ pub async fn accept(
     };
     let expiry_secs = requested_expiry.min(c.max_session_expiry_secs);
 
-    let (session, attachment) = loop {
+    let username = identity.username.as_deref();
+    let (session, attachment, old_owner) = loop {
         let session = broker.sessions.get_or_create(&client_id);
         let _guard = session.attach_lock.lock().await;
+        // One user cannot take another's session: not its live connection, and not its
+        // subscriptions or queued messages (a different user starts clean).
+        let other_user = session.owned_by_other(username);
+        if other_user && session.is_attached() {
+            warn!(client_id = %client_id, new_peer = %peer,
+                "refused CONNECT: the client id is connected as another user");
+            return Err(Refusal {
+                code: reason::NOT_AUTHORIZED,
+                connack_for_v3: true,
+                why: "client id in use by another user",
+            });
+        }
         let window = Duration::from_secs(c.takeover_window_secs);
         if let Some((old, old_peer, recent)) = session.begin_takeover(window, Instant::now()) {
             broker
@@ -261,21 +270,23 @@ pub async fn accept(
                 });
             }
         }
-        match session.attach(connect.clean_start, expiry_secs, &mut control, peer) {
-            Some(attachment) => break (session.clone(), attachment),
+        let clean_start = connect.clean_start || other_user;
+        match session.attach(clean_start, expiry_secs, &mut control, peer) {
+            Some(attachment) => break (session.clone(), attachment, session.username()),
             // The session ended meanwhile: look the id up again.
             None => tokio::task::yield_now().await,
         }
     };
-    session.set_identity(identity.username.clone(), identity.by_password);
     if !attachment.discarded_subscriptions.is_empty() {
         broker.unsubscribe_all(session.id, &attachment.discarded_subscriptions);
         // Publishes that matched the old subscriptions while they were being removed.
         session.with_queue(|q| q.clear());
     }
     if let Some(will) = &attachment.will_to_publish {
-        broker.publish_will(will, session.id, &client_id);
+        // The old session's will, under the old owner's rights.
+        broker.publish_will(will, session.id, &client_id, old_owner.as_deref());
     }
+    session.set_identity(identity.username.clone(), identity.by_password);
 
     let mut keep_alive = connect.keep_alive;
     let mut properties = ConnAckProperties::default();

@@ -93,6 +93,11 @@ impl Conn {
                 "invalid topic name in PUBLISH",
             ));
         }
+        if qos == QoS::ExactlyOnce && self.state.incoming.contains(p.packet_id) {
+            // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
+            self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
+            return Ok(());
+        }
         if !self
             .broker
             .security
@@ -101,11 +106,6 @@ impl Conn {
             return self.deny_publish(&p);
         }
         if qos == QoS::ExactlyOnce {
-            if self.state.incoming.contains(p.packet_id) {
-                // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
-                self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
-                return Ok(());
-            }
             if self.state.incoming.len() >= usize::from(self.broker.config.receive_maximum) {
                 // MQTT 5.0 [MQTT-3.3.4-9]. Checked before the id is recorded, so that a resend
                 // after reconnecting is routed and not taken for a duplicate.

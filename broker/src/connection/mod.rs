@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, field, info, info_span};
 use crate::broker::Broker;
 use crate::listener::ListenerKind;
 use crate::metrics::LocalCounts;
-use crate::security::authenticate::authenticate;
+use crate::security::authenticate::{admit, authenticate};
 use crate::session::{Control, PendingWill, Session, SessionState};
 use source::{Reader, Source};
 
@@ -222,9 +222,21 @@ where
             return None;
         }
     };
+    let assigned = connect.client_id.is_empty();
+    if assigned {
+        connect.client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));
+        tracing::Span::current().record("client_id", field::display(&connect.client_id));
+    }
+    if let Err(refusal) = admit(&broker, &connect, &info, assigned, &identity) {
+        refuse(&broker, writer, protocol, &refusal).await;
+        return None;
+    }
     // One message is all a connection ever needs: it closes on the first (takeover or kick).
     let (control_tx, control_rx) = oneshot::channel();
-    let accepted = match connect::accept(&broker, &connect, &identity, info.peer, control_tx).await
+    let accepted = match connect::accept(
+        &broker, &connect, assigned, &identity, info.peer, control_tx,
+    )
+    .await
     {
         Ok(a) => a,
         Err(refusal) => {
@@ -232,9 +244,6 @@ where
             return None;
         }
     };
-    if connect.client_id.is_empty() {
-        tracing::Span::current().record("client_id", field::display(&accepted.client_id));
-    }
     debug!(protocol = ?protocol, clean_start = connect.clean_start, keep_alive = accepted.keep_alive,
         session_present = accepted.connack.session_present,
         username = identity.username.as_deref().unwrap_or(""), "client connected");
@@ -573,7 +582,9 @@ impl Conn {
                 ..Default::default()
             }));
         }
-        if !matches!(close, Close::Gone) && !self.wbuf.is_empty() {
+        if !matches!(close, Close::Gone) {
+            // Also when nothing is left to write: TLS and WebSocket writers may still hold
+            // bytes, and their shutdown sends a close_notify or a close frame.
             let wbuf = &self.wbuf;
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
                 writer.write_all(wbuf).await?;
@@ -592,7 +603,10 @@ impl Conn {
         let mut publish_now = None;
         let mut pending = None;
         match &close {
-            Close::ClientDisconnect { with_will: false } | Close::Shutdown => {}
+            // A client closed because its user was deleted speaks for nobody any more.
+            Close::ClientDisconnect { with_will: false }
+            | Close::Shutdown
+            | Close::Kicked(reason::NOT_AUTHORIZED) => {}
             Close::TakenOver { resumes, .. } => {
                 // The newcomer resuming before the delay passed cancels the will.
                 if !(*resumes && will_delay > 0 && self.expiry_secs > 0) {
@@ -616,7 +630,12 @@ impl Conn {
             .session
             .detach(self.generation, state, pending, queue_qos0);
         if let Some(will) = &publish_now {
-            broker.publish_will(will, self.session.id, &self.client_id);
+            broker.publish_will(
+                will,
+                self.session.id,
+                &self.client_id,
+                self.username.as_deref(),
+            );
         }
         match close {
             Close::TakenOver { done, .. } => {

@@ -15,7 +15,9 @@ pub enum CertIdentity {
     SanDns,
     /// The first URI in the subject alternative names.
     SanUri,
-    /// The whole subject as an RFC 4514 string (`CN=dev1,O=Acme`).
+    /// The whole subject as x509-parser prints it: attributes in certificate order joined by
+    /// `", "` (`CN=dev1, O=Acme`), values unescaped. Use it for ACL names only with CAs whose
+    /// subjects cannot contain `, ` inside a value.
     Subject,
 }
 

@@ -95,6 +95,12 @@ pub fn parse(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
             v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
         });
     }
+    // v1 is ASCII by definition. Checking here also keeps non-ASCII bytes away from `ppp`,
+    // whose v1 parser slices the text at byte offsets and panics inside a multi-byte
+    // character (found by fuzzing: `\r` followed by one).
+    if !header.is_ascii() {
+        return Err(ProxyError::Malformed("v1 header is not ASCII".into()));
+    }
     let text = std::str::from_utf8(header)
         .map_err(|_| ProxyError::Malformed("v1 header is not ASCII".into()))?;
     let h = v1::Header::try_from(text).map_err(|e| ProxyError::Malformed(e.to_string()))?;
@@ -152,6 +158,9 @@ mod tests {
             b"PROXY\r\n",
             b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x04abcd",
             b"",
+            // Found by fuzzing: made `ppp` panic slicing inside a multi-byte character.
+            "PROXY \r\u{e9}".as_bytes(),
+            "\r\u{1F600}".as_bytes(),
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -186,10 +186,22 @@ impl<S: Subscriber> SubscriptionTrie<S> {
     /// Appends every subscription matching `topic` to `out`. A shared group contributes one
     /// member, chosen round-robin among online members (any member when none is online).
     pub fn collect<'a>(&'a self, topic: &str, out: &mut Matches<'a, S>) {
+        self.collect_filtered(topic, out, &|_, _| true);
+    }
+
+    /// [`SubscriptionTrie::collect`] keeping only the subscriptions `accept` takes; a shared
+    /// group's pick skips members it refuses, so the group still delivers when some member
+    /// may take the message.
+    pub fn collect_filtered<'a>(
+        &'a self,
+        topic: &str,
+        out: &mut Matches<'a, S>,
+        accept: &Accept<'_, S>,
+    ) {
         let levels: SmallVec<[&str; 8]> = topic.split('/').collect();
         // MQTT 5.0 [MQTT-4.7.2-1]: `$` topics are not matched by first-level wildcards.
         let dollar = topic.starts_with('$');
-        collect_node(&self.root, &levels, 0, dollar, out);
+        collect_node(&self.root, &levels, 0, dollar, accept, out);
     }
 
     /// Visits every subscription with its filter and group; those for which `keep` returns
@@ -292,6 +304,9 @@ fn remove<S>(node: &mut Node<S>, levels: &[&str], id: SessionId, group: Option<&
     removed
 }
 
+/// A filter on matching subscriptions: the subscriber and its options.
+pub type Accept<'f, S> = dyn Fn(&S, &Subscription) -> bool + 'f;
+
 type Keep<'k, S> = dyn FnMut(&S, &str, Option<&str>, &mut Subscription) -> bool + 'k;
 
 fn retain_bucket<S>(
@@ -359,8 +374,15 @@ fn retain_node<S>(
     removed
 }
 
-fn collect_bucket<'a, S: Subscriber>(bucket: &'a Bucket<S>, out: &mut Matches<'a, S>) {
+fn collect_bucket<'a, S: Subscriber>(
+    bucket: &'a Bucket<S>,
+    accept: &Accept<'_, S>,
+    out: &mut Matches<'a, S>,
+) {
     for entry in bucket.direct.values() {
+        if !accept(&entry.handle, &entry.sub) {
+            continue;
+        }
         out.push(Match {
             handle: &entry.handle,
             sub: entry.sub,
@@ -368,7 +390,7 @@ fn collect_bucket<'a, S: Subscriber>(bucket: &'a Bucket<S>, out: &mut Matches<'a
         });
     }
     for group in &bucket.groups {
-        if let Some(entry) = pick(group) {
+        if let Some(entry) = pick(group, accept) {
             out.push(Match {
                 handle: &entry.handle,
                 sub: entry.sub,
@@ -380,19 +402,24 @@ fn collect_bucket<'a, S: Subscriber>(bucket: &'a Bucket<S>, out: &mut Matches<'a
 
 /// Round-robin over online members; falls back to any member so that a group of offline
 /// persistent sessions still queues the message rather than losing it.
-fn pick<S: Subscriber>(group: &Group<S>) -> Option<&Entry<S>> {
+fn pick<'g, S: Subscriber>(group: &'g Group<S>, accept: &Accept<'_, S>) -> Option<&'g Entry<S>> {
     let n = group.members.len();
     if n == 0 {
         return None;
     }
     let start = group.next.fetch_add(1, Ordering::Relaxed);
+    let mut fallback = None;
     for k in 0..n {
         let (_, entry) = group.members.get_index((start + k) % n)?;
+        if !accept(&entry.handle, &entry.sub) {
+            continue;
+        }
         if entry.handle.is_online() {
             return Some(entry);
         }
+        fallback.get_or_insert(entry);
     }
-    group.members.get_index(start % n).map(|(_, e)| e)
+    fallback
 }
 
 fn collect_node<'a, S: Subscriber>(
@@ -400,6 +427,7 @@ fn collect_node<'a, S: Subscriber>(
     levels: &[&str],
     depth: usize,
     dollar: bool,
+    accept: &Accept<'_, S>,
     out: &mut Matches<'a, S>,
 ) {
     let first_level_of_dollar = dollar && depth == 0;
@@ -407,21 +435,21 @@ fn collect_node<'a, S: Subscriber>(
         && !first_level_of_dollar
     {
         // `a/#` also matches `a` itself: MQTT 5.0 section 4.7.1.2.
-        collect_bucket(hash, out);
+        collect_bucket(hash, accept, out);
     }
     let Some((&level, rest)) = levels.split_first() else {
         if let Some(exact) = &node.exact {
-            collect_bucket(exact, out);
+            collect_bucket(exact, accept, out);
         }
         return;
     };
     if let Some(child) = node.children.get(level) {
-        descend(child, rest, depth + 1, dollar, out);
+        descend(child, rest, depth + 1, dollar, accept, out);
     }
     if let Some(plus) = &node.plus
         && !first_level_of_dollar
     {
-        descend(plus, rest, depth + 1, dollar, out);
+        descend(plus, rest, depth + 1, dollar, accept, out);
     }
 }
 
@@ -430,17 +458,18 @@ fn descend<'a, S: Subscriber>(
     rest: &[&str],
     depth: usize,
     dollar: bool,
+    accept: &Accept<'_, S>,
     out: &mut Matches<'a, S>,
 ) {
     if rest.is_empty() {
         if let Some(exact) = &child.exact {
-            collect_bucket(exact, out);
+            collect_bucket(exact, accept, out);
         }
         if let Some(hash) = &child.hash {
-            collect_bucket(hash, out);
+            collect_bucket(hash, accept, out);
         }
     } else {
-        collect_node(child, rest, depth, dollar, out);
+        collect_node(child, rest, depth, dollar, accept, out);
     }
 }
 

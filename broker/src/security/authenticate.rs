@@ -1,19 +1,25 @@
-//! The security checks of a CONNECT, in order:
+//! The security checks of a CONNECT. [`authenticate`], in order:
 //! 1. bans: the client id, address or username is banned (flapping or failed logins): 0x8A;
-//! 2. flapping: this CONNECT is one too many for the client id (or address) in the window;
+//! 2. a verified client certificate without the configured identity field: 0x87;
 //! 3. identity: a verified client certificate (with `cert_identity`) names the user, or
 //! 4. the password file verifies username and password on the blocking pool: 0x86 when wrong,
 //!    and failures count towards a ban of the address and of the username;
 //! 5. otherwise (no credentials, or no password file to check them against) the client is
 //!    let in only when anonymous access is allowed or it presented a verified certificate:
 //!    0x87 if not;
-//! 6. the will topic needs write access: 0x87.
+//!
+//! Then, once the client id is final (assigned when the client sent none), [`admit`]:
+//! 6. the will topic needs write access: 0x87;
+//! 7. flapping: this CONNECT is one too many for the client id (or address) in the window,
+//!    counted only for clients that authenticated, so that nobody can get another's client
+//!    id banned by connecting with it and failing.
 //!
 //! Every refusal is logged with the client id, address and username, never the password.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use rookery_auth::password::Verify;
@@ -53,19 +59,20 @@ pub async fn authenticate(
     let security = &broker.security;
     let config = &broker.config;
     let now = Instant::now();
-    let addr_key = format!("addr/{}", info.peer.ip());
+    let addr_key = address_key(info.peer.ip());
 
     if config.cert_identity_as_client_id
         && let Some(identity) = &info.cert_identity
     {
         connect.client_id = ByteString::from(identity.as_str());
     }
-    let id_key = format!("id/{}", connect.client_id);
-    let claimed_user = info
-        .cert_identity
-        .as_deref()
-        .or(connect.username.as_deref());
-    let user_key = claimed_user.map(|u| format!("user/{u}"));
+    let id_key = key("id/", &connect.client_id);
+    // Failed-login bans are for password users: a certificate identity cannot be guessed, and
+    // must not be lockable by someone failing passwords under its name.
+    let user_key = match &info.cert_identity {
+        Some(_) => None,
+        None => connect.username.as_deref().map(|u| key("user/", u)),
+    };
 
     if let Some(key) = banned(security, now, [&id_key, &addr_key], user_key.as_deref()) {
         broker
@@ -75,24 +82,18 @@ pub async fn authenticate(
         info!(key, "refused CONNECT: banned");
         return Err(refusal(reason::BANNED, "banned"));
     }
-    if !connect.client_id.is_empty() {
-        let mut flapping = security.flapping.lock();
-        let by_id = flapping.record(&id_key, now);
-        let by_addr = if config.flapping_max_per_address > 0 {
-            security.flapping_addr.lock().record(&addr_key, now)
-        } else {
-            None
-        };
-        drop(flapping);
-        if let Some(until) = by_id.or(by_addr) {
-            broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);
-            let which = if by_id.is_some() { &id_key } else { &addr_key };
-            warn!(key = %which, peer = %info.peer, ban_secs = until.saturating_duration_since(now).as_secs(),
-                "flapping: too many connections in the window; banned");
-            return Err(refusal(reason::BANNED, "flapping"));
-        }
+    if config.cert_identity.is_some() && info.cert_verified && info.cert_identity.is_none() {
+        broker
+            .metrics
+            .auth_failures_total
+            .fetch_add(1, Ordering::Relaxed);
+        info!(peer = %info.peer, "refused CONNECT: the client certificate has no {:?} identity",
+            config.cert_identity);
+        return Err(refusal(
+            reason::NOT_AUTHORIZED,
+            "certificate without the configured identity field",
+        ));
     }
-
     // A verified client certificate authenticates even without `cert_identity`: only
     // devices holding a key the CA signed get this far.
     let trusted = security.anonymous || info.cert_verified;
@@ -111,8 +112,18 @@ pub async fn authenticate(
                 "no password",
             ));
         };
-        let Ok(_permit) = security.workers.acquire().await else {
-            return Err(refusal(reason::SERVER_UNAVAILABLE, "shutting down"));
+        // Bounded: under a flood of logins, clients wait at most the connect timeout for a
+        // hashing slot, then get "server busy".
+        let deadline = Duration::from_secs(config.connect_timeout_secs);
+        let permit = tokio::select! {
+            p = tokio::time::timeout(deadline, security.workers.acquire()) => p,
+            _ = broker.shutdown.cancelled() => return Err(refusal(reason::SERVER_UNAVAILABLE, "shutting down")),
+        };
+        let Ok(Ok(_permit)) = permit else {
+            return Err(refusal(
+                reason::SERVER_BUSY,
+                "no password worker free in time",
+            ));
         };
         let (user, pass) = (username.to_string(), password.clone());
         let verdict = tokio::task::spawn_blocking(move || passwords.verify(&user, &pass)).await;
@@ -159,10 +170,17 @@ pub async fn authenticate(
             "anonymous access not allowed",
         ));
     };
-    check_will(broker, connect, identity)
+    Ok(identity)
 }
 
-fn check_will(broker: &Broker, connect: &Connect, identity: Identity) -> Result<Identity, Refusal> {
+/// The checks that need the final client id: the will topic, then flapping.
+pub fn admit(
+    broker: &Broker,
+    connect: &Connect,
+    info: &ConnInfo,
+    assigned: bool,
+    identity: &Identity,
+) -> Result<(), Refusal> {
     if let Some(will) = &connect.will
         && !broker.security.can_publish(
             identity.username.as_deref(),
@@ -178,7 +196,60 @@ fn check_will(broker: &Broker, connect: &Connect, identity: Identity) -> Result<
             "refused CONNECT: the ACL does not allow publishing the will topic");
         return Err(refusal(reason::NOT_AUTHORIZED, "will topic not allowed"));
     }
-    Ok(identity)
+    if assigned {
+        // A fresh random id every time: nothing to count.
+        return Ok(());
+    }
+    let security = &broker.security;
+    let now = Instant::now();
+    let id_key = key("id/", &connect.client_id);
+    let by_id = match broker.config.flapping_max {
+        0 => None,
+        _ => security.flapping.lock().record(&id_key, now),
+    };
+    let by_addr = match broker.config.flapping_max_per_address {
+        0 => None,
+        _ => security
+            .flapping_addr
+            .lock()
+            .record(&address_key(info.peer.ip()), now),
+    };
+    if let Some(until) = by_id.or(by_addr) {
+        broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);
+        warn!(client_id = %connect.client_id, by_address = by_id.is_none(),
+            ban_secs = until.saturating_duration_since(now).as_secs(),
+            "flapping: too many connections in the window; banned");
+        return Err(refusal(reason::BANNED, "flapping"));
+    }
+    Ok(())
+}
+
+/// Longest key kept in a tracker: longer usernames and client ids are cut, so that an attacker
+/// cannot make each remembered key cost kilobytes.
+const MAX_KEY: usize = 256;
+
+/// `prefix` + `name`, cut to [`MAX_KEY`] bytes at a character boundary.
+fn key(prefix: &str, name: &str) -> String {
+    let mut end = name.len().min(MAX_KEY);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{prefix}{}", &name[..end])
+}
+
+/// The ban key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's usual allocation,
+/// so that an attacker cannot step through addresses to dodge a ban).
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("addr/{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("addr/{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("addr/{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 /// The first active ban among the keys.
@@ -222,6 +293,10 @@ fn failed(
         .auth_failures_total
         .fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
+    if broker.config.auth_fail_max == 0 {
+        info!(peer = %info.peer, username = user_key.map_or("", |k| &k[5..]), why, "authentication failed");
+        return refusal(reason::BAD_USERNAME_OR_PASSWORD, why);
+    }
     let mut failures = broker.security.failures.lock();
     let mut banned = failures.record(addr_key, now).map(|u| (addr_key, u));
     if let Some(k) = user_key

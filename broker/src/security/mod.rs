@@ -25,6 +25,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 
+/// How long a changed file must stay the same before it is loaded.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Most keys each tracker remembers (addresses, usernames, client ids).
 const TRACKER_KEYS: usize = 100_000;
 
@@ -199,10 +202,17 @@ impl Security {
         parse: fn(&Path, &str) -> Result<T, SecurityError>,
     ) -> Result<Option<T>, SecurityError> {
         let text = read(what, path)?;
-        let mut last = last.lock();
-        if last.as_deref() == Some(text.as_str()) {
+        if last.lock().as_deref() == Some(text.as_str()) {
             return Ok(None);
         }
+        // A file caught mid-write may parse and mean something else (a truncated ACL denies
+        // what it no longer lists): take a change only when a second read agrees. Runs on a
+        // blocking thread (see `Server::reload`).
+        std::thread::sleep(SETTLE);
+        if read(what, path)? != text {
+            return Ok(None);
+        }
+        let mut last = last.lock();
         let parsed = parse(path, &text);
         // Remember refused text too, so an unchanged bad file is not reported on every poll.
         *last = Some(text);

@@ -63,6 +63,17 @@ struct Attached {
     peer: SocketAddr,
 }
 
+/// The identity a session belongs to.
+#[derive(Debug, Default)]
+struct Owner {
+    /// Set once a connection has attached.
+    known: bool,
+    /// The username ACLs apply to.
+    username: Option<ByteString>,
+    /// The password file vouched for `username`.
+    by_password: bool,
+}
+
 /// A will waiting for its delay (or the session's end) before it is published.
 #[derive(Debug)]
 pub struct PendingWill {
@@ -102,9 +113,8 @@ pub struct Session {
     inner: Mutex<Inner>,
     /// Serialises CONNECTs for this client id.
     pub attach_lock: tokio::sync::Mutex<()>,
-    /// The username of the last connection (for ACL checks when delivering), and whether the
-    /// password file vouched for it.
-    identity: Mutex<(Option<ByteString>, bool)>,
+    /// Who the session belongs to: the identity of the connection that last attached.
+    owner: Mutex<Owner>,
     takeovers_total: AtomicU64,
 }
 
@@ -176,7 +186,7 @@ impl Session {
                 timers: None,
             }),
             attach_lock: tokio::sync::Mutex::new(()),
-            identity: Mutex::new((None, false)),
+            owner: Mutex::new(Owner::default()),
             takeovers_total: AtomicU64::new(0),
         }
     }
@@ -386,18 +396,29 @@ impl Session {
 
     /// Records who the attached connection authenticated as.
     pub fn set_identity(&self, username: Option<ByteString>, by_password: bool) {
-        *self.identity.lock() = (username, by_password);
+        *self.owner.lock() = Owner {
+            known: true,
+            username,
+            by_password,
+        };
+    }
+
+    /// True when the session was last attached by a different username: such a CONNECT
+    /// neither takes over a live connection nor resumes the session's subscriptions and queue.
+    pub fn owned_by_other(&self, username: Option<&str>) -> bool {
+        let owner = self.owner.lock();
+        owner.known && owner.username.as_deref() != username
     }
 
     /// The username ACLs apply to.
     pub fn username(&self) -> Option<ByteString> {
-        self.identity.lock().0.clone()
+        self.owner.lock().username.clone()
     }
 
     /// The username, when the password file vouched for it.
     pub fn password_user(&self) -> Option<ByteString> {
-        let identity = self.identity.lock();
-        identity.1.then(|| identity.0.clone()).flatten()
+        let owner = self.owner.lock();
+        owner.by_password.then(|| owner.username.clone()).flatten()
     }
 
     /// Closes the live connection, if any, with this MQTT 5.0 reason code. True when one was

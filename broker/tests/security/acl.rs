@@ -213,7 +213,7 @@ async fn reload_revokes_live_subscriptions_and_a_bad_file_keeps_the_rules() {
         "user sensor_device\ntopic readwrite sensors/#\ntopik read x\n",
     )
     .unwrap();
-    server.reload();
+    server.reload().await;
     assert_eq!(
         dev.subscribe("#", QoS::AtMostOnce).await,
         vec![reason::NOT_AUTHORIZED]
@@ -225,7 +225,7 @@ async fn reload_revokes_live_subscriptions_and_a_bad_file_keeps_the_rules() {
         "topic write commands/#\nuser sensor_device\ntopic readwrite sensors/#\n",
     )
     .unwrap();
-    server.reload();
+    server.reload().await;
     ops.send(Packet::Publish(publish(
         "commands/device_123",
         b"cmd",
@@ -250,4 +250,161 @@ async fn reload_revokes_live_subscriptions_and_a_bad_file_keeps_the_rules() {
         0,
         "removed from the router, not filtered per message"
     );
+}
+
+#[tokio::test]
+async fn shared_subscriptions_are_checked_and_the_group_picks_a_member_that_may_read() {
+    let acl = "topic write #\nuser a\ntopic read jobs/#\ntopic deny jobs/secret\nuser b\ntopic read jobs/#\nuser c\ntopic read other\n";
+    let (_d, _p, server) = acl_broker(acl).await;
+    let addr = server.addr();
+    let (mut a, _) = Raw::connect_with(addr, as_user(Protocol::V5, "a", "a")).await;
+    let (mut b, _) = Raw::connect_with(addr, as_user(Protocol::V5, "b", "b")).await;
+    let (mut c, _) = Raw::connect_with(addr, as_user(Protocol::V5, "c", "c")).await;
+    assert_eq!(
+        a.subscribe("$share/g/jobs/#", QoS::AtMostOnce).await,
+        vec![0]
+    );
+    assert_eq!(
+        b.subscribe("$share/g/jobs/#", QoS::AtMostOnce).await,
+        vec![0]
+    );
+    assert_eq!(
+        c.subscribe("$share/g/jobs/#", QoS::AtMostOnce).await,
+        vec![reason::NOT_AUTHORIZED]
+    );
+    let (mut p, _) = Raw::connect_with(addr, as_user(Protocol::V5, "p", "writer")).await;
+    for i in 0..6u16 {
+        p.publish(
+            "jobs/secret",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            i + 1,
+        )
+        .await;
+    }
+    // Every secret job reaches b, the member that may read it, whatever the round robin says.
+    for _ in 0..6 {
+        assert_eq!(b.recv_publish().await.topic, "jobs/secret");
+    }
+    a.expect_silence(std::time::Duration::from_millis(200))
+        .await;
+}
+
+#[tokio::test]
+async fn a_topic_alias_cannot_reach_a_forbidden_topic() {
+    let (_d, _p, server) = acl_broker(FIELD_EXAMPLE).await;
+    let (mut dev, _) =
+        Raw::connect_with(server.addr(), as_user(Protocol::V5, "dev", "sensor_device")).await;
+    let mut first = publish("commands/device_123", b"x", QoS::AtLeastOnce, false, 1);
+    first.properties.topic_alias = Some(3);
+    dev.send(Packet::Publish(first)).await;
+    match dev.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.reason, reason::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+    let mut again = publish("", b"y", QoS::AtLeastOnce, false, 2);
+    again.properties.topic_alias = Some(3);
+    dev.send(Packet::Publish(again)).await;
+    match dev.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.reason, reason::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn v311_denied_publishes_complete_their_flows_and_go_nowhere() {
+    let (_d, _p, server) = acl_broker(&format!("topic read #\n{FIELD_EXAMPLE}")).await;
+    let addr = server.addr();
+    let (mut watcher, _) = Raw::connect(addr, Protocol::V311, "watch", true).await;
+    assert_eq!(watcher.subscribe("#", QoS::ExactlyOnce).await, vec![2]);
+    let (mut dev, _) =
+        Raw::connect_with(addr, as_user(Protocol::V311, "dev", "sensor_device")).await;
+    // QoS 1 and QoS 2 complete normally (3.1.1 has no code for "not authorized")...
+    dev.publish("commands/device_123", b"q1", QoS::AtLeastOnce, false, 1)
+        .await;
+    dev.publish("commands/device_123", b"q2", QoS::ExactlyOnce, false, 2)
+        .await;
+    dev.publish("commands/device_123", b"q0", QoS::AtMostOnce, false, 0)
+        .await;
+    // ...and nothing is delivered.
+    watcher
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    dev.publish("sensors/ok", b"fine", QoS::AtLeastOnce, false, 3)
+        .await;
+    assert_eq!(watcher.recv_publish().await.topic, "sensors/ok");
+}
+
+#[tokio::test]
+async fn wills_follow_the_acl_in_force() {
+    let acl = "topic read #\nuser dev\ntopic write status/#\nuser partial\ntopic read status/#\ntopic deny status/private\n";
+    let (_d, path, server) = acl_broker(acl).await;
+    let addr = server.addr();
+    let (mut partial, _) =
+        Raw::connect_with(addr, as_user(Protocol::V5, "partial", "partial")).await;
+    assert_eq!(
+        partial.subscribe("status/#", QoS::AtMostOnce).await,
+        vec![0]
+    );
+    let (mut everyone, _) = Raw::connect(addr, Protocol::V5, "everyone", true).await;
+    assert_eq!(
+        everyone.subscribe("status/#", QoS::AtMostOnce).await,
+        vec![0]
+    );
+
+    let with_will = |id: &str, topic: &str| {
+        let mut c = as_user(Protocol::V5, id, "dev");
+        c.will = Some(LastWill {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        c
+    };
+    // A will on a topic `partial` may not read reaches only `everyone`.
+    let (d1, _) = Raw::connect_with(addr, with_will("d1", "status/private")).await;
+    drop(d1);
+    assert_eq!(everyone.recv_publish().await.topic, "status/private");
+    partial
+        .expect_silence(std::time::Duration::from_millis(200))
+        .await;
+
+    // A will whose topic is revoked after CONNECT is not published.
+    let (d2, _) = Raw::connect_with(addr, with_will("d2", "status/d2")).await;
+    std::fs::write(&path, "topic read #\nuser dev\ntopic write other/#\n").unwrap();
+    server.reload().await;
+    drop(d2);
+    everyone
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+}
+
+#[tokio::test]
+async fn the_poll_reloads_the_acl_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("acl");
+    std::fs::write(&path, "topic readwrite a/#\n").unwrap();
+    let p = path.clone();
+    let server = start(|c| {
+        c.acl_file = Some(p);
+        c.reload_interval_secs = 1;
+    })
+    .await;
+    let (mut c, _) = Raw::connect(server.addr(), Protocol::V5, "c", true).await;
+    assert_eq!(
+        c.subscribe("b/1", QoS::AtMostOnce).await,
+        vec![reason::NOT_AUTHORIZED]
+    );
+    std::fs::write(&path, "topic readwrite a/#\ntopic readwrite b/#\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.subscribe("b/1", QoS::AtMostOnce).await != vec![0] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ACL not reloaded by the poll"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

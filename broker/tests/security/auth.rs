@@ -174,7 +174,7 @@ async fn deleting_a_user_disconnects_it_and_a_bad_file_keeps_the_old_one() {
 
     // A file that does not parse: refused, the old users stay.
     std::fs::write(&file, "alice:$7$oops\nnot a line\n").unwrap();
-    server.reload();
+    server.reload().await;
     let (_r, ack) = Raw::try_connect(
         server.addr(),
         login(Protocol::V5, "a2", Some("alice"), Some("wonderland")),
@@ -184,7 +184,7 @@ async fn deleting_a_user_disconnects_it_and_a_bad_file_keeps_the_old_one() {
 
     // Bob is deleted: his live connection is closed with 0x87; Alice stays.
     password_file(dir.path(), &[("alice", "wonderland")]);
-    server.reload();
+    server.reload().await;
     let d = bob.expect_closed().await.expect("DISCONNECT");
     assert_eq!(d.reason, reason::NOT_AUTHORIZED);
     alice.send(Packet::PingReq).await;
@@ -196,4 +196,99 @@ async fn deleting_a_user_disconnects_it_and_a_bad_file_keeps_the_old_one() {
     .await;
     assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
     let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn failed_logins_under_a_client_id_do_not_get_it_banned_for_flapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("dev", "right")]);
+    let server = start(|c| {
+        c.password_file = Some(file);
+        c.flapping_max = 2;
+        c.auth_fail_max = 0;
+    })
+    .await;
+    for _ in 0..5 {
+        let (_r, ack) = Raw::try_connect(
+            server.addr(),
+            login(Protocol::V5, "device-1", Some("dev"), Some("wrong")),
+        )
+        .await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    }
+    let (_r, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "device-1", Some("dev"), Some("right")),
+    )
+    .await;
+    assert_eq!(ack.code, 0, "the device's own login is not banned");
+}
+
+#[tokio::test]
+async fn a_username_ban_holds_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "a"), ("bob", "b")]);
+    let server = start(|c| {
+        c.password_file = Some(file);
+        c.auth_fail_max = 2;
+    })
+    .await;
+    for i in 0..3 {
+        Raw::try_connect(
+            server.addr(),
+            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("no")),
+        )
+        .await;
+    }
+    // Lift the address ban: alice stays banned, bob gets in.
+    assert!(server.broker.security.clear_ban("addr/127.0.0.1"));
+    let (_r, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "a", Some("alice"), Some("a")),
+    )
+    .await;
+    assert_eq!(ack.code, reason::BANNED);
+    let (_r, ack) = Raw::try_connect(
+        server.addr(),
+        login(Protocol::V5, "b", Some("bob"), Some("b")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+}
+
+#[tokio::test]
+async fn one_user_cannot_take_over_or_resume_another_users_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "a"), ("mallory", "m")]);
+    let server = start(|c| c.password_file = Some(file)).await;
+    let addr = server.addr();
+    let mut alice_login = login(Protocol::V5, "shared-id", Some("alice"), Some("a"));
+    alice_login.clean_start = false;
+    alice_login.properties.session_expiry_interval = Some(600);
+    let (mut alice, _) = Raw::connect_with(addr, alice_login.clone()).await;
+    assert_eq!(
+        alice.subscribe("alice/inbox", QoS::AtLeastOnce).await,
+        vec![1]
+    );
+
+    // Live: refused, and Alice stays connected.
+    let mut mallory_login = login(Protocol::V5, "shared-id", Some("mallory"), Some("m"));
+    mallory_login.clean_start = false;
+    mallory_login.properties.session_expiry_interval = Some(600);
+    let (_m, ack) = Raw::try_connect(addr, mallory_login.clone()).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+    alice.send(Packet::PingReq).await;
+    assert!(matches!(alice.recv().await, Packet::PingResp));
+
+    // Offline: Mallory gets a clean session, not Alice's subscription or queue.
+    alice.disconnect().await;
+    let (mut publ, _) =
+        Raw::connect_with(addr, login(Protocol::V5, "p", Some("alice"), Some("a"))).await;
+    publ.publish("alice/inbox", b"for alice", QoS::AtLeastOnce, false, 1)
+        .await;
+    let (mut mallory, ack) = Raw::connect_with(addr, mallory_login).await;
+    assert!(!ack.session_present);
+    mallory
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
 }

@@ -205,7 +205,7 @@ async fn certificate_files_reload_without_dropping_connections() {
         t.dir.path().join("tls.key"),
     )
     .unwrap();
-    t.server.reload();
+    t.server.reload().await;
 
     let second = pki::tls_connect(&pki::connector(&t.ca, None), t.addr())
         .await
@@ -222,7 +222,7 @@ async fn certificate_files_reload_without_dropping_connections() {
         "tls.crt",
         "-----BEGIN CERTIFICATE-----\nnot base64\n",
     );
-    t.server.reload();
+    t.server.reload().await;
     let third = pki::tls_connect(&pki::connector(&t.ca, None), t.addr())
         .await
         .unwrap();
@@ -272,4 +272,141 @@ async fn bad_tls_files_at_start_name_the_file() {
     };
     let err = rookery_broker::Server::start(config).await.err().unwrap();
     assert!(err.to_string().contains("c.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn a_kubernetes_style_symlink_swap_is_picked_up() {
+    // A mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..2026_01 (a timestamped dir);
+    // rotation writes a new timestamped dir and swaps the ..data link atomically.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ca = pki::ca("Test CA");
+    let write_version = |name: &str, leaf: &Leaf| {
+        let v = root.join(name);
+        std::fs::create_dir(&v).unwrap();
+        pki::write(&v, "tls.crt", &leaf.cert_pem);
+        pki::write(&v, "tls.key", &leaf.key_pem);
+    };
+    write_version("..2026_01", &ca.server(&rcgen::PKCS_ECDSA_P256_SHA256));
+    std::os::unix::fs::symlink("..2026_01", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.key", root.join("tls.key")).unwrap();
+    let (cert, key) = (root.join("tls.crt"), root.join("tls.key"));
+    let server = start(|c| {
+        c.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.cert = Some(cert);
+        c.key = Some(key);
+        c.reload_interval_secs = 0;
+    })
+    .await;
+    let addr = server.addr_of(ListenerKind::Mqtts).unwrap();
+    let before = pki::server_cert(
+        &pki::tls_connect(&pki::connector(&ca, None), addr)
+            .await
+            .unwrap(),
+    );
+
+    write_version("..2026_02", &ca.server(&rcgen::PKCS_ED25519));
+    std::os::unix::fs::symlink("..2026_02", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    server.reload().await;
+    let after = pki::server_cert(
+        &pki::tls_connect(&pki::connector(&ca, None), addr)
+            .await
+            .unwrap(),
+    );
+    assert_ne!(before, after);
+}
+
+#[tokio::test]
+async fn a_certificate_without_the_identity_field_is_refused() {
+    let client_ca = pki::ca("Device CA");
+    let t = tls_broker(&rcgen::PKCS_ECDSA_P256_SHA256, Some(&client_ca), |c| {
+        c.require_client_cert = true;
+        c.cert_identity = Some(CertIdentity::SanUri); // test client certs carry no URI SAN
+    })
+    .await;
+    let leaf = client_ca.client("dev");
+    let (_r, ack) = t
+        .mqtt(Some(&leaf), connect_packet(Protocol::V5, "dev", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+}
+
+#[tokio::test]
+async fn san_dns_identity_reaches_the_acl() {
+    let client_ca = pki::ca("Device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let acl = pki::write(
+        dir.path(),
+        "acl",
+        "user dev-9.devices.test\ntopic readwrite dev9/#\n",
+    );
+    let t = tls_broker(&rcgen::PKCS_ECDSA_P256_SHA256, Some(&client_ca), |c| {
+        c.require_client_cert = true;
+        c.cert_identity = Some(CertIdentity::SanDns);
+        c.acl_file = Some(acl);
+    })
+    .await;
+    let leaf = client_ca.client("dev-9");
+    let (mut raw, ack) = t
+        .mqtt(Some(&leaf), connect_packet(Protocol::V5, "dev", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.code, 0);
+    assert_eq!(raw.subscribe("dev9/x", QoS::AtMostOnce).await, vec![0]);
+    assert_eq!(
+        raw.subscribe("dev8/x", QoS::AtMostOnce).await,
+        vec![reason::NOT_AUTHORIZED]
+    );
+}
+
+#[tokio::test]
+async fn proxy_protocol_in_front_of_tls() {
+    use tokio::io::AsyncWriteExt;
+    let t = tls_broker(&rcgen::PKCS_ECDSA_P256_SHA256, None, |c| {
+        c.proxy_protocol = vec![ListenerKind::Mqtts];
+        c.max_connections_per_address = 1;
+    })
+    .await;
+    let connect_via = |src: &'static str| {
+        let ca = &t.ca;
+        let addr = t.addr();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(format!("PROXY TCP4 {src} 10.0.0.1 4000 8883\r\n").as_bytes())
+                .await
+                .unwrap();
+            let tls = pki::connector(ca, None)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+                    tcp,
+                )
+                .await;
+            let mut raw = Raw::over(tls.ok()?, Protocol::V5);
+            raw.send(Packet::Connect(Box::new(connect_packet(
+                Protocol::V5,
+                src,
+                true,
+            ))))
+            .await;
+            match raw.recv_within(Duration::from_secs(2)).await? {
+                Packet::ConnAck(a) => Some((raw, a)),
+                _ => None,
+            }
+        }
+    };
+    let (_a, ack) = connect_via("192.0.2.1")
+        .await
+        .expect("first from 192.0.2.1");
+    assert_eq!(ack.code, 0);
+    let (_b, ack) = connect_via("192.0.2.2")
+        .await
+        .expect("first from 192.0.2.2");
+    assert_eq!(ack.code, 0);
+    assert!(
+        connect_via("192.0.2.1").await.is_none(),
+        "second from 192.0.2.1 is over the limit"
+    );
 }
