@@ -18,9 +18,8 @@ use rookery_codec::{
     SubscriptionOptions,
 };
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// The load shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -32,6 +31,15 @@ pub enum Scenario {
     Pairs,
     /// One publisher, N subscribers.
     FanOut,
+    /// N publishers into one `$share` group of `--group` subscribers, one topic.
+    Shared,
+    /// `--retained` retained topics under one tree; N subscribers subscribe to the tree,
+    /// receive every retained message, disconnect, and do it again.
+    Retained,
+    /// N clients connecting (and disconnecting) as fast as the broker answers.
+    ConnectStorm,
+    /// N idle connections held open: broker RSS growth per connection.
+    Idle,
 }
 
 /// What to run.
@@ -70,6 +78,18 @@ pub struct Options {
     /// The broker's process id, to report its CPU, RSS and syscalls from /proc.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Members of the shared subscription group (`shared`).
+    #[arg(long, default_value_t = 4)]
+    pub group: usize,
+    /// Retained topics in the tree (`retained`).
+    #[arg(long, default_value_t = 1000)]
+    pub retained: usize,
+    /// Connect over TLS, trusting this PEM CA bundle.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Server name to check the broker's certificate against.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
 }
 
 /// Results of one run.
@@ -95,6 +115,12 @@ pub struct Report {
     pub broker_syscalls_per_msg: Option<f64>,
     /// This tool's CPU seconds during the window.
     pub bench_cpu_secs: f64,
+    /// `connect-storm`: completed CONNECT/CONNACK exchanges per second.
+    pub connects_per_sec: Option<f64>,
+    /// `idle`: connections held open.
+    pub idle_connections: Option<usize>,
+    /// `idle`: broker RSS growth per connection, bytes.
+    pub rss_bytes_per_connection: Option<f64>,
 }
 
 struct Shared {
@@ -122,25 +148,74 @@ fn connect_packet(protocol: Protocol, id: String) -> Packet {
     }))
 }
 
+/// A byte stream to the broker: TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How to reach the broker.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Dialer {
+    fn new(opts: &Options) -> anyhow::Result<Dialer> {
+        let tls = match &opts.tls_ca {
+            None => None,
+            Some(path) => {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                {
+                    roots.add(cert?)?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from(opts.tls_server_name.clone())
+                    .context("--tls-server-name")?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        Ok(Dialer {
+            addr: opts.broker,
+            tls,
+        })
+    }
+
+    async fn dial(&self) -> anyhow::Result<Box<dyn Stream>> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+        })
+    }
+}
+
 struct Client {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    stream: Box<dyn Stream>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr, protocol: Protocol, id: String) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
+    async fn connect(dialer: &Dialer, protocol: Protocol, id: String) -> anyhow::Result<Client> {
+        let stream = dialer.dial().await?;
         let mut c = Client {
-            reader,
-            writer,
-            rbuf: BytesMut::with_capacity(64 * 1024),
+            stream,
+            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             protocol,
         };
@@ -157,7 +232,8 @@ impl Client {
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer.write_all(&self.wbuf).await?;
+        self.stream.write_all(&self.wbuf).await?;
+        self.stream.flush().await?;
         self.wbuf.clear();
         Ok(())
     }
@@ -173,7 +249,7 @@ impl Client {
 
     async fn fill(&mut self) -> anyhow::Result<()> {
         self.rbuf.reserve(64 * 1024);
-        if self.reader.read_buf(&mut self.rbuf).await? == 0 {
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
             bail!("broker closed the connection");
         }
         Ok(())
@@ -195,6 +271,7 @@ fn qos_of(q: u8) -> anyhow::Result<QoS> {
 
 async fn publisher(
     opts: Options,
+    dialer: Dialer,
     shared: Arc<Shared>,
     index: usize,
     topic: String,
@@ -205,7 +282,7 @@ async fn publisher(
         Protocol::V311
     };
     let qos = qos_of(opts.qos)?;
-    let mut c = Client::connect(opts.broker, protocol, format!("bench-pub-{index}")).await?;
+    let mut c = Client::connect(&dialer, protocol, format!("bench-pub-{index}")).await?;
     let mut seq: u64 = 0;
     let mut inflight = 0usize;
     let mut pid: u16 = 0;
@@ -313,6 +390,7 @@ struct Seen {
 
 async fn subscriber(
     opts: Options,
+    dialer: Dialer,
     shared: Arc<Shared>,
     index: usize,
     filter: String,
@@ -325,24 +403,8 @@ async fn subscriber(
         Protocol::V311
     };
     let qos = qos_of(opts.qos)?;
-    let mut c = Client::connect(opts.broker, protocol, format!("bench-sub-{index}")).await?;
-    c.queue(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: vec![SubscribeFilter {
-            filter: filter.into(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-        properties: Default::default(),
-    }));
-    c.flush().await?;
-    loop {
-        if let Packet::SubAck(_) = c.next().await? {
-            break;
-        }
-    }
+    let mut c = Client::connect(&dialer, protocol, format!("bench-sub-{index}")).await?;
+    subscribe(&mut c, &filter, qos).await?;
     let _ = ready.send(()).await;
     let mut seen = Seen {
         delivered: 0,
@@ -451,11 +513,257 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.payload < 20 {
         bail!("--payload must be at least 20 bytes");
     }
+    let dialer = Dialer::new(&opts)?;
+    match opts.scenario {
+        Scenario::Retained => run_retained(opts, dialer).await,
+        Scenario::ConnectStorm => run_connect_storm(opts, dialer).await,
+        Scenario::Idle => run_idle(opts, dialer).await,
+        Scenario::FanIn | Scenario::Pairs | Scenario::FanOut | Scenario::Shared => {
+            run_flow(opts, dialer).await
+        }
+    }
+}
+
+/// A report with only the options and this tool's numbers filled in.
+fn empty_report(opts: Options) -> Report {
+    Report {
+        options: opts,
+        delivered: 0,
+        delivered_per_sec: 0.0,
+        latency_us: [0; 4],
+        lost: 0,
+        duplicated: 0,
+        broker_cpu_secs: None,
+        broker_peak_rss_kib: None,
+        broker_syscalls_per_msg: None,
+        bench_cpu_secs: 0.0,
+        connects_per_sec: None,
+        idle_connections: None,
+        rss_bytes_per_connection: None,
+    }
+}
+
+fn protocol_of(opts: &Options) -> Protocol {
+    if opts.v5 {
+        Protocol::V5
+    } else {
+        Protocol::V311
+    }
+}
+
+async fn subscribe(c: &mut Client, filter: &str, qos: QoS) -> anyhow::Result<()> {
+    c.queue(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![SubscribeFilter {
+            filter: filter.into(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+        properties: Default::default(),
+    }));
+    c.flush().await?;
+    loop {
+        if let Packet::SubAck(a) = c.next().await? {
+            if a.reason_codes.iter().any(|&r| r >= 0x80) {
+                bail!("SUBSCRIBE {filter} refused: {:?}", a.reason_codes);
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// `retained`: publish the tree once, then subscribers fetch it again and again.
+async fn run_retained(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
+    let protocol = protocol_of(&opts);
+    let k = opts.retained.max(1);
+    let mut setup = Client::connect(&dialer, protocol, "bench-retained-setup".into()).await?;
+    let payload = Bytes::from(vec![7u8; opts.payload]);
+    for i in 0..k {
+        setup.queue(&Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: format!("bench/retained/{}/{}", i % 32, i).into(),
+            packet_id: (i % 60_000 + 1) as u16,
+            payload: payload.clone(),
+            ..Default::default()
+        }));
+        if i % 100 == 99 || i + 1 == k {
+            setup.flush().await?;
+            // Wait for the acknowledgements of this batch.
+            let mut acked = 0;
+            while acked < (i % 100) + 1 {
+                if let Packet::PubAck(_) = setup.next().await? {
+                    acked += 1;
+                }
+            }
+        }
+    }
+    let pid = opts.broker_pid.map(|p| p.to_string());
+    let stop = Arc::new(AtomicBool::new(false));
+    let broker_start = pid.as_deref().and_then(proc_stats);
+    let bench_start = proc_stats("self");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let dialer = dialer.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            let mut received = 0u64;
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let t0 = Instant::now();
+                let mut sub =
+                    Client::connect(&dialer, protocol, format!("bench-ret-{c}-{round}")).await?;
+                subscribe(&mut sub, "bench/retained/#", QoS::AtMostOnce).await?;
+                let mut got = 0;
+                while got < k {
+                    if let Packet::Publish(p) = sub.next().await?
+                        && p.retain
+                    {
+                        got += 1;
+                    }
+                }
+                received += got as u64;
+                let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
+                sub.queue(&Packet::Disconnect(Default::default()));
+                let _ = sub.flush().await;
+            }
+            Ok::<_, anyhow::Error>((received, histogram))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(opts.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_end = pid.as_deref().and_then(proc_stats);
+    let bench_end = proc_stats("self");
+    let mut report = empty_report(opts);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for t in tasks {
+        let (received, h) = t.await??;
+        report.delivered += received;
+        histogram.add(&h)?;
+    }
+    report.delivered_per_sec = report.delivered as f64 / elapsed;
+    // Latency here: from CONNECT to the last retained message of the tree.
+    report.latency_us = quantiles(&histogram);
+    report.broker_cpu_secs = broker_start.zip(broker_end).map(|(a, b)| b.0 - a.0);
+    report.broker_peak_rss_kib = broker_end.map(|e| e.1);
+    report.broker_syscalls_per_msg = broker_start
+        .zip(broker_end)
+        .map(|(a, b)| (b.2 - a.2) as f64 / report.delivered.max(1) as f64);
+    report.bench_cpu_secs = bench_start.zip(bench_end).map_or(0.0, |(a, b)| b.0 - a.0);
+    Ok(report)
+}
+
+fn quantiles(h: &Histogram<u64>) -> [u64; 4] {
+    [
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+    ]
+}
+
+/// `connect-storm`: `clients` loops of connect, CONNACK, DISCONNECT.
+async fn run_connect_storm(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
+    let protocol = protocol_of(&opts);
+    let pid = opts.broker_pid.map(|p| p.to_string());
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let dialer = dialer.clone();
+        let stop = stop.clone();
+        let measuring = measuring.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            let mut done = 0u64;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let t0 = Instant::now();
+                let mut client =
+                    Client::connect(&dialer, protocol, format!("bench-storm-{c}-{n}")).await?;
+                if measuring.load(Ordering::Relaxed) {
+                    done += 1;
+                    let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
+                }
+                client.queue(&Packet::Disconnect(Default::default()));
+                let _ = client.flush().await;
+            }
+            Ok::<_, anyhow::Error>((done, histogram))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let broker_start = pid.as_deref().and_then(proc_stats);
+    let bench_start = proc_stats("self");
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(opts.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_end = pid.as_deref().and_then(proc_stats);
+    let bench_end = proc_stats("self");
+    stop.store(true, Ordering::Relaxed);
+    let mut report = empty_report(opts);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut connects = 0;
+    for t in tasks {
+        let (done, h) = t.await??;
+        connects += done;
+        histogram.add(&h)?;
+    }
+    report.connects_per_sec = Some(connects as f64 / elapsed);
+    report.latency_us = quantiles(&histogram);
+    report.broker_cpu_secs = broker_start.zip(broker_end).map(|(a, b)| b.0 - a.0);
+    report.broker_peak_rss_kib = broker_end.map(|e| e.1);
+    report.bench_cpu_secs = bench_start.zip(bench_end).map_or(0.0, |(a, b)| b.0 - a.0);
+    Ok(report)
+}
+
+/// `idle`: open `clients` connections, let the broker settle, and read its RSS growth.
+async fn run_idle(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
+    let protocol = protocol_of(&opts);
+    let Some(pid) = opts.broker_pid.map(|p| p.to_string()) else {
+        bail!("the idle scenario needs --broker-pid to read the broker's RSS");
+    };
+    let rss = |pid: &str| proc_stats(pid).map(|s| s.1).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss(&pid);
+    let mut held = Vec::with_capacity(opts.clients);
+    for c in 0..opts.clients {
+        let mut client = Client::connect(&dialer, protocol, format!("bench-idle-{c}")).await?;
+        // Idle clients hold no buffers on our side either.
+        client.rbuf = BytesMut::new();
+        held.push(client);
+        if c % 1000 == 999 {
+            eprint!("\r{:>8} connections", c + 1);
+        }
+    }
+    eprintln!();
+    tokio::time::sleep(Duration::from_secs_f64(opts.warmup.max(1.0))).await;
+    let after = rss(&pid);
+    let mut report = empty_report(opts);
+    report.idle_connections = Some(held.len());
+    report.broker_peak_rss_kib = Some(after);
+    report.rss_bytes_per_connection =
+        Some(after.saturating_sub(before) as f64 * 1024.0 / held.len().max(1) as f64);
+    drop(held);
+    Ok(report)
+}
+
+/// Publishers and subscribers exchanging sequence-numbered messages.
+async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     let n = opts.clients.max(1);
     let (publishers, subscribers) = match opts.scenario {
         Scenario::FanIn => (n, 1),
         Scenario::Pairs => (n, n),
-        Scenario::FanOut => (1, n),
+        Scenario::Shared => (n, opts.group.max(1)),
+        _ => (1, n),
     };
     let shared = Arc::new(Shared {
         started: Instant::now(),
@@ -469,10 +777,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let filter = match opts.scenario {
             Scenario::FanIn => "bench/in".to_string(),
             Scenario::Pairs => format!("bench/pair/{i}"),
-            Scenario::FanOut => "bench/out".to_string(),
+            Scenario::Shared => "$share/bench/bench/shared".to_string(),
+            _ => "bench/out".to_string(),
         };
         subs.push(tokio::spawn(subscriber(
             opts.clone(),
+            dialer.clone(),
             shared.clone(),
             i,
             filter,
@@ -491,10 +801,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let topic = match opts.scenario {
             Scenario::FanIn => "bench/in".to_string(),
             Scenario::Pairs => format!("bench/pair/{i}"),
-            Scenario::FanOut => "bench/out".to_string(),
+            Scenario::Shared => "bench/shared".to_string(),
+            _ => "bench/out".to_string(),
         };
         pubs.push(tokio::spawn(publisher(
             opts.clone(),
+            dialer.clone(),
             shared.clone(),
             i,
             topic,
@@ -544,6 +856,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut duplicated = 0;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut lost = 0u64;
+    // For a shared group: distinct messages per publisher over all members.
+    let mut shared_received = vec![0u64; publishers];
     for (i, s) in subs.into_iter().enumerate() {
         let seen = s.await??;
         delivered += seen.delivered;
@@ -552,12 +866,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let expected: Vec<usize> = match opts.scenario {
             Scenario::FanIn => (0..publishers).collect(),
             Scenario::Pairs => vec![i],
-            Scenario::FanOut => vec![0],
+            Scenario::Shared => {
+                for (p, total) in shared_received.iter_mut().enumerate() {
+                    *total += seen.per_publisher[p].1;
+                }
+                vec![]
+            }
+            _ => vec![0],
         };
         for p in expected {
             let published = shared.published[p].load(Ordering::Relaxed);
             let received = seen.per_publisher[p].1;
             lost += published.saturating_sub(received);
+        }
+    }
+    if opts.scenario == Scenario::Shared {
+        for (p, &received) in shared_received.iter().enumerate() {
+            let published = shared.published[p].load(Ordering::Relaxed);
+            lost += published.saturating_sub(received);
+            // Each message goes to one member: more than published means some went twice.
+            duplicated += received.saturating_sub(published);
         }
     }
     let broker_cpu_secs = broker_start.zip(broker_end).map(|(a, b)| b.0 - a.0);
@@ -579,6 +907,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         broker_peak_rss_kib: opts.broker_pid.map(|_| peak_rss),
         broker_syscalls_per_msg,
         bench_cpu_secs: bench_start.zip(bench_end).map_or(0.0, |(a, b)| b.0 - a.0),
+        connects_per_sec: None,
+        idle_connections: None,
+        rss_bytes_per_connection: None,
         options: opts,
     })
 }
@@ -589,22 +920,41 @@ impl Report {
         let o = &self.options;
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
-        format!(
-            "scenario {:?}, {} clients, QoS {}, {} B payload, {}s measured\n\
-             delivered        {:>12} ({:.0} msg/s)\n\
-             latency p50/p99/p99.9/max  {} / {} / {} / {} us\n\
-             lost / duplicated {:>11} / {}\n\
-             broker CPU       {:>12}\n\
-             broker peak RSS  {:>12}\n\
-             broker syscalls  {:>12} per delivered message\n\
-             bench CPU        {:>11.2}s\n",
+        let mut out = format!(
+            "scenario {:?}, {} clients, QoS {}, {} B payload, {}s measured{}\n",
             o.scenario,
             o.clients,
             o.qos,
             o.payload,
             o.duration,
-            self.delivered,
-            self.delivered_per_sec,
+            if o.tls_ca.is_some() { ", TLS" } else { "" },
+        );
+        if let Some(n) = self.idle_connections {
+            out += &format!(
+                "idle connections {n:>12}\n\
+                 broker RSS       {:>12}\n\
+                 RSS per conn     {:>12}\n",
+                self.broker_peak_rss_kib
+                    .map_or("-".to_string(), |k| format!("{k} KiB")),
+                opt(self.rss_bytes_per_connection, " B"),
+            );
+            return out;
+        }
+        if let Some(rate) = self.connects_per_sec {
+            out += &format!("connects         {rate:>12.0} per second\n");
+        } else {
+            out += &format!(
+                "delivered        {:>12} ({:.0} msg/s)\n",
+                self.delivered, self.delivered_per_sec
+            );
+        }
+        out += &format!(
+            "latency p50/p99/p99.9/max  {} / {} / {} / {} us\n\
+             lost / duplicated {:>11} / {}\n\
+             broker CPU       {:>12}\n\
+             broker peak RSS  {:>12}\n\
+             broker syscalls  {:>12} per delivered message\n\
+             bench CPU        {:>11.2}s\n",
             self.latency_us[0],
             self.latency_us[1],
             self.latency_us[2],
@@ -613,9 +963,10 @@ impl Report {
             self.duplicated,
             opt(self.broker_cpu_secs, "s"),
             self.broker_peak_rss_kib
-                .map_or("-".to_string(), |k| format!("{} KiB", k)),
+                .map_or("-".to_string(), |k| format!("{k} KiB")),
             opt(self.broker_syscalls_per_msg, ""),
             self.bench_cpu_secs,
-        )
+        );
+        out
     }
 }

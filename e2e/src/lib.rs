@@ -85,6 +85,13 @@ impl BrokerProcess {
         }
     }
 
+    /// The address of the first listener of `kind` (`mqtt`, `mqtts`, `ws`, `wss`), from the
+    /// listening line (`listening on 127.0.0.1:1883 (mqtt), 127.0.0.1:8883 (mqtts); ...`).
+    pub fn listener(&self, kind: &str) -> Option<SocketAddr> {
+        let line = self.log.iter().find(|l| l.contains("listening on "))?;
+        listener_addr(line, kind)
+    }
+
     /// Reads log lines until one contains `needle` or `wait` passes.
     pub fn wait_for_log(&mut self, needle: &str, wait: Duration) -> Option<String> {
         if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
@@ -154,6 +161,16 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
+/// The address of the first listener of `kind` named in a listening line.
+pub fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let marker = format!(" ({kind})");
+    rest.split(", ").find_map(|part| {
+        let end = part.find(&marker)?;
+        part[..end].parse().ok()
+    })
+}
+
 /// Runs the binary to completion (for configuration errors) and returns status and stderr.
 pub fn run_to_exit(
     binary: &Path,
@@ -197,5 +214,12 @@ mod tests {
         let json = r#"{"fields":{"message":"rookery-broker 0.1.0 listening on 127.0.0.1:80, 127.0.0.1:81 (MQTT"}}"#;
         assert_eq!(listening_addr(json), Some("127.0.0.1:80".parse().unwrap()));
         assert_eq!(listening_addr("nothing here"), None);
+        let line = "listening on 127.0.0.1:80 (mqtt), 127.0.0.1:81 (mqtts), [::1]:82 (ws); MQTT";
+        assert_eq!(
+            listener_addr(line, "mqtts"),
+            Some("127.0.0.1:81".parse().unwrap())
+        );
+        assert_eq!(listener_addr(line, "ws"), Some("[::1]:82".parse().unwrap()));
+        assert_eq!(listener_addr(line, "wss"), None);
     }
 }
