@@ -103,14 +103,15 @@ pub struct AddressCounts {
 }
 
 /// One counted connection; uncounts on drop.
-pub struct AddressGuard {
-    counts: Arc<AddressCounts>,
-    ip: IpAddr,
-}
+pub struct AddressGuard(Option<(Arc<AddressCounts>, IpAddr)>);
 
 impl AddressCounts {
-    /// Counts a connection from `ip` unless it already has `limit` (0 = no limit).
+    /// Counts a connection from `ip` unless it already has `limit`. With no limit (0) nothing
+    /// is counted: no lock, no entry.
     pub fn try_add(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<AddressGuard> {
+        if limit == 0 {
+            return Some(AddressGuard(None));
+        }
         let mut counts = self.counts.lock();
         let n = counts.entry(ip).or_insert(0);
         if limit > 0 && *n >= limit {
@@ -120,17 +121,17 @@ impl AddressCounts {
             return None;
         }
         *n += 1;
-        Some(AddressGuard {
-            counts: self.clone(),
-            ip,
-        })
+        Some(AddressGuard(Some((self.clone(), ip))))
     }
 }
 
 impl Drop for AddressGuard {
     fn drop(&mut self) {
-        let mut counts = self.counts.counts.lock();
-        if let Entry::Occupied(mut e) = counts.entry(self.ip) {
+        let Some((owner, ip)) = self.0.take() else {
+            return;
+        };
+        let mut counts = owner.counts.lock();
+        if let Entry::Occupied(mut e) = counts.entry(ip) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
                 e.remove();
@@ -179,6 +180,20 @@ pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext
         };
         // Latency over throughput per packet: our own batching already coalesces writes.
         let _ = socket.set_nodelay(true);
+        if spec.kind == ListenerKind::Mqtt && !spec.proxy_protocol {
+            // The common case, plain TCP with the peer known now: the leanest task, sized
+            // for the connection alone (every byte counts with a million idle devices).
+            let Some(address) = admit_address(&ctx, peer.ip(), spec.kind) else {
+                continue;
+            };
+            let broker = broker.clone();
+            broker.tasks.clone().spawn(async move {
+                let _held = (permit, address);
+                let (reader, writer) = socket.into_split();
+                connection::serve_split(reader, writer, ConnInfo::tcp(peer), broker).await;
+            });
+            continue;
+        }
         let ctx = ctx.clone();
         broker.tasks.clone().spawn(async move {
             let _permit = permit;
@@ -217,90 +232,118 @@ async fn connect_layers(
         cert_identity: None,
         cert_verified: false,
     };
-    let setup = async {
-        if spec.proxy_protocol
-            && let Some(source) = proxy::read_header(&mut socket).await?
-        {
-            debug!(proxy = %peer, client = %source, "PROXY header");
-            info.peer = source;
+    if spec.proxy_protocol {
+        // Boxed: only listeners behind a load balancer pay for this step's future.
+        let header = Box::pin(within(deadline, &shutdown, async {
+            Ok(proxy::read_header(&mut socket).await?)
+        }))
+        .await;
+        match header {
+            Ok(Some(source)) => {
+                debug!(proxy = %peer, client = %source, "PROXY header");
+                info.peer = source;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                note_setup_failure(broker, &info, &e);
+                return;
+            }
         }
-        Ok::<_, SetupError>(())
+    }
+    let Some(_address) = admit_address(&ctx, info.peer.ip(), spec.kind) else {
+        return;
     };
-    if let Err(e) = within(deadline, &shutdown, setup).await {
-        note_setup_failure(broker, &info, &e);
+    if spec.kind == ListenerKind::Mqtt {
+        // Plain TCP, the common case, stays inline: this task's future is sized for it.
+        let (reader, writer) = socket.into_split();
+        connection::serve_split(reader, writer, info, ctx.broker.clone()).await;
+    } else {
+        // TLS and WebSocket handshake futures are large (a WebSocket upgrade over TLS is tens
+        // of kilobytes): boxed, they cost only while they run, not for the connection's life.
+        Box::pin(serve_layered(socket, info, spec.kind, &ctx, deadline)).await;
+    }
+}
+
+/// TLS and/or WebSocket, then MQTT.
+async fn serve_layered(
+    socket: TcpStream,
+    mut info: ConnInfo,
+    kind: ListenerKind,
+    ctx: &ListenerContext,
+    deadline: tokio::time::Instant,
+) {
+    let broker = &ctx.broker;
+    let shutdown = broker.shutdown.clone();
+    if kind == ListenerKind::Ws {
+        let upgrade = Box::pin(ws::accept(socket, &broker.config));
+        match within(deadline, &shutdown, async {
+            upgrade.await.map_err(ws_error)
+        })
+        .await
+        {
+            Ok(stream) => connection::serve(stream, info, broker.clone()).await,
+            Err(e) => note_setup_failure(broker, &info, &e),
+        }
         return;
     }
-    let per_address = broker.config.max_connections_per_address;
-    let Some(_address) = ctx.addresses.try_add(info.peer.ip(), per_address) else {
-        broker
-            .metrics
-            .connects_refused_total
-            .fetch_add(1, Ordering::Relaxed);
-        info!(peer = %info.peer, listener = %spec.kind, limit = per_address,
-            "refused connection: too many from this address");
+    let Some(tls) = &ctx.tls else {
         return;
     };
-    match spec.kind {
-        ListenerKind::Mqtt => {
-            let (reader, writer) = socket.into_split();
-            connection::serve_split(reader, writer, info, ctx.broker.clone()).await;
+    let handshake = Box::pin(tls.acceptor().accept(socket));
+    let stream = match within(deadline, &shutdown, async {
+        handshake.await.map_err(SetupError::Tls)
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            note_setup_failure(broker, &info, &e);
+            return;
         }
-        ListenerKind::Ws => {
-            let upgrade = ws::accept(socket, &broker.config);
-            match within(deadline, &shutdown, async {
-                upgrade.await.map_err(ws_error)
-            })
-            .await
-            {
-                Ok(stream) => connection::serve(stream, info, ctx.broker.clone()).await,
-                Err(e) => note_setup_failure(broker, &info, &e),
-            }
-        }
-        ListenerKind::Mqtts | ListenerKind::Wss => {
-            let Some(tls) = &ctx.tls else {
-                return;
-            };
-            let handshake = tls.acceptor().accept(socket);
-            let stream = match within(deadline, &shutdown, async {
-                handshake.await.map_err(SetupError::Tls)
-            })
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    note_setup_failure(broker, &info, &e);
-                    return;
-                }
-            };
-            // rustls only completes a handshake whose client certificate verified.
-            let leaf = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first());
-            info.cert_verified = leaf.is_some();
-            if let (Some(which), Some(leaf)) = (broker.config.cert_identity, leaf) {
-                info.cert_identity = identity::extract(leaf, which);
-            }
-            if spec.kind == ListenerKind::Mqtts {
-                connection::serve(stream, info, ctx.broker.clone()).await;
-                return;
-            }
-            let upgrade = ws::accept(stream, &broker.config);
-            match within(deadline, &shutdown, async {
-                upgrade.await.map_err(ws_error)
-            })
-            .await
-            {
-                Ok(stream) => connection::serve(stream, info, ctx.broker.clone()).await,
-                Err(e) => note_setup_failure(broker, &info, &e),
-            }
-        }
+    };
+    // rustls only completes a handshake whose client certificate verified.
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first());
+    info.cert_verified = leaf.is_some();
+    if let (Some(which), Some(leaf)) = (broker.config.cert_identity, leaf) {
+        info.cert_identity = identity::extract(leaf, which);
+    }
+    if kind == ListenerKind::Mqtts {
+        connection::serve(stream, info, broker.clone()).await;
+        return;
+    }
+    let upgrade = Box::pin(ws::accept(stream, &broker.config));
+    match within(deadline, &shutdown, async {
+        upgrade.await.map_err(ws_error)
+    })
+    .await
+    {
+        Ok(stream) => connection::serve(stream, info, broker.clone()).await,
+        Err(e) => note_setup_failure(broker, &info, &e),
     }
 }
 
 fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> SetupError {
     SetupError::WebSocket(e.to_string())
+}
+
+/// Counts a connection from `ip` against `max_connections_per_address`; `None` (logged and
+/// counted) when it is over the limit.
+fn admit_address(ctx: &ListenerContext, ip: IpAddr, kind: ListenerKind) -> Option<AddressGuard> {
+    let broker = &ctx.broker;
+    let limit = broker.config.max_connections_per_address;
+    let guard = ctx.addresses.try_add(ip, limit);
+    if guard.is_none() {
+        broker
+            .metrics
+            .connects_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        info!(peer = %ip, listener = %kind, limit, "refused connection: too many from this address");
+    }
+    guard
 }
 
 /// Runs a handshake step under the connect deadline; shutdown ends it too.
