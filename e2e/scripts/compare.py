@@ -32,6 +32,10 @@ SCENARIOS = [
     ("pairs QoS 1, 50 pairs", ["--scenario", "pairs", "--clients", "50", "--qos", "1"]),
     ("pairs QoS 2, 10 pairs", ["--scenario", "pairs", "--clients", "10", "--qos", "2"]),
     ("fan-out QoS 0, 50 subscribers, 10k msg/s in", ["--scenario", "fan-out", "--clients", "50", "--qos", "0", "--rate", "10000"]),
+    ("shared QoS 1, 10 publishers into a group of 4", ["--scenario", "shared", "--clients", "10", "--group", "4", "--qos", "1"]),
+    ("retained, a tree of 500 topics, 4 subscribers fetching it again and again", ["--scenario", "retained", "--retained", "500", "--clients", "4", "--qos", "0"]),
+    ("connect-storm, 16 clients connecting and disconnecting", ["--scenario", "connect-storm", "--clients", "16"]),
+    ("idle, 10000 connections", ["--scenario", "idle", "--clients", "10000"]),
 ]
 
 
@@ -95,7 +99,10 @@ next_connection_delay_ms = 0
 def bench(port, pid, args, duration):
     cmd = ["taskset", "-c", "1", os.path.join(RELEASE, "rookery-bench"), "--broker", f"127.0.0.1:{port}",
            "--broker-pid", str(pid), "--duration", str(duration), "--warmup", "1", "--json", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        return None
     if not out.stdout.strip():
         return None
     return json.loads(out.stdout)
@@ -130,7 +137,25 @@ def main():
                     if r:
                         results[b].append(r)
             print(f"\n## {name}\n")
-            print("| broker | delivered msg/s | p50 us | p99 us | lost | dup | peak RSS KiB | syscalls/msg | bench CPU s |")
+            if "--scenario" in args and args[args.index("--scenario") + 1] == "idle":
+                print("| broker | RSS per connection, bytes | RSS KiB |")
+                print("|---|---|---|")
+                med = {}
+                for b in brokers:
+                    rs = results[b]
+                    if not rs:
+                        print(f"| {b} | failed | |")
+                        continue
+                    med[b] = statistics.median(r["rss_bytes_per_connection"] for r in rs)
+                    rss = statistics.median(r["broker_peak_rss_kib"] or 0 for r in rs)
+                    print(f"| {b} | {med[b]:.0f} | {rss:.0f} |")
+                for b in brokers[1:]:
+                    if "rookery" in med and b in med and med[b] > 0:
+                        print(f"\nrookery / {b}: {med['rookery'] / med[b]:.2f}x bytes per idle connection")
+                sys.stdout.flush()
+                continue
+            unit = "connects/s" if "connect-storm" in args else "delivered msg/s"
+            print(f"| broker | {unit} | p50 us | p99 us | lost | dup | peak RSS KiB | syscalls/msg | bench CPU s |")
             print("|---|---|---|---|---|---|---|---|---|")
             med = {}
             for b in brokers:
@@ -139,7 +164,7 @@ def main():
                     print(f"| {b} | failed | | | | | | | |")
                     continue
                 m = {
-                    "rate": statistics.median(r["delivered_per_sec"] for r in rs),
+                    "rate": statistics.median(r.get("connects_per_sec") or r["delivered_per_sec"] for r in rs),
                     "p50": statistics.median(r["latency_us"][0] for r in rs),
                     "p99": statistics.median(r["latency_us"][1] for r in rs),
                     "lost": max(r["lost"] for r in rs),
@@ -154,7 +179,7 @@ def main():
             if "rookery" in med:
                 for b in brokers[1:]:
                     if b in med and med[b]["rate"] > 0:
-                        print(f"\nrookery / {b}: {med['rookery']['rate'] / med[b]['rate']:.2f}x delivered msg/s, "
+                        print(f"\nrookery / {b}: {med['rookery']['rate'] / med[b]['rate']:.2f}x {unit}, "
                               f"p99 {med['rookery']['p99']:.0f} vs {med[b]['p99']:.0f} us, "
                               f"RSS {med['rookery']['rss']:.0f} vs {med[b]['rss']:.0f} KiB")
             sys.stdout.flush()

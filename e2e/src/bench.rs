@@ -574,6 +574,9 @@ async fn subscribe(c: &mut Client, filter: &str, qos: QoS) -> anyhow::Result<()>
     }
 }
 
+/// How long one subscriber waits for the whole retained tree.
+const RETAINED_ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `retained`: publish the tree once, then subscribers fetch it again and again.
 async fn run_retained(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     let protocol = protocol_of(&opts);
@@ -612,6 +615,7 @@ async fn run_retained(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
             let mut received = 0u64;
+            let mut missing = 0u64;
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 round += 1;
@@ -620,19 +624,24 @@ async fn run_retained(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
                     Client::connect(&dialer, protocol, format!("bench-ret-{c}-{round}")).await?;
                 subscribe(&mut sub, "bench/retained/#", QoS::AtMostOnce).await?;
                 let mut got = 0;
+                // A broker that drops part of the tree (queue limits) must not hang the run:
+                // what does not come within the round's deadline counts as lost.
+                let deadline = tokio::time::Instant::now() + RETAINED_ROUND_TIMEOUT;
                 while got < k {
-                    if let Packet::Publish(p) = sub.next().await?
-                        && p.retain
-                    {
-                        got += 1;
+                    match tokio::time::timeout_at(deadline, sub.next()).await {
+                        Ok(Ok(Packet::Publish(p))) if p.retain => got += 1,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => break,
                     }
                 }
                 received += got as u64;
+                missing += (k - got) as u64;
                 let _ = histogram.record((t0.elapsed().as_micros() as u64).max(1));
                 sub.queue(&Packet::Disconnect(Default::default()));
                 let _ = sub.flush().await;
             }
-            Ok::<_, anyhow::Error>((received, histogram))
+            Ok::<_, anyhow::Error>((received, missing, histogram))
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(opts.duration)).await;
@@ -643,8 +652,9 @@ async fn run_retained(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     let mut report = empty_report(opts);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     for t in tasks {
-        let (received, h) = t.await??;
+        let (received, missing, h) = t.await??;
         report.delivered += received;
+        report.lost += missing;
         histogram.add(&h)?;
     }
     report.delivered_per_sec = report.delivered as f64 / elapsed;
