@@ -238,7 +238,7 @@ impl Conn {
             ));
         }
         if p.topic.is_empty() {
-            match self.in_aliases.get(&alias) {
+            match self.in_aliases.as_ref().and_then(|a| a.get(&alias)) {
                 Some(topic) => p.topic = topic.clone(),
                 None => {
                     return Err(Close::Violation(
@@ -249,7 +249,9 @@ impl Conn {
             }
         } else {
             // A compact copy: the mapping outlives this packet's read buffer.
-            self.in_aliases.insert(alias, ByteString::from(&*p.topic));
+            self.in_aliases
+                .get_or_insert_with(Default::default)
+                .insert(alias, ByteString::from(&*p.topic));
         }
         Ok(())
     }

@@ -275,8 +275,8 @@ where
         } else {
             0
         },
-        out_aliases: AHashMap::new(),
-        in_aliases: AHashMap::new(),
+        out_aliases: None,
+        in_aliases: None,
         problem_info: props.request_problem_information != Some(0),
         wbuf: BytesMut::new(),
         counts: LocalCounts::default(),
@@ -393,8 +393,10 @@ pub(crate) struct Conn {
     client_max_packet: usize,
     /// Topic aliases the client accepts from us.
     alias_max: u16,
-    out_aliases: AHashMap<ByteString, u16>,
-    in_aliases: AHashMap<u16, ByteString>,
+    /// Boxed, and only once used: most connections never alias, and every idle byte counts.
+    out_aliases: Option<Box<AHashMap<ByteString, u16>>>,
+    /// Topic aliases the client set up towards us (boxed once used, as above).
+    in_aliases: Option<Box<AHashMap<u16, ByteString>>>,
     /// MQTT 5.0 Request Problem Information: reason strings allowed.
     problem_info: bool,
     wbuf: BytesMut,

@@ -109,8 +109,8 @@ impl Conn {
         if self.wbuf.len() - start > self.client_max_packet {
             // MQTT 5.0 [MQTT-3.1.2-24], [MQTT-3.1.2-25]: too large for the client; discard as if sent.
             self.wbuf.truncate(start);
-            if new_alias {
-                self.out_aliases.remove(&message.topic);
+            if new_alias && let Some(aliases) = &mut self.out_aliases {
+                aliases.remove(&message.topic);
             }
             if packet_id != 0 {
                 self.state.outgoing.discard(packet_id);
@@ -127,16 +127,17 @@ impl Conn {
         if self.alias_max == 0 {
             return (topic, None, false);
         }
-        if let Some(&alias) = self.out_aliases.get(topic) {
+        let aliases = self.out_aliases.get_or_insert_with(Default::default);
+        if let Some(&alias) = aliases.get(topic) {
             return ("", Some(alias), false);
         }
-        let next = self.out_aliases.len() + 1;
+        let next = aliases.len() + 1;
         if next > usize::from(self.alias_max) {
             return (topic, None, false);
         }
         let alias = next as u16;
         // A compact copy: the key outlives the message it came from.
-        self.out_aliases.insert(ByteString::from(&**topic), alias);
+        aliases.insert(ByteString::from(&**topic), alias);
         (topic, Some(alias), true)
     }
 

@@ -85,12 +85,15 @@ pub struct PendingWill {
 
 #[derive(Debug)]
 struct Inner {
-    state: Option<SessionState>,
+    /// The state while no connection holds it. Boxed: an online session (the common case)
+    /// keeps only a pointer's worth of room for it.
+    state: Option<Box<SessionState>>,
     attached: Option<Attached>,
     generation: u64,
     expiry_secs: u32,
     removed: bool,
-    pending_will: Option<PendingWill>,
+    /// Boxed for the same reason: rare, and large.
+    pending_will: Option<Box<PendingWill>>,
     takeovers: Vec<Instant>,
     /// Cancels the will-delay and expiry timers of the last disconnect.
     timers: Option<CancellationToken>,
@@ -176,7 +179,7 @@ impl Session {
             wake: Notify::new(),
             space: Notify::new(),
             inner: Mutex::new(Inner {
-                state: Some(SessionState::default()),
+                state: None,
                 attached: None,
                 generation: 0,
                 expiry_secs: 0,
@@ -304,7 +307,7 @@ impl Session {
             timers.cancel();
         }
         // A connection that did not hand its state back (it timed out) leaves a fresh one.
-        let previous = inner.state.take().unwrap_or_default();
+        let previous = inner.state.take().map(|s| *s).unwrap_or_default();
         // A session whose expiry was 0 ended with its connection. MQTT 5.0 [MQTT-3.1.2-23].
         let had_session = inner.generation > 0 && inner.expiry_secs > 0;
         let pending_will = inner.pending_will.take();
@@ -348,9 +351,9 @@ impl Session {
         if inner.generation != generation {
             return false;
         }
-        inner.state = Some(state);
+        inner.state = Some(Box::new(state));
         inner.attached = None;
-        inner.pending_will = will;
+        inner.pending_will = will.map(Box::new);
         self.online.store(false, Ordering::Relaxed);
         drop(inner);
         // Publishers paused on this queue stop waiting for a client that is gone.
