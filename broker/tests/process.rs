@@ -205,3 +205,75 @@ async fn a_malformed_packet_is_logged_once_with_the_client_id() {
         1
     );
 }
+
+/// A publisher flooding QoS 0 as fast as its socket takes it must not starve the subscribers
+/// that share its thread: before connections yielded after a slice of routing work, a
+/// one-thread broker read and routed the flood forever and delivered nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_publisher_does_not_starve_subscribers_on_one_thread() {
+    let broker = BrokerProcess::start(
+        binary(),
+        &["--threads", "1", "--log-level", "warn,rookery_broker=info"],
+    )
+    .unwrap();
+    let mut subs = Vec::new();
+    for i in 0..50 {
+        let (mut s, mut buf, ack) = connect_v5(broker.addr, &format!("sub-{i}")).await;
+        assert_eq!(ack.code, 0);
+        let mut out = BytesMut::new();
+        let subscribe = Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "flood".into(),
+                options: Default::default(),
+            }],
+            properties: Default::default(),
+        };
+        encode(&Packet::Subscribe(subscribe), Protocol::V5, &mut out);
+        s.write_all(&out).await.unwrap();
+        loop {
+            if let Some(Packet::SubAck(_)) = decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
+                break;
+            }
+            s.read_buf(&mut buf).await.unwrap();
+        }
+        subs.push((s, buf));
+    }
+    let (mut publ, _, _) = connect_v5(broker.addr, "flooder").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut batch = BytesMut::new();
+            for _ in 0..64 {
+                let p = Publish {
+                    topic: "flood".into(),
+                    payload: bytes::Bytes::from_static(&[0u8; 100]),
+                    ..Default::default()
+                };
+                encode(&Packet::Publish(p), Protocol::V5, &mut batch);
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if publ.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let (s, buf) = &mut subs[0];
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Packet::Publish(_)) = decode(buf, Protocol::V5, usize::MAX).unwrap() {
+                return;
+            }
+            s.read_buf(buf).await.unwrap();
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.await;
+    assert!(
+        got.is_ok(),
+        "no message reached a subscriber while the publisher flooded"
+    );
+}

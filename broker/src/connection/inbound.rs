@@ -145,6 +145,10 @@ impl Conn {
         let message = Arc::new(Message::from_publish(p, self.session.id, Instant::now()));
         let routed = self.broker.route(&message);
         let receivers = routed.receivers;
+        self.work = self
+            .work
+            .saturating_add(u32::try_from(receivers).unwrap_or(u32::MAX))
+            .saturating_add(1);
         if let Some(session) = routed.congested {
             // A subscriber's queue is over its limit: stop reading from this publisher until
             // it drains, rather than drop what we acknowledge.

@@ -38,6 +38,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const WRITE_CHUNK: usize = 4 * 1024;
 /// Time allowed to flush a final packet (DISCONNECT, refused CONNACK) before closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deliveries queued (one per subscriber reached) and packets handled between two yields of
+/// a connection's task: about a hundred microseconds of routing.
+const YIELD_AFTER_WORK: u32 = 4096;
 /// Deliveries taken from the session queue per lock.
 const DRAIN_BATCH: usize = 64;
 
@@ -265,6 +268,7 @@ where
         client_id: accepted.client_id,
         username: identity.username,
         acl_denials: 0,
+        work: 0,
         keep_alive: accepted.keep_alive,
         expiry_secs: accepted.expiry_secs,
         will: connect.will.as_ref().map(crate::message::compact_will),
@@ -384,6 +388,8 @@ pub(crate) struct Conn {
     username: Option<ByteString>,
     /// PUBLISH and SUBSCRIBE requests the ACL refused, for log rate limiting.
     acl_denials: u32,
+    /// Routing work since the task last yielded (see [`YIELD_AFTER_WORK`]).
+    work: u32,
     keep_alive: u16,
     expiry_secs: u32,
     will: Option<LastWill>,
@@ -483,6 +489,12 @@ impl Conn {
                         // Decoded packets hold slices of this buffer; let them own it, and
                         // keep no read buffer while the connection is idle.
                         rbuf = BytesMut::new();
+                    }
+                    // A publisher whose socket is always readable would otherwise never give
+                    // its thread back: its subscribers, on the same thread, would starve.
+                    if self.work >= YIELD_AFTER_WORK {
+                        self.work = 0;
+                        tokio::task::yield_now().await;
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
