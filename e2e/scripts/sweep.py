@@ -55,6 +55,7 @@ def main():
                     points[b].append((n, rate, p99, lost))
                     print(f"{b:10} {n:5} clients: {rate:10.0f} msg/s, p99 {p99:9.0f} us, lost {lost}")
                     sys.stdout.flush()
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
         json.dump({"scenario": a.scenario, "qos": a.qos, "points": points}, f, indent=1)
     import matplotlib
@@ -75,7 +76,6 @@ def main():
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     fig.savefig(a.out, dpi=110)
     print(f"wrote {a.out}")
 
