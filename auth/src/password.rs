@@ -571,6 +571,10 @@ impl PasswordFile {
         scheme: Scheme,
     ) -> Result<(), PasswordFileError> {
         validate_username(username)?;
+        if u32::try_from(password.len()).is_err() {
+            // Argon2's limit, and `hash` would panic on it: refuse here instead.
+            return Err(PasswordFileError::new(0, "password longer than 4 GiB"));
+        }
         if let Scheme::Pbkdf2Sha512 { iterations } = scheme
             && !(1..=MAX_PBKDF2_ITERATIONS).contains(&iterations)
         {

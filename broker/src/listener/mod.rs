@@ -19,6 +19,7 @@ use std::time::Duration;
 use ahash::AHashMap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -275,16 +276,7 @@ async fn serve_layered(
     let broker = &ctx.broker;
     let shutdown = broker.shutdown.clone();
     if kind == ListenerKind::Ws {
-        let upgrade = Box::pin(ws::accept(socket, &broker.config));
-        match within(deadline, &shutdown, async {
-            upgrade.await.map_err(ws_error)
-        })
-        .await
-        {
-            Ok(stream) => connection::serve(stream, info, broker.clone()).await,
-            Err(e) => note_setup_failure(broker, &info, &e),
-        }
-        return;
+        return serve_ws(socket, info, broker, deadline).await;
     }
     let Some(tls) = &ctx.tls else {
         return;
@@ -315,12 +307,23 @@ async fn serve_layered(
         connection::serve(stream, info, broker.clone()).await;
         return;
     }
+    serve_ws(stream, info, broker, deadline).await;
+}
+
+/// The WebSocket upgrade (boxed: its future is large), then MQTT over it.
+async fn serve_ws<S>(
+    stream: S,
+    info: ConnInfo,
+    broker: &Arc<Broker>,
+    deadline: tokio::time::Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let upgrade = Box::pin(ws::accept(stream, &broker.config));
-    match within(deadline, &shutdown, async {
+    let upgraded = within(deadline, &broker.shutdown, async {
         upgrade.await.map_err(ws_error)
-    })
-    .await
-    {
+    });
+    match upgraded.await {
         Ok(stream) => connection::serve(stream, info, broker.clone()).await,
         Err(e) => note_setup_failure(broker, &info, &e),
     }

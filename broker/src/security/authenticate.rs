@@ -203,17 +203,10 @@ pub fn admit(
     let security = &broker.security;
     let now = Instant::now();
     let id_key = key("id/", &connect.client_id);
-    let by_id = match broker.config.flapping_max {
-        0 => None,
-        _ => security.flapping.lock().record(&id_key, now),
-    };
-    let by_addr = match broker.config.flapping_max_per_address {
-        0 => None,
-        _ => security
-            .flapping_addr
-            .lock()
-            .record(&address_key(info.peer.ip()), now),
-    };
+    let by_id = security.flapping.record(&id_key, now);
+    let by_addr = security
+        .flapping_addr
+        .record(&address_key(info.peer.ip()), now);
     if let Some(until) = by_id.or(by_addr) {
         broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);
         warn!(client_id = %connect.client_id, by_address = by_id.is_none(),
@@ -259,25 +252,15 @@ fn banned<'k>(
     keys: [&'k String; 2],
     user_key: Option<&'k str>,
 ) -> Option<&'k str> {
+    let [id_key, addr_key] = keys;
+    if security.flapping.is_banned(id_key, now) {
+        return Some(id_key);
+    }
+    if security.flapping_addr.is_banned(addr_key, now) || security.failures.is_banned(addr_key, now)
     {
-        let flapping = security.flapping.lock();
-        if flapping.banned_until(keys[0], now).is_some() {
-            return Some(keys[0]);
-        }
+        return Some(addr_key);
     }
-    if security
-        .flapping_addr
-        .lock()
-        .banned_until(keys[1], now)
-        .is_some()
-    {
-        return Some(keys[1]);
-    }
-    let failures = security.failures.lock();
-    if failures.banned_until(keys[1], now).is_some() {
-        return Some(keys[1]);
-    }
-    user_key.filter(|k| failures.banned_until(k, now).is_some())
+    user_key.filter(|k| security.failures.is_banned(k, now))
 }
 
 /// Counts and logs a failed login; bans the address or username past the limit.
@@ -293,18 +276,13 @@ fn failed(
         .auth_failures_total
         .fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
-    if broker.config.auth_fail_max == 0 {
-        info!(peer = %info.peer, username = user_key.map_or("", |k| &k[5..]), why, "authentication failed");
-        return refusal(reason::BAD_USERNAME_OR_PASSWORD, why);
-    }
-    let mut failures = broker.security.failures.lock();
+    let failures = &broker.security.failures;
     let mut banned = failures.record(addr_key, now).map(|u| (addr_key, u));
     if let Some(k) = user_key
         && let Some(u) = failures.record(k, now)
     {
         banned.get_or_insert((k, u));
     }
-    drop(failures);
     info!(peer = %info.peer, username = user_key.map_or("", |k| &k[5..]), why, "authentication failed");
     if let Some((key, until)) = banned {
         broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);

@@ -77,12 +77,12 @@ pub struct Security {
     /// Bounds the password hashes running at once.
     pub(crate) workers: Semaphore,
     /// Failed logins by `addr/IP` and `user/NAME`.
-    pub(crate) failures: Mutex<Tracker>,
+    pub(crate) failures: Limiter,
     /// CONNECTs by `id/CLIENT`.
-    pub(crate) flapping: Mutex<Tracker>,
+    pub(crate) flapping: Limiter,
     /// CONNECTs by `addr/IP` (off unless `flapping_max_per_address` is set: behind NAT or a
     /// load balancer without PROXY protocol, many devices share one address).
-    pub(crate) flapping_addr: Mutex<Tracker>,
+    pub(crate) flapping_addr: Limiter,
     pub(crate) anonymous: bool,
 }
 
@@ -110,13 +110,48 @@ fn parse_acl(path: &Path, text: &str) -> Result<Acl, SecurityError> {
     })
 }
 
-fn tracker(max: u32, window_secs: u64, ban_secs: u64) -> Tracker {
-    Tracker::new(TrackerConfig {
-        max_events: max,
-        window: Duration::from_secs(window_secs),
-        ban: Duration::from_secs(ban_secs),
-        max_keys: TRACKER_KEYS,
-    })
+/// A ban tracker, or nothing when its limit is 0: the one place where "0 disables" lives.
+pub(crate) struct Limiter(Option<Mutex<Tracker>>);
+
+impl Limiter {
+    fn new(max: u32, window_secs: u64, ban_secs: u64) -> Limiter {
+        Limiter((max > 0).then(|| {
+            Mutex::new(Tracker::new(TrackerConfig {
+                max_events: max,
+                window: Duration::from_secs(window_secs),
+                ban: Duration::from_secs(ban_secs),
+                max_keys: TRACKER_KEYS,
+            }))
+        }))
+    }
+
+    /// Counts an event; `Some(until)` when the key is (now) banned.
+    pub(crate) fn record(&self, key: &str, now: Instant) -> Option<Instant> {
+        self.0.as_ref()?.lock().record(key, now)
+    }
+
+    /// True while `key` is banned.
+    pub(crate) fn is_banned(&self, key: &str, now: Instant) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|t| t.lock().banned_until(key, now).is_some())
+    }
+
+    fn bans(&self, now: Instant) -> Vec<(String, Instant)> {
+        self.0
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.lock().bans(now))
+    }
+
+    fn clear(&self, key: &str) -> bool {
+        self.0.as_ref().is_some_and(|t| t.lock().clear(key))
+    }
+
+    fn prune(&self, now: Instant) {
+        if let Some(t) = &self.0 {
+            t.lock().prune(now);
+        }
+    }
 }
 
 impl Security {
@@ -133,21 +168,21 @@ impl Security {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             }),
-            failures: Mutex::new(tracker(
+            failures: Limiter::new(
                 config.auth_fail_max,
                 config.auth_fail_window_secs,
                 config.auth_ban_secs,
-            )),
-            flapping: Mutex::new(tracker(
+            ),
+            flapping: Limiter::new(
                 config.flapping_max,
                 config.flapping_window_secs,
                 config.flapping_ban_secs,
-            )),
-            flapping_addr: Mutex::new(tracker(
+            ),
+            flapping_addr: Limiter::new(
                 config.flapping_max_per_address,
                 config.flapping_window_secs,
                 config.flapping_ban_secs,
-            )),
+            ),
             anonymous: config.anonymous_allowed(),
         };
         if let Some(path) = &security.password_path {
@@ -288,24 +323,24 @@ impl Security {
 
     /// Active bans (failed logins and flapping), for the admin interface.
     pub fn bans(&self, now: Instant) -> Vec<(String, Instant)> {
-        let mut all = self.failures.lock().bans(now);
-        all.extend(self.flapping.lock().bans(now));
-        all.extend(self.flapping_addr.lock().bans(now));
+        let mut all = self.failures.bans(now);
+        all.extend(self.flapping.bans(now));
+        all.extend(self.flapping_addr.bans(now));
         all
     }
 
     /// Lifts a ban (`addr/IP`, `user/NAME` or `id/CLIENT`); true when there was one.
     pub fn clear_ban(&self, key: &str) -> bool {
-        let a = self.failures.lock().clear(key);
-        let b = self.flapping.lock().clear(key);
-        let c = self.flapping_addr.lock().clear(key);
+        let a = self.failures.clear(key);
+        let b = self.flapping.clear(key);
+        let c = self.flapping_addr.clear(key);
         a || b || c
     }
 
     /// Forgets expired windows and bans.
     pub fn prune(&self, now: Instant) {
-        self.failures.lock().prune(now);
-        self.flapping.lock().prune(now);
-        self.flapping_addr.lock().prune(now);
+        self.failures.prune(now);
+        self.flapping.prune(now);
+        self.flapping_addr.prune(now);
     }
 }
