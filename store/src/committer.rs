@@ -1,0 +1,343 @@
+//! Group commit: the broker's writes, from every connection, gathered into batches that each
+//! store applies in one transaction.
+//!
+//! A connection calls [`Committer::submit`] and gets a [`Ticket`]. One writer task takes
+//! everything submitted while the previous commit ran, drops what cancels out (a queue entry
+//! acknowledged before it was ever written), applies the rest to the stores and then publishes
+//! the highest ticket it committed. In `sync` durability a connection holds back the
+//! acknowledgement a write was for until [`Committer::is_committed`] says so; in `async`
+//! durability it does not wait and the writer commits every flush interval, so at most one
+//! interval of acknowledged writes is at risk.
+//!
+//! A failing store is retried with backoff, and only the stores that failed are retried (every
+//! operation is idempotent, so a retry after an unclear failure is harmless). While a store
+//! fails the committer reports itself degraded and refuses new messages
+//! ([`Committer::accepts_messages`]), so that the broker answers "cannot store" instead of
+//! acknowledging what it may lose; acknowledgements and session changes are always taken.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ahash::AHashSet;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::{QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionStore, StoreError};
+
+/// A position in the commit order: a write is durable once the committed ticket reaches it.
+pub type Ticket = u64;
+
+/// One write, for whichever store owns it.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A session change.
+    Session(SessionOp),
+    /// A retained-message change.
+    Retained(RetainedOp),
+    /// A queue change.
+    Queue(QueueOp),
+}
+
+/// When an acknowledged write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge after the commit.
+    Sync,
+    /// Acknowledge at once; commit every flush interval.
+    Async,
+}
+
+/// The stores and how to commit to them.
+#[derive(Clone)]
+pub struct Stores {
+    /// Sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Retained messages.
+    pub retained: Arc<dyn RetainedStore>,
+    /// Queues.
+    pub queue: Arc<dyn QueueStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("sessions", &self.sessions.name())
+            .field("retained", &self.retained.name())
+            .field("queue", &self.queue.name())
+            .finish()
+    }
+}
+
+/// Committer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitterConfig {
+    /// Sync or async.
+    pub durability: Durability,
+    /// Async: time between commits.
+    pub flush_interval: Duration,
+    /// Operations waiting for a commit above which new messages are refused (the store is
+    /// slower than the traffic: backpressure, with memory bounded).
+    pub max_pending: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Op>,
+    last: Ticket,
+}
+
+/// The group committer. Cheap to share (`Arc`).
+pub struct Committer {
+    pending: Mutex<Pending>,
+    wake: Notify,
+    committed: watch::Sender<Ticket>,
+    degraded: AtomicBool,
+    config: CommitterConfig,
+    stores: Stores,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("stores", &self.stores)
+            .field("config", &self.config)
+            .field("committed", &*self.committed.borrow())
+            .finish()
+    }
+}
+
+/// What one commit round did, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Operations submitted.
+    pub submitted: usize,
+    /// Operations written after dropping those that cancelled out.
+    pub written: usize,
+}
+
+impl Committer {
+    /// A committer for `stores`; run [`Committer::run`] on a task to make it commit.
+    pub fn new(stores: Stores, config: CommitterConfig) -> Arc<Committer> {
+        Arc::new(Committer {
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            committed: watch::Sender::new(0),
+            degraded: AtomicBool::new(false),
+            config,
+            stores,
+        })
+    }
+
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// True in `sync` durability: acknowledgements wait for [`Committer::is_committed`].
+    pub fn is_sync(&self) -> bool {
+        self.config.durability == Durability::Sync
+    }
+
+    /// Queues writes for the next commit; the ticket tells when they are durable.
+    pub fn submit(&self, ops: impl IntoIterator<Item = Op>) -> Ticket {
+        let mut p = self.pending.lock();
+        let was_empty = p.ops.is_empty();
+        p.ops.extend(ops);
+        p.last += 1;
+        let ticket = p.last;
+        drop(p);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        ticket
+    }
+
+    /// False while a store fails or too many writes wait: new QoS 1/2 messages for persistent
+    /// sessions must then be refused, not acknowledged.
+    pub fn accepts_messages(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+            && self.pending.lock().ops.len() < self.config.max_pending
+    }
+
+    /// True while a store is failing.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// True once everything up to `ticket` is durable.
+    pub fn is_committed(&self, ticket: Ticket) -> bool {
+        *self.committed.borrow() >= ticket
+    }
+
+    /// A receiver that changes whenever a commit completes.
+    pub fn watch(&self) -> watch::Receiver<Ticket> {
+        self.committed.subscribe()
+    }
+
+    /// Waits until everything submitted so far is durable.
+    pub async fn flush(&self) {
+        let target = self.pending.lock().last;
+        self.wake.notify_one();
+        let mut rx = self.committed.subscribe();
+        let _ = rx.wait_for(|t| *t >= target).await;
+    }
+
+    /// The writer loop: commits until `shutdown` fires and then once more, so that writes
+    /// submitted before shutdown are not lost.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                let wait_for_work = async {
+                    if self.pending.lock().ops.is_empty() {
+                        self.wake.notified().await;
+                    }
+                };
+                tokio::select! {
+                    _ = wait_for_work => {}
+                    _ = &mut shutdown => stopping = true,
+                }
+            }
+            let (ops, ticket) = {
+                let mut p = self.pending.lock();
+                (std::mem::take(&mut p.ops), p.last)
+            };
+            if !ops.is_empty() {
+                self.commit(ops).await;
+            }
+            self.committed.send_replace(ticket);
+            if stopping {
+                if self.pending.lock().ops.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            if self.config.durability == Durability::Async {
+                // Let writes gather for one interval; shutdown cuts the wait short.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.flush_interval) => {}
+                    _ = &mut shutdown => stopping = true,
+                }
+            }
+        }
+    }
+
+    /// Commits one batch, retrying each failing store until it succeeds.
+    async fn commit(&self, ops: Vec<Op>) -> RoundStats {
+        let submitted = ops.len();
+        let (sessions, retained, queue) = split(ops);
+        let queue = coalesce(queue);
+        let stats = RoundStats {
+            submitted,
+            written: sessions.len() + retained.len() + queue.len(),
+        };
+        let mut done = [sessions.is_empty(), retained.is_empty(), queue.is_empty()];
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (a, b, c) = tokio::join!(
+                maybe(!done[0], || self.stores.sessions.apply(&sessions)),
+                maybe(!done[1], || self.stores.retained.apply(&retained)),
+                maybe(!done[2], || self.stores.queue.apply(&queue)),
+            );
+            let mut failure: Option<StoreError> = None;
+            for (i, r) in [a, b, c].into_iter().enumerate() {
+                match r {
+                    Ok(()) => done[i] = true,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            let Some(e) = failure else {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    info!("store recovered: pending writes committed");
+                }
+                return stats;
+            };
+            if !self.degraded.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, "store degraded: writes are retried, new QoS 1/2 messages for persistent sessions are refused");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+async fn maybe<F>(run: bool, f: impl FnOnce() -> F) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    if run { f().await } else { Ok(()) }
+}
+
+fn split(ops: Vec<Op>) -> (Vec<SessionOp>, Vec<RetainedOp>, Vec<QueueOp>) {
+    let (mut s, mut r, mut q) = (Vec::new(), Vec::new(), Vec::with_capacity(ops.len()));
+    for op in ops {
+        match op {
+            Op::Session(o) => s.push(o),
+            Op::Retained(o) => r.push(o),
+            Op::Queue(o) => q.push(o),
+        }
+    }
+    (s, r, q)
+}
+
+/// Drops queue writes that cancel out within one batch: an entry enqueued and acknowledged
+/// (the subscriber was quicker than the commit) is never written, nor are its in-flight
+/// updates, nor a message whose every entry went that way. A message's `Message` op is always
+/// submitted with its entries, so one batch sees all of them.
+pub fn coalesce(ops: Vec<QueueOp>) -> Vec<QueueOp> {
+    let enqueued: AHashSet<(&str, u64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            QueueOp::Enqueue { client_id, entry } => Some((client_id.as_str(), entry.id)),
+            _ => None,
+        })
+        .collect();
+    if enqueued.is_empty() {
+        return ops;
+    }
+    let gone: AHashSet<(String, u64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            QueueOp::Ack { client_id, id } if enqueued.contains(&(client_id.as_str(), *id)) => {
+                Some((client_id.clone(), *id))
+            }
+            _ => None,
+        })
+        .collect();
+    if gone.is_empty() {
+        return ops;
+    }
+    let is_gone = |c: &str, id: u64| gone.contains(&(c.to_owned(), id));
+    let live_messages: AHashSet<u64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            QueueOp::Enqueue { client_id, entry } if !is_gone(client_id, entry.id) => {
+                Some(entry.message_id)
+            }
+            _ => None,
+        })
+        .collect();
+    let dead_messages: AHashSet<u64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            QueueOp::Enqueue { client_id, entry } if is_gone(client_id, entry.id) => {
+                Some(entry.message_id)
+            }
+            _ => None,
+        })
+        .filter(|id| !live_messages.contains(id))
+        .collect();
+    ops.into_iter()
+        .filter(|op| match op {
+            QueueOp::Message { id, .. } => !dead_messages.contains(id),
+            QueueOp::Enqueue { client_id, entry } => !is_gone(client_id, entry.id),
+            QueueOp::Inflight { client_id, id, .. } | QueueOp::Ack { client_id, id } => {
+                !is_gone(client_id, *id)
+            }
+            _ => true,
+        })
+        .collect()
+}

@@ -1,0 +1,71 @@
+//! Rookery's durable state.
+//!
+//! Three stores, each a trait with one method that applies a batch of operations atomically
+//! (one transaction, one fsync) and one that loads everything back at start:
+//!
+//! - [`SessionStore`]: persistent sessions (subscriptions, expiry, will, owner).
+//! - [`RetainedStore`]: retained messages by topic.
+//! - [`QueueStore`]: QoS 1/2 messages queued or in flight for persistent sessions, and the QoS 2
+//!   packet ids a session has received and not yet released. Both live in one store so that a
+//!   received QoS 2 message and the record of its packet id commit together.
+//!
+//! Implementations: [`embedded`] (local disk, the default), [`redis`] (sessions) and
+//! [`postgres`] (retained messages and queues). The [`committer`] batches the broker's writes into group
+//! commits and tells waiting connections when their writes are durable.
+//!
+//! Records are plain data with no broker types in them: the broker converts.
+
+pub mod committer;
+pub mod embedded;
+mod error;
+pub mod postgres;
+mod record;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use error::{StoreError, StoreResult};
+pub use record::{
+    IncomingRecord, QueueEntry, QueueOp, RetainedOp, SessionOp, SessionRecord, StoredMessage,
+    SubscriptionRecord, WillRecord,
+};
+
+/// What a store method returns: a boxed future, so that stores can be trait objects.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+/// Persistent sessions.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Applies `ops` in order, atomically where the store allows (the embedded store and
+    /// PostgreSQL: one transaction; Redis: one MULTI/EXEC pipeline).
+    fn apply<'a>(&'a self, ops: &'a [SessionOp]) -> StoreFuture<'a, ()>;
+    /// Every stored session.
+    fn load(&self) -> StoreFuture<'_, Vec<SessionRecord>>;
+    /// One session, for a node that resumes a session another node owned.
+    fn get<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<SessionRecord>>;
+    /// A short name for logs and metrics ("embedded", "redis", "postgres").
+    fn name(&self) -> &'static str;
+}
+
+/// Retained messages.
+pub trait RetainedStore: Send + Sync + 'static {
+    /// Applies `ops` in order, atomically.
+    fn apply<'a>(&'a self, ops: &'a [RetainedOp]) -> StoreFuture<'a, ()>;
+    /// Every retained message that has not expired.
+    fn load(&self) -> StoreFuture<'_, Vec<StoredMessage>>;
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Queued and in-flight QoS 1/2 messages of persistent sessions, and received QoS 2 ids.
+pub trait QueueStore: Send + Sync + 'static {
+    /// Applies `ops` in order, atomically.
+    fn apply<'a>(&'a self, ops: &'a [QueueOp]) -> StoreFuture<'a, ()>;
+    /// A session's entries in queue order (ascending entry id) with their messages, skipping
+    /// expired ones, and the QoS 2 packet ids it has received and not released.
+    fn load<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, (Vec<QueueEntry>, Vec<u16>)>;
+    /// Client ids that have entries or received QoS 2 ids.
+    fn clients(&self) -> StoreFuture<'_, Vec<String>>;
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}

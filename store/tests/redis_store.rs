@@ -1,0 +1,370 @@
+//! `RedisSessionStore` against a real redis-server (rookery-testkit), and a real Sentinel.
+
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rookery_store::redis::RedisSessionStore;
+use rookery_store::{
+    SessionOp, SessionRecord, SessionStore, StoreError, StoredMessage, SubscriptionRecord,
+    WillRecord,
+};
+use rookery_testkit::{RedisSentinel, RedisServer};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn session(client_id: &str) -> SessionRecord {
+    SessionRecord {
+        client_id: client_id.into(),
+        expiry_secs: 3600,
+        disconnected_at_ms: None,
+        username: Some("user".into()),
+        by_password: true,
+        subscriptions: vec![
+            SubscriptionRecord {
+                filter: "sensors/#".into(),
+                qos: 1,
+                no_local: false,
+                retain_as_published: true,
+                retain_handling: 0,
+                id: Some(7),
+            },
+            SubscriptionRecord {
+                filter: "$share/g/jobs".into(),
+                qos: 2,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: 2,
+                id: None,
+            },
+        ],
+        will: Some(WillRecord {
+            message: StoredMessage {
+                topic: "status/c".into(),
+                payload: Bytes::from_static(b"offline"),
+                qos: 1,
+                retain: true,
+                properties: Bytes::from_static(&[1, 2, 3]),
+                expires_at_ms: None,
+            },
+            expiry_secs: Some(60),
+            delay_secs: 5,
+        }),
+        owner_node: "node-1".into(),
+        epoch: 3,
+    }
+}
+
+fn sorted(mut sessions: Vec<SessionRecord>) -> Vec<SessionRecord> {
+    sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    sessions
+}
+
+async fn store(server: &RedisServer) -> (RedisSessionStore, String) {
+    let cluster = RedisServer::prefix();
+    let store = RedisSessionStore::connect(server.url(), &cluster)
+        .await
+        .unwrap();
+    (store, cluster)
+}
+
+#[tokio::test]
+async fn sessions_round_trip() {
+    let (store, _) = store(RedisServer::shared()).await;
+    assert_eq!(store.name(), "redis");
+    assert!(store.load().await.unwrap().is_empty());
+    let a = session("a");
+    let mut b = session("b:with:colons");
+    b.will = None;
+    b.subscriptions.clear();
+    b.username = None;
+    store
+        .apply(&[SessionOp::Put(a.clone()), SessionOp::Put(b.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(store.load().await.unwrap()),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(store.get("a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get("nobody").await.unwrap(), None);
+
+    // Put replaces; Delete deletes.
+    let mut a2 = a.clone();
+    a2.epoch = 4;
+    a2.owner_node = "node-2".into();
+    store
+        .apply(&[
+            SessionOp::Put(a2.clone()),
+            SessionOp::Delete {
+                client_id: "b:with:colons".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.load().await.unwrap(), vec![a2.clone()]);
+    assert_eq!(store.get("b:with:colons").await.unwrap(), None);
+    store.apply(&[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_apply_in_order() {
+    let (store, _) = store(RedisServer::shared()).await;
+    store
+        .apply(&[
+            SessionOp::Put(session("x")),
+            SessionOp::Delete {
+                client_id: "x".into(),
+            },
+            SessionOp::Delete {
+                client_id: "y".into(),
+            },
+            SessionOp::Put(session("y")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.load().await.unwrap(), vec![session("y")]);
+}
+
+#[tokio::test]
+async fn clusters_do_not_see_each_other() {
+    let server = RedisServer::shared();
+    let (one, _) = store(server).await;
+    let (two, _) = store(server).await;
+    one.apply(&[SessionOp::Put(session("same"))]).await.unwrap();
+    assert!(two.load().await.unwrap().is_empty());
+    assert_eq!(two.get("same").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn keys_expire_with_the_session() {
+    let server = RedisServer::shared();
+    let (store, cluster) = store(server).await;
+    let key = |id: &str| format!("rookery:{cluster}:session:{id}");
+    let index = format!("rookery:{cluster}:sessions");
+
+    let connected = session("connected");
+    let mut never = session("never");
+    never.expiry_secs = u32::MAX;
+    never.disconnected_at_ms = Some(now_ms());
+    let mut later = session("later");
+    later.expiry_secs = 100;
+    later.disconnected_at_ms = Some(now_ms());
+    let mut gone = session("gone");
+    gone.expiry_secs = 10;
+    gone.disconnected_at_ms = Some(now_ms() - 11_000);
+    let mut soon = session("soon");
+    soon.expiry_secs = 1;
+    soon.disconnected_at_ms = Some(now_ms());
+    store
+        .apply(&[
+            SessionOp::Put(connected.clone()),
+            SessionOp::Put(never.clone()),
+            SessionOp::Put(later.clone()),
+            SessionOp::Put(gone.clone()),
+            SessionOp::Put(soon.clone()),
+        ])
+        .await
+        .unwrap();
+
+    // No TTL while connected or when the expiry is "never".
+    assert_eq!(server.command(&["PTTL", &key("connected")]), "-1");
+    assert_eq!(server.command(&["PTTL", &key("never")]), "-1");
+    // The expiry interval, counted from the disconnection.
+    let ttl: i64 = server.command(&["PTTL", &key("later")]).parse().unwrap();
+    assert!((90_000..=100_000).contains(&ttl), "PTTL {ttl}");
+    // Already past its deadline: not written at all.
+    assert_eq!(server.command(&["EXISTS", &key("gone")]), "0");
+    assert_eq!(server.command(&["ZSCORE", &index, "gone"]), "");
+    assert_eq!(server.command(&["ZCARD", &index]), "4");
+
+    // Reconnecting clears the TTL.
+    let mut back = later.clone();
+    back.disconnected_at_ms = None;
+    store.apply(&[SessionOp::Put(back.clone())]).await.unwrap();
+    assert_eq!(server.command(&["PTTL", &key("later")]), "-1");
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(server.command(&["EXISTS", &key("soon")]), "0");
+    assert_eq!(store.get("soon").await.unwrap(), None);
+    assert_eq!(
+        sorted(store.load().await.unwrap()),
+        vec![connected, back, never]
+    );
+    // load pruned the index.
+    assert_eq!(server.command(&["ZCARD", &index]), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_seen_whole_or_not_at_all() {
+    let server = RedisServer::shared();
+    let (store, cluster) = store(server).await;
+    let index = format!("rookery:{cluster}:sessions");
+    let watcher = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let n: usize = RedisServer::shared()
+                .command(&["ZCARD", &index])
+                .parse()
+                .unwrap();
+            seen.push(n);
+            if n == 20 * 50 {
+                break;
+            }
+        }
+        seen
+    });
+    for batch in 0..20 {
+        let ops: Vec<SessionOp> = (0..50)
+            .map(|i| SessionOp::Put(session(&format!("c{batch}-{i}"))))
+            .collect();
+        store.apply(&ops).await.unwrap();
+    }
+    let seen = watcher.join().unwrap();
+    assert!(seen.iter().all(|n| n % 50 == 0), "{seen:?}");
+    assert_eq!(store.load().await.unwrap().len(), 1000);
+}
+
+#[tokio::test]
+async fn connect_fails_unavailable_without_a_server() {
+    let server = RedisServer::start_private();
+    let url = server.url().to_owned();
+    drop(server);
+    let error = RedisSessionStore::connect(&url, "c").await.err().unwrap();
+    assert!(error.is_transient(), "{error}");
+}
+
+#[tokio::test]
+async fn survives_a_server_restart() {
+    let server = RedisServer::start_private();
+    let (store, _) = store(&server).await;
+    store
+        .apply(&[SessionOp::Put(session("before"))])
+        .await
+        .unwrap();
+
+    server.stop();
+    let error = store
+        .apply(&[SessionOp::Put(session("during"))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::Unavailable { store: "redis", .. }),
+        "{error}"
+    );
+    assert!(store.load().await.unwrap_err().is_transient());
+    assert!(store.get("before").await.unwrap_err().is_transient());
+
+    server.start();
+    store
+        .apply(&[SessionOp::Put(session("after"))])
+        .await
+        .unwrap();
+    let names: Vec<String> = sorted(store.load().await.unwrap())
+        .into_iter()
+        .map(|s| s.client_id)
+        .collect();
+    // "before" survived through the append-only file; "during" was never written.
+    assert_eq!(names, ["after", "before"]);
+}
+
+/// Waits until `server` reports `role` ("master" or "slave") in ROLE.
+fn wait_for_role(server: &RedisServer, role: &str) {
+    for _ in 0..600 {
+        if server.command(&["ROLE"]).lines().next() == Some(role) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis on port {} never became {role}", server.port());
+}
+
+/// Applies `ops`, retrying while the store is unavailable (what the committer does), for up to
+/// 30 s; returns how many attempts failed.
+async fn apply_until_ok(store: &RedisSessionStore, ops: &[SessionOp]) -> usize {
+    for failures in 0..300 {
+        match store.apply(ops).await {
+            Ok(()) => return failures,
+            Err(error) if error.is_transient() => {
+                eprintln!("apply failed, retrying: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    panic!("still unavailable after 30 s");
+}
+
+fn wait_for_key(server: &RedisServer, key: &str) {
+    for _ in 0..200 {
+        if server.command(&["EXISTS", key]) == "1" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{key} never reached redis on port {}", server.port());
+}
+
+#[tokio::test]
+async fn follows_a_sentinel_failover_without_a_restart() {
+    let master = RedisServer::start_private();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinel = RedisSentinel::start(&master, "rookery-test");
+    let url = format!("redis+sentinel://{}/rookery-test", sentinel.addr());
+    let store = RedisSessionStore::connect(&url, "failover").await.unwrap();
+    store
+        .apply(&[SessionOp::Put(session("one"))])
+        .await
+        .unwrap();
+    // Replication is asynchronous: let the replica have the write before failing over.
+    wait_for_key(&replica, &store.session_key("one"));
+
+    // A planned failover: the old master is demoted to a replica and answers writes with
+    // READONLY; the store asks the Sentinel again and writes to the new master.
+    assert_eq!(sentinel.failover(), replica.port());
+    // The Sentinel demotes the old master at its next look at it (up to 10 s later); do it now.
+    // Until then the old master still takes writes and loses them at demotion: the window
+    // Sentinel's asynchronous replication leaves.
+    master.command(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()]);
+    wait_for_role(&master, "slave");
+    // (The Sentinel may briefly name no valid master while it settles: Unavailable, retried.)
+    apply_until_ok(&store, &[SessionOp::Put(session("two"))]).await;
+    assert_eq!(replica.command(&["EXISTS", &store.session_key("two")]), "1");
+    let names: Vec<String> = sorted(store.load().await.unwrap())
+        .into_iter()
+        .map(|s| s.client_id)
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+}
+
+#[tokio::test]
+async fn follows_a_sentinel_failover_after_the_master_dies() {
+    let master = RedisServer::start_private();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinel = RedisSentinel::start(&master, "rookery-test");
+    let url = format!("redis+sentinel://{}/rookery-test", sentinel.addr());
+    let store = RedisSessionStore::connect(&url, "failover").await.unwrap();
+    store
+        .apply(&[SessionOp::Put(session("one"))])
+        .await
+        .unwrap();
+    wait_for_key(&replica, &store.session_key("one"));
+
+    // The master dies: writes fail (Unavailable) until the Sentinel has promoted the replica
+    // (down after 1 s), then go to the new master through the same store object.
+    master.stop();
+    let failures = apply_until_ok(&store, &[SessionOp::Put(session("two"))]).await;
+    assert!(
+        failures > 0,
+        "the first write after the master died should fail"
+    );
+    sentinel.wait_for_master(replica.port());
+    assert_eq!(replica.command(&["EXISTS", &store.session_key("two")]), "1");
+    assert_eq!(store.load().await.unwrap().len(), 2);
+}
