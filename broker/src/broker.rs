@@ -19,11 +19,15 @@ use tracing::{debug, info};
 use crate::config::Config;
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
+use crate::persist::{Persist, convert};
 use crate::router::retained::RetainedIndex;
 use crate::router::topic;
 use crate::router::trie::{Matches, SessionId, Subscriber, Subscription, SubscriptionTrie};
 use crate::security::Security;
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
+use rookery_store::committer::{Op, Ticket};
+use rookery_store::embedded::now_ms;
+use rookery_store::{QueueEntry, QueueOp, RetainedOp};
 
 /// What routing one message did.
 #[derive(Default)]
@@ -32,6 +36,19 @@ pub struct Routed {
     pub receivers: usize,
     /// A session whose queue is now over its limit: the publisher pauses until it drains.
     pub congested: Option<Arc<Session>>,
+    /// The commit that makes this message durable, when it caused store writes.
+    pub ticket: Option<Ticket>,
+    /// Not routed: it needed the store, and the store cannot take it now.
+    pub refused: bool,
+}
+
+/// One session a message goes to, with what is particular to it.
+struct Target<'a> {
+    session: &'a Arc<Session>,
+    granted: QoS,
+    retain_as_published: bool,
+    subscription_ids: SmallVec<[u32; 2]>,
+    stored: u64,
 }
 
 /// Everything connections share.
@@ -48,6 +65,8 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Passwords, ACL and bans in force.
     pub security: Security,
+    /// The stores, unless durability is off.
+    pub persist: Option<Arc<Persist>>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Background tasks (connections, timers) to wait for at shutdown.
@@ -57,8 +76,17 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with this configuration and no state.
+    /// A broker with this configuration, no state and no store.
     pub fn new(config: Config, security: Security) -> Arc<Broker> {
+        Broker::with_persist(config, security, None)
+    }
+
+    /// A broker with this configuration that writes its durable state through `persist`.
+    pub fn with_persist(
+        config: Config,
+        security: Security,
+        persist: Option<Arc<Persist>>,
+    ) -> Arc<Broker> {
         let push_policy = PushPolicy {
             limits: config.queue_limits(),
             queue_qos0_offline: config.queue_qos0_offline,
@@ -70,6 +98,7 @@ impl Broker {
             retained: RwLock::new(RetainedIndex::default()),
             metrics: Metrics::default(),
             security,
+            persist,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             push_policy,
@@ -83,8 +112,22 @@ impl Broker {
     }
 
     /// Routes a message: stores it if retained, then queues it for every matching session.
+    /// With a store, QoS 1/2 deliveries to persistent sessions are written to it first (one
+    /// submission for the whole message, before any subscriber can see and acknowledge it).
     pub fn route(&self, message: &Arc<Message>) -> Routed {
+        let durable = self
+            .persist
+            .as_ref()
+            .filter(|_| message.qos != QoS::AtMostOnce);
+        let mut routed = Routed::default();
         if message.retain {
+            if let Some(p) = &self.persist {
+                if message.qos != QoS::AtMostOnce && !p.accepts_messages() {
+                    routed.refused = true;
+                    return routed;
+                }
+                routed.ticket = Some(self.store_retained(p, message));
+            }
             let mut retained = self.retained.write();
             if message.payload.is_empty() {
                 retained.remove(&message.topic);
@@ -116,7 +159,6 @@ impl Broker {
                 .dropped_acl_total
                 .fetch_add(denied, Ordering::Relaxed);
         }
-        let mut routed = Routed::default();
         if matches.is_empty() {
             return routed;
         }
@@ -126,6 +168,9 @@ impl Broker {
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.
         matches.sort_unstable_by_key(|m| (m.shared, m.handle.session_id()));
+        // With a store, targets are gathered first so that their writes go out in one
+        // submission before any of them is queued.
+        let mut gathered: SmallVec<[Target<'_>; 4]> = SmallVec::new();
         let mut i = 0;
         while i < matches.len() {
             let first = &matches[i];
@@ -144,17 +189,107 @@ impl Broker {
                     j += 1;
                 }
             }
-            match self.push(first.handle, message, qos, rap, ids) {
-                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest => routed.receivers += 1,
-                PushOutcome::QueuedOverLimit => {
-                    routed.receivers += 1;
-                    routed.congested.get_or_insert_with(|| first.handle.clone());
-                }
-                PushOutcome::DroppedFull | PushOutcome::DroppedOffline => {}
+            let target = Target {
+                session: first.handle,
+                granted: qos,
+                retain_as_published: rap,
+                subscription_ids: ids,
+                stored: 0,
+            };
+            if durable.is_some() {
+                gathered.push(target);
+            } else {
+                self.push_target(target, message, &mut routed);
             }
             i = j;
         }
+        if let Some(p) = durable {
+            if !self.store_deliveries(p, message, &mut gathered, &mut routed) {
+                return routed;
+            }
+            for target in gathered {
+                self.push_target(target, message, &mut routed);
+            }
+        }
         routed
+    }
+
+    fn store_retained(&self, p: &Persist, message: &Message) -> Ticket {
+        let op = if message.payload.is_empty() {
+            RetainedOp::Delete {
+                topic: message.topic.to_string(),
+            }
+        } else {
+            RetainedOp::Put(convert::stored_message(message, Instant::now(), now_ms()))
+        };
+        p.submit([Op::Retained(op)])
+    }
+
+    /// Writes the message once and an entry for each persistent session among `targets`.
+    /// False (and `routed.refused`) when the store cannot take them.
+    fn store_deliveries(
+        &self,
+        p: &Persist,
+        message: &Message,
+        targets: &mut [Target<'_>],
+        routed: &mut Routed,
+    ) -> bool {
+        let mut ops: Vec<Op> = Vec::new();
+        let mut message_id = 0;
+        for t in targets.iter_mut() {
+            if !t.session.is_durable() || t.granted == QoS::AtMostOnce {
+                continue;
+            }
+            if message_id == 0 {
+                if !p.accepts_messages() {
+                    routed.refused = true;
+                    return false;
+                }
+                message_id = p.next_id();
+                ops.push(Op::Queue(QueueOp::Message {
+                    id: message_id,
+                    message: convert::stored_message(message, Instant::now(), now_ms()),
+                }));
+            }
+            t.stored = p.next_id();
+            ops.push(Op::Queue(QueueOp::Enqueue {
+                client_id: t.session.client_id.to_string(),
+                entry: QueueEntry {
+                    id: t.stored,
+                    message_id,
+                    qos: message.qos.min(t.granted) as u8,
+                    retain: t.retain_as_published && message.retain,
+                    subscription_ids: t.subscription_ids.to_vec(),
+                    packet_id: None,
+                    released: false,
+                    message: None,
+                },
+            }));
+        }
+        if !ops.is_empty() {
+            routed.ticket = Some(p.submit(ops));
+        }
+        true
+    }
+
+    fn push_target(&self, t: Target<'_>, message: &Arc<Message>, routed: &mut Routed) {
+        let session = t.session;
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(t.granted),
+            // MQTT 5.0 [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1 [MQTT-3.3.1-9].
+            retain: t.retain_as_published && message.retain,
+            subscription_ids: t.subscription_ids,
+            stored: t.stored,
+        };
+        match self.push(session, delivery) {
+            PushOutcome::Queued | PushOutcome::QueuedDroppedOldest => routed.receivers += 1,
+            PushOutcome::QueuedOverLimit => {
+                routed.receivers += 1;
+                routed.congested.get_or_insert_with(|| session.clone());
+            }
+            PushOutcome::DroppedFull | PushOutcome::DroppedOffline => {}
+        }
     }
 
     fn readable_by(&self, session: &Session, topic: &str) -> bool {
@@ -163,44 +298,55 @@ impl Broker {
             .can_read(username.as_deref(), &session.client_id, topic)
     }
 
-    fn push(
-        &self,
-        session: &Arc<Session>,
-        message: &Arc<Message>,
-        granted: QoS,
-        retain_as_published: bool,
-        subscription_ids: SmallVec<[u32; 2]>,
-    ) -> PushOutcome {
-        let delivery = Delivery {
-            message: message.clone(),
-            qos: message.qos.min(granted),
-            // MQTT 5.0 [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1 [MQTT-3.3.1-9].
-            retain: retain_as_published && message.retain,
-            subscription_ids,
-        };
+    /// Queues one delivery; what the queue drops is deleted from the store.
+    fn push(&self, session: &Arc<Session>, delivery: Delivery) -> PushOutcome {
+        let stored = delivery.stored;
         let outcome = session.push(delivery, &self.push_policy);
+        let mut gone: SmallVec<[u64; 2]> = SmallVec::new();
         match outcome {
-            PushOutcome::QueuedDroppedOldest | PushOutcome::DroppedFull => {
-                self.metrics.dropped(DropReason::QueueFull, 1)
+            PushOutcome::QueuedDroppedOldest => {
+                self.metrics.dropped(DropReason::QueueFull, 1);
+                gone.extend(session.with_queue(|q| q.take_dropped()));
             }
-            PushOutcome::DroppedOffline => self.metrics.dropped(DropReason::Offline, 1),
+            PushOutcome::DroppedFull => {
+                self.metrics.dropped(DropReason::QueueFull, 1);
+                gone.push(stored);
+            }
+            PushOutcome::DroppedOffline => {
+                self.metrics.dropped(DropReason::Offline, 1);
+                gone.push(stored);
+            }
             PushOutcome::Queued | PushOutcome::QueuedOverLimit => {}
+        }
+        gone.retain(|id| *id != 0);
+        if let Some(p) = &self.persist
+            && !gone.is_empty()
+        {
+            p.submit(gone.into_iter().map(|id| {
+                Op::Queue(QueueOp::Ack {
+                    client_id: session.client_id.to_string(),
+                    id,
+                })
+            }));
         }
         outcome
     }
 
-    /// Queues the retained messages matching a new subscription for `session`.
+    /// Queues the retained messages matching a new subscription for `session`, writing those
+    /// for a persistent session to the store first. Returns how many were queued and the
+    /// commit that makes them durable.
     pub fn send_retained(
         &self,
-        session: &Session,
+        session: &Arc<Session>,
         filter: &str,
         granted: QoS,
         subscription_id: Option<u32>,
         acl_check: Option<Option<&str>>,
         now: Instant,
-    ) -> usize {
+    ) -> (usize, Option<Ticket>) {
         let messages = self.retained.read().matching(filter);
         let mut sent = 0;
+        let mut ticket = None;
         for message in messages {
             if message.is_expired(now) {
                 continue;
@@ -216,15 +362,33 @@ impl Broker {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let delivery = Delivery {
-                qos: message.qos.min(granted),
-                message,
+            let mut target = [Target {
+                session,
+                granted,
                 // Retained messages sent for a new subscription keep RETAIN set. [MQTT-3.3.1-8]
-                retain: true,
+                retain_as_published: true,
                 subscription_ids: subscription_id.into_iter().collect(),
+                stored: 0,
+            }];
+            if let Some(p) = &self.persist
+                && message.qos != QoS::AtMostOnce
+            {
+                let mut routed = Routed::default();
+                if !self.store_deliveries(p, &message, &mut target, &mut routed) {
+                    continue;
+                }
+                ticket = routed.ticket.or(ticket);
+            }
+            let [t] = target;
+            let delivery = Delivery {
+                qos: message.qos.min(t.granted),
+                retain: true,
+                subscription_ids: t.subscription_ids,
+                stored: t.stored,
+                message,
             };
             if matches!(
-                session.push(delivery, &self.push_policy),
+                self.push(session, delivery),
                 PushOutcome::Queued
                     | PushOutcome::QueuedDroppedOldest
                     | PushOutcome::QueuedOverLimit
@@ -232,7 +396,7 @@ impl Broker {
                 sent += 1;
             }
         }
-        sent
+        (sent, ticket)
     }
 
     /// Publishes a will message (its topic was validated at CONNECT) if the ACL in force still
@@ -272,12 +436,41 @@ impl Broker {
         }
     }
 
+    /// Writes the record of a persistent session whose connection has ended.
+    pub fn store_parked_session(&self, session: &Session) -> Option<Ticket> {
+        let p = self.persist.as_ref()?;
+        if !session.is_durable() {
+            return None;
+        }
+        let username = session.username();
+        let by_password = session.password_user().is_some();
+        let record = session.with_parked(|v| {
+            p.session_record(
+                &session.client_id,
+                v.expiry_secs,
+                v.disconnected_ms,
+                username.as_ref(),
+                by_password,
+                v.subscriptions,
+                v.will,
+                v.generation,
+            )
+        })?;
+        Some(p.put_session(record))
+    }
+
     /// Ends a session if it is still idle at `generation`: subscriptions out of the trie,
     /// registry entry gone, pending will published. Returns true when it ended.
     pub fn end_session(&self, session: &Arc<Session>, generation: u64) -> bool {
         let Some((subs, will)) = session.end_if_idle(generation) else {
             return false;
         };
+        if let Some(p) = &self.persist
+            && session.is_durable()
+        {
+            session.set_durable(false);
+            p.delete_session(&session.client_id);
+        }
         self.unsubscribe_all(session.id, &subs);
         self.sessions.remove(session);
         if let Some(will) = will {
@@ -316,6 +509,8 @@ impl Broker {
                             &session.client_id,
                             username.as_deref(),
                         );
+                        // Published: a restart must not publish it again.
+                        broker.store_parked_session(&session);
                     }
                 },
             );

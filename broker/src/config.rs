@@ -23,6 +23,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// When an acknowledged write reaches the disk (or the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityMode {
+    /// A QoS 1/2 PUBLISH, SUBSCRIBE or PUBREL is acknowledged only once what it changed is
+    /// committed (group commit: concurrent writes share one transaction and one fsync).
+    #[default]
+    Sync,
+    /// Acknowledged at once; committed every `flush_interval_ms`. A crash loses at most that
+    /// interval of acknowledged writes.
+    Async,
+    /// Nothing is stored: sessions, queues and retained messages live in memory only.
+    None,
+}
+
 /// The broker's configuration. Every key is documented in `docs/configuration.md`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +147,25 @@ pub struct Config {
     pub flapping_window_secs: u64,
     /// How long a flapping ban lasts, seconds.
     pub flapping_ban_secs: u64,
+    /// Directory of the embedded store (used for whatever Redis and PostgreSQL do not hold).
+    pub data_dir: PathBuf,
+    /// `sync`, `async` or `none`.
+    pub durability: DurabilityMode,
+    /// In `async` durability, milliseconds between commits.
+    pub flush_interval_ms: u64,
+    /// Writes waiting for a commit above which new QoS 1/2 messages for persistent sessions are
+    /// refused (the store cannot keep up).
+    pub store_max_pending: usize,
+    /// Redis URL for sessions (`redis://`, `rediss://`, `redis+sentinel://`).
+    pub redis_url: Option<String>,
+    /// File holding the Redis URL (a mounted Secret); read at start.
+    pub redis_url_file: Option<PathBuf>,
+    /// PostgreSQL URL for retained messages and queues.
+    pub postgres_url: Option<String>,
+    /// File holding the PostgreSQL URL (a mounted Secret); read at start.
+    pub postgres_url_file: Option<PathBuf>,
+    /// Cluster name: namespaces shared state (Redis keys).
+    pub cluster_name: String,
 }
 
 impl Default for Config {
@@ -185,6 +219,15 @@ impl Default for Config {
             flapping_max_per_address: 0,
             flapping_window_secs: 60,
             flapping_ban_secs: 300,
+            data_dir: PathBuf::from("rookery-data"),
+            durability: DurabilityMode::Sync,
+            flush_interval_ms: 10,
+            store_max_pending: 1_000_000,
+            redis_url: None,
+            redis_url_file: None,
+            postgres_url: None,
+            postgres_url_file: None,
+            cluster_name: "rookery".into(),
         }
     }
 }
@@ -355,6 +398,44 @@ impl Config {
             ca: self.ca.clone(),
             require_client_cert: self.require_client_cert,
         })
+    }
+
+    /// The Redis and PostgreSQL URLs in force, read from their files when given that way.
+    /// Errors name the key.
+    pub fn store_urls(&self) -> Result<(Option<String>, Option<String>), ConfigError> {
+        fn pick(
+            field: &'static str,
+            url: &Option<String>,
+            file: &Option<PathBuf>,
+        ) -> Result<Option<String>, ConfigError> {
+            match (url, file) {
+                (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                    field,
+                    reason: "give the URL or a file holding it, not both".into(),
+                }),
+                (Some(u), None) => Ok(Some(u.trim().to_owned())),
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+                    Ok(_) => Err(ConfigError::Invalid {
+                        field,
+                        reason: format!("{} is empty", path.display()),
+                    }),
+                    Err(e) => Err(ConfigError::Invalid {
+                        field,
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    }),
+                },
+                (None, None) => Ok(None),
+            }
+        }
+        Ok((
+            pick("redis_url_file", &self.redis_url, &self.redis_url_file)?,
+            pick(
+                "postgres_url_file",
+                &self.postgres_url,
+                &self.postgres_url_file,
+            )?,
+        ))
     }
 
     /// Whether clients without credentials are let in.
@@ -553,6 +634,33 @@ pub struct Cli {
     /// Flapping ban, seconds.
     #[arg(long, env = "ROOKERY_FLAPPING_BAN_SECS")]
     pub flapping_ban_secs: Option<u64>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "ROOKERY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sync` (acknowledge after commit), `async` (commit every flush interval) or `none`.
+    #[arg(long, env = "ROOKERY_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityMode>,
+    /// Milliseconds between commits in `async` durability.
+    #[arg(long, env = "ROOKERY_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Writes waiting for a commit above which new persistent QoS 1/2 messages are refused.
+    #[arg(long, env = "ROOKERY_STORE_MAX_PENDING")]
+    pub store_max_pending: Option<usize>,
+    /// Redis URL for sessions.
+    #[arg(long, env = "ROOKERY_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// File holding the Redis URL.
+    #[arg(long, env = "ROOKERY_REDIS_URL_FILE", value_name = "FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// PostgreSQL URL for retained messages and queues.
+    #[arg(long, env = "ROOKERY_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// File holding the PostgreSQL URL.
+    #[arg(long, env = "ROOKERY_POSTGRES_URL_FILE", value_name = "FILE")]
+    pub postgres_url_file: Option<PathBuf>,
+    /// Cluster name (namespaces Redis keys).
+    #[arg(long, env = "ROOKERY_CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
 }
 
 /// Tools run instead of the broker.
@@ -669,7 +777,28 @@ impl Cli {
             flapping_max_per_address,
             flapping_window_secs,
             flapping_ban_secs,
+            data_dir,
+            durability,
+            flush_interval_ms,
+            store_max_pending,
+            cluster_name,
         );
+        for (slot, value) in [
+            (&mut config.redis_url, cli.redis_url),
+            (&mut config.postgres_url, cli.postgres_url),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        for (slot, value) in [
+            (&mut config.redis_url_file, cli.redis_url_file),
+            (&mut config.postgres_url_file, cli.postgres_url_file),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
         config.validate()?;
         Ok(config)
     }

@@ -20,6 +20,7 @@ pub mod connection;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod persist;
 pub mod router;
 pub mod security;
 pub mod server;

@@ -74,9 +74,13 @@ async fn run(config: Config, threads: usize) -> ExitCode {
     info!(
         node_id = %c.node_id,
         threads,
-        "rookery-broker {} listening on {}; MQTT 3.1.1 and 5.0, {access}",
+        "rookery-broker {} listening on {}; MQTT 3.1.1 and 5.0, {access}; {}",
         env!("CARGO_PKG_VERSION"),
-        addrs.join(", ")
+        addrs.join(", "),
+        server.broker.persist.as_ref().map_or_else(
+            || "durability none (memory only)".to_owned(),
+            |p| p.describe()
+        )
     );
     wait_for_signal(&server).await;
     server.shutdown().await;

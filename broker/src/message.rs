@@ -204,4 +204,7 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (MQTT 5.0).
     pub subscription_ids: SmallVec<[u32; 2]>,
+    /// The queue-store entry of this delivery; 0 when it is not stored (QoS 0, a session
+    /// that is not persistent, or durability off).
+    pub stored: u64,
 }

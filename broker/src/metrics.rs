@@ -65,6 +65,8 @@ pub struct Metrics {
     pub bans_total: AtomicU64,
     /// PUBLISH packets refused by the ACL.
     pub publishes_denied_total: AtomicU64,
+    /// QoS 1/2 PUBLISH refused because the store could not take it.
+    pub publishes_refused_store_total: AtomicU64,
     /// Subscription filters refused by the ACL.
     pub subscriptions_denied_total: AtomicU64,
     /// Deliveries withheld by the ACL (read access).

@@ -40,7 +40,12 @@ impl Server {
             Some(files) => Some(Arc::new(ReloadingTls::load(files).map_err(invalid)?)),
             None => None,
         };
-        let broker = Broker::new(config, security);
+        let persist = crate::persist::Persist::open(&config).await?;
+        let broker = Broker::with_persist(config, security, persist);
+        // Everything stored comes back before the first client can connect.
+        crate::persist::restore::restore(&broker)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let ctx = ListenerContext {
             broker: broker.clone(),
             tls: tls.clone(),
@@ -130,6 +135,10 @@ impl Server {
                 open = broker.tasks.len(),
                 "shutdown timed out with tasks still running"
             );
+        }
+        // What the closing connections wrote (their sessions' last state) is committed.
+        if let Some(p) = &broker.persist {
+            p.close().await;
         }
     }
 }

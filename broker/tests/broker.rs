@@ -7,6 +7,8 @@ mod support;
 
 #[path = "broker/connect.rs"]
 mod connect;
+#[path = "broker/durable.rs"]
+mod durable;
 #[path = "broker/malformed.rs"]
 mod malformed;
 #[path = "broker/publish.rs"]

@@ -65,7 +65,9 @@ def start(kind, port, workdir, rumqttd):
     pin = ["taskset", "-c", "0"]
     if kind == "rookery":
         cmd = [os.path.join(RELEASE, "rookery-broker"), "--listen", f"127.0.0.1:{port}",
-               "--log-level", "warn", "--max-inflight", "100", "--max-queued-messages", "1000"]
+               "--log-level", "warn", "--max-inflight", "100", "--max-queued-messages", "1000",
+               # In memory, like Mosquitto without `persistence true` and like rumqttd.
+               "--durability", "none"]
     elif kind == "mosquitto":
         conf = os.path.join(workdir, "mosquitto.conf")
         with open(conf, "w") as f:

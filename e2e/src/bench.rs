@@ -90,6 +90,10 @@ pub struct Options {
     /// Server name to check the broker's certificate against.
     #[arg(long, default_value = "localhost")]
     pub tls_server_name: String,
+    /// Subscribers keep persistent sessions (3.1.1 clean session 0; 5.0 a session expiry of
+    /// an hour), so that a broker with a store writes their QoS 1/2 deliveries durably.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 /// Results of one run.
@@ -135,16 +139,29 @@ fn now_ns(shared: &Shared) -> u64 {
     shared.started.elapsed().as_nanos() as u64
 }
 
-fn connect_packet(protocol: Protocol, id: String) -> Packet {
+/// A suffix that differs between runs.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn connect_packet(protocol: Protocol, id: String, persistent: bool) -> Packet {
+    let mut properties = ConnectProperties::default();
+    if persistent && protocol == Protocol::V5 {
+        properties.session_expiry_interval = Some(3600);
+    }
     Packet::Connect(Box::new(Connect {
         protocol,
-        clean_start: true,
+        // A 3.1.1 session is persistent only with clean session 0 (ids are unique per run,
+        // so nothing is resumed).
+        clean_start: !(persistent && protocol != Protocol::V5),
         keep_alive: 60,
         client_id: id.into(),
         will: None,
         username: None,
         password: None,
-        properties: ConnectProperties::default(),
+        properties,
     }))
 }
 
@@ -212,6 +229,15 @@ struct Client {
 
 impl Client {
     async fn connect(dialer: &Dialer, protocol: Protocol, id: String) -> anyhow::Result<Client> {
+        Client::connect_as(dialer, protocol, id, false).await
+    }
+
+    async fn connect_as(
+        dialer: &Dialer,
+        protocol: Protocol,
+        id: String,
+        persistent: bool,
+    ) -> anyhow::Result<Client> {
         let stream = dialer.dial().await?;
         let mut c = Client {
             stream,
@@ -219,7 +245,7 @@ impl Client {
             wbuf: BytesMut::new(),
             protocol,
         };
-        c.queue(&connect_packet(protocol, id));
+        c.queue(&connect_packet(protocol, id, persistent));
         c.flush().await?;
         match c.next().await? {
             Packet::ConnAck(a) if a.code == 0 => Ok(c),
@@ -403,7 +429,13 @@ async fn subscriber(
         Protocol::V311
     };
     let qos = qos_of(opts.qos)?;
-    let mut c = Client::connect(&dialer, protocol, format!("bench-sub-{index}")).await?;
+    let id = if opts.persistent {
+        // Unique per run: a persistent session of an earlier run must not be resumed.
+        format!("bench-sub-{index}-{}-{}", std::process::id(), rand_suffix())
+    } else {
+        format!("bench-sub-{index}")
+    };
+    let mut c = Client::connect_as(&dialer, protocol, id, opts.persistent).await?;
     subscribe(&mut c, &filter, qos).await?;
     let _ = ready.send(()).await;
     let mut seen = Seen {

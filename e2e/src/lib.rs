@@ -27,6 +27,8 @@ pub struct BrokerProcess {
     lines: mpsc::Receiver<String>,
     /// Every log line read so far.
     pub log: Vec<String>,
+    /// The data directory made for this process when the arguments named none.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl BrokerProcess {
@@ -43,6 +45,17 @@ impl BrokerProcess {
     ) -> anyhow::Result<BrokerProcess> {
         let mut cmd = Command::new(binary);
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        // A data directory of its own, unless the test chose one (to restart on it).
+        let data = if args
+            .iter()
+            .any(|a| *a == "--data-dir" || *a == "--durability")
+        {
+            None
+        } else {
+            let dir = tempfile::tempdir().context("cannot make a data directory")?;
+            cmd.arg("--data-dir").arg(dir.path());
+            Some(dir)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -66,6 +79,7 @@ impl BrokerProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             lines,
             log: Vec::new(),
+            _data: data,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

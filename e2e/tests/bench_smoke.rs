@@ -32,6 +32,7 @@ fn options(broker: &BrokerProcess, scenario: Scenario, qos: u8) -> Options {
         retained: 50,
         tls_ca: None,
         tls_server_name: "localhost".into(),
+        persistent: false,
     }
 }
 
@@ -55,6 +56,16 @@ async fn every_scenario_runs_without_loss() {
         assert!(report.broker_cpu_secs.is_some() && report.broker_peak_rss_kib.unwrap() > 0);
         assert!(report.table().contains("delivered"));
     }
+    // Persistent subscribers: their deliveries go through the store (the broker's default
+    // `sync` durability on its own data directory).
+    let durable = bench::run(Options {
+        persistent: true,
+        ..options(&broker, Scenario::FanIn, 1)
+    })
+    .await
+    .unwrap();
+    assert!(durable.delivered > 0);
+    assert_eq!((durable.lost, durable.duplicated), (0, 0));
     let storm = bench::run(options(&broker, Scenario::ConnectStorm, 0))
         .await
         .unwrap();

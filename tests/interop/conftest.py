@@ -59,6 +59,8 @@ class Broker:
             LOG_LEVEL,
             *self.args,
         ]
+        if "--data-dir" not in self.args and "--durability" not in self.args:
+            cmd += ["--data-dir", str(self.log_path.with_suffix(".data"))]
         with open(self.log_path, "wb") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()

@@ -25,11 +25,13 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                if let Err(AckError::WrongState) = self.state.outgoing.puback(a.packet_id) {
-                    debug!(
+                match self.state.outgoing.puback(a.packet_id) {
+                    Ok(d) => self.forget_stored(d.stored),
+                    Err(AckError::WrongState) => debug!(
                         packet_id = a.packet_id,
                         "PUBACK for a message not awaiting one"
-                    );
+                    ),
+                    Err(AckError::NotFound) => {}
                 }
                 self.out_pending = true;
                 Ok(())
@@ -42,19 +44,33 @@ impl Conn {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.write_packet(&Packet::PubComp(Ack {
-                    packet_id: a.packet_id,
-                    reason: code,
-                    ..Default::default()
-                }));
+                // Forgetting the id must be durable before PUBCOMP: a crash after PUBCOMP
+                // with the id still stored would take the client's next message with that id
+                // for a resend and drop it.
+                let ticket = if known {
+                    self.record_incoming(a.packet_id, false)
+                } else {
+                    None
+                };
+                self.write_ack_packet_after(
+                    ticket,
+                    Packet::PubComp,
+                    Ack {
+                        packet_id: a.packet_id,
+                        reason: code,
+                        ..Default::default()
+                    },
+                );
                 Ok(())
             }
             Packet::PubComp(a) => {
-                if let Err(AckError::WrongState) = self.state.outgoing.pubcomp(a.packet_id) {
-                    debug!(
+                match self.state.outgoing.pubcomp(a.packet_id) {
+                    Ok(stored) => self.forget_stored(stored),
+                    Err(AckError::WrongState) => debug!(
                         packet_id = a.packet_id,
                         "PUBCOMP for a message not awaiting one"
-                    );
+                    ),
+                    Err(AckError::NotFound) => {}
                 }
                 self.out_pending = true;
                 Ok(())
@@ -95,7 +111,7 @@ impl Conn {
         }
         if qos == QoS::ExactlyOnce && self.state.incoming.contains(p.packet_id) {
             // A resend of a QoS 2 message we already have: acknowledge, do not deliver again.
-            self.write_ack(Packet::PubRec, p.packet_id, reason::SUCCESS, None);
+            self.write_ack_after(None, Packet::PubRec, p.packet_id, reason::SUCCESS, None);
             return Ok(());
         }
         if !self
@@ -144,6 +160,17 @@ impl Conn {
         let packet_id = p.packet_id;
         let message = Arc::new(Message::from_publish(p, self.session.id, Instant::now()));
         let routed = self.broker.route(&message);
+        if routed.refused {
+            return self.refuse_unstorable(qos, packet_id);
+        }
+        // The received id is stored after the message's entries, in the same or a later
+        // commit: PUBREC waits for both.
+        let incoming_ticket = if qos == QoS::ExactlyOnce {
+            self.record_incoming(packet_id, true)
+        } else {
+            None
+        };
+        let ticket = routed.ticket.max(incoming_ticket);
         let receivers = routed.receivers;
         self.work = self
             .work
@@ -162,9 +189,34 @@ impl Conn {
         };
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_ack(Packet::PubAck, packet_id, code, None),
-            QoS::ExactlyOnce => self.write_ack(Packet::PubRec, packet_id, code, None),
+            QoS::AtLeastOnce => self.write_ack_after(ticket, Packet::PubAck, packet_id, code, None),
+            QoS::ExactlyOnce => self.write_ack_after(ticket, Packet::PubRec, packet_id, code, None),
         }
+        Ok(())
+    }
+
+    /// A QoS 1/2 message for persistent sessions that the store cannot take now (failing, or
+    /// behind): not acknowledged as if kept. MQTT 5.0 clients get 0x97 (quota exceeded) and
+    /// may retry; 3.1.1 has no failure code in PUBACK, so the connection closes without one
+    /// and the client resends after reconnecting.
+    fn refuse_unstorable(&mut self, qos: QoS, packet_id: u16) -> Result<(), Close> {
+        self.broker
+            .metrics
+            .publishes_refused_store_total
+            .fetch_add(1, Ordering::Relaxed);
+        if qos == QoS::ExactlyOnce {
+            self.state.incoming.release(packet_id);
+        }
+        if !self.protocol.is_v5() {
+            return Err(Close::Kicked(reason::QUOTA_EXCEEDED));
+        }
+        let why = self.reason_string("the message store cannot take this message now");
+        let kind = if qos == QoS::ExactlyOnce {
+            Packet::PubRec
+        } else {
+            Packet::PubAck
+        };
+        self.write_ack_after(None, kind, packet_id, reason::QUOTA_EXCEEDED, why);
         Ok(())
     }
 
@@ -267,22 +319,45 @@ impl Conn {
         code: u8,
         why: Option<ByteString>,
     ) {
+        self.write_ack_after(None, kind, packet_id, code, why);
+    }
+
+    /// An acknowledgement, written once `ticket` is durable (and after any that wait).
+    fn write_ack_after(
+        &mut self,
+        ticket: Option<rookery_store::committer::Ticket>,
+        kind: fn(Ack) -> Packet,
+        packet_id: u16,
+        code: u8,
+        why: Option<ByteString>,
+    ) {
         let properties = AckProperties {
             reason_string: why,
             user_properties: Vec::new(),
         };
-        self.write_packet(&kind(Ack {
-            packet_id,
-            reason: code,
-            properties,
-        }));
+        self.write_ack_packet_after(
+            ticket,
+            kind,
+            Ack {
+                packet_id,
+                reason: code,
+                properties,
+            },
+        );
     }
 
     fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
         let failed = self.protocol.is_v5() && a.reason >= 0x80;
         match self.state.outgoing.pubrec(a.packet_id, failed) {
-            Ok(()) if failed => self.out_pending = true,
-            Ok(()) => self.write_ack(Packet::PubRel, a.packet_id, reason::SUCCESS, None),
+            Ok(stored) if failed => {
+                self.forget_stored(stored);
+                self.out_pending = true;
+            }
+            Ok(stored) => {
+                // After a crash the broker must resend PUBREL, never the PUBLISH again.
+                let ticket = self.record_released(a.packet_id, stored);
+                self.write_ack_after(ticket, Packet::PubRel, a.packet_id, reason::SUCCESS, None);
+            }
             Err(AckError::NotFound) => {
                 // MQTT 5.0 section 4.3.3: answer PUBREL with 0x92 so the client can finish.
                 let code = if self.protocol.is_v5() {
@@ -305,6 +380,7 @@ impl Conn {
         let max_levels = self.broker.config.max_topic_levels;
         let mut codes = Vec::with_capacity(s.filters.len());
         let now = Instant::now();
+        let mut retained_ticket = None;
         {
             // A handle of our own: the router guard must not borrow `self`.
             let broker = self.broker.clone();
@@ -367,25 +443,31 @@ impl Conn {
                 // Queued under the router lock, so that a retained publish racing this
                 // SUBSCRIBE cannot arrive before the older value. They are written after the
                 // SUBACK: the queue is drained only once this packet is handled.
-                if send
-                    && broker.send_retained(
+                if send {
+                    let (sent, ticket) = broker.send_retained(
                         &self.session,
                         parsed.filter,
                         f.options.qos,
                         id,
                         acl_check.then_some(self.username.as_deref()),
                         now,
-                    ) > 0
-                {
-                    self.out_pending = true;
+                    );
+                    if sent > 0 {
+                        self.out_pending = true;
+                    }
+                    retained_ticket = retained_ticket.max(ticket);
                 }
             }
         }
-        self.write_packet(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            reason_codes: codes,
-            properties: AckProperties::default(),
-        }));
+        let ticket = self.store_session().max(retained_ticket);
+        self.write_after(
+            ticket,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reason_codes: codes,
+                properties: AckProperties::default(),
+            }),
+        );
         Ok(())
     }
 
@@ -408,15 +490,20 @@ impl Conn {
                 });
             }
         }
-        self.write_packet(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            reason_codes: if self.protocol.is_v5() {
-                codes
-            } else {
-                Vec::new()
-            },
-            properties: AckProperties::default(),
-        }));
+        let ticket = self.store_session();
+        let reason_codes = if self.protocol.is_v5() {
+            codes
+        } else {
+            Vec::new()
+        };
+        self.write_after(
+            ticket,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reason_codes,
+                properties: AckProperties::default(),
+            }),
+        );
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! make us buffer without bound.
 
 pub(crate) mod connect;
+mod durable;
 mod inbound;
 mod outbound;
 pub mod source;
@@ -287,8 +288,10 @@ where
         out_pending: true,
         resend_backlog: VecDeque::new(),
         congested: None,
+        deferred: None,
         broker,
     };
+    conn.persist_connect(accepted.attachment.session_present);
     conn.write_packet(&Packet::ConnAck(accepted.connack));
     conn.resend_inflight();
     // The CONNECT and an emptied read buffer share one allocation: keep neither while idle.
@@ -414,6 +417,8 @@ pub(crate) struct Conn {
     /// A subscriber session whose queue this client's publishes pushed over its limit: reads
     /// pause until it drains (backpressure).
     congested: Option<Arc<Session>>,
+    /// Writes waiting for a commit (`sync` durability); made on first use.
+    deferred: Option<Box<durable::Deferred>>,
 }
 
 impl Conn {
@@ -498,6 +503,9 @@ impl Conn {
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
+                _ = durable::committed_changed(self.deferred.as_mut()), if self.deferred.is_some() => {
+                    self.release_deferred();
+                },
                 _ = wait_for_space(self.congested.as_ref(), resume_below(&self.broker)), if self.congested.is_some() => {
                     self.congested = None;
                     // The client was not ignoring us: we were not reading.
@@ -643,6 +651,10 @@ impl Conn {
         let detached = self
             .session
             .detach(self.generation, state, pending, queue_qos0);
+        if detached && self.expiry_secs > 0 {
+            // The stored record learns when the connection ended and which will still waits.
+            broker.store_parked_session(&self.session);
+        }
         if let Some(will) = &publish_now {
             broker.publish_will(
                 will,

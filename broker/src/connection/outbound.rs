@@ -74,6 +74,7 @@ impl Conn {
         if message.is_expired(now) {
             // MQTT 5.0 [MQTT-3.3.2-5]: an expired message is not sent.
             self.counts.expired += 1;
+            self.forget_stored(delivery.stored);
             return;
         }
         let qos = delivery.qos;
@@ -85,6 +86,13 @@ impl Conn {
                 None => return, // cannot happen: the window is at most 65,535
             }
         };
+        if packet_id != 0
+            && self.record_inflight(packet_id, delivery.stored, qos == QoS::ExactlyOnce)
+        {
+            // Sent once its packet id is durable.
+            self.counts.sent[qos as usize] += 1;
+            return;
+        }
         let delivery = &delivery;
         self.ensure_wbuf();
         let (topic, alias, new_alias) = self.outgoing_alias(&delivery.message.topic);
@@ -113,7 +121,8 @@ impl Conn {
                 aliases.remove(&message.topic);
             }
             if packet_id != 0 {
-                self.state.outgoing.discard(packet_id);
+                let stored = self.state.outgoing.discard(packet_id);
+                self.forget_stored(stored);
             }
             self.counts.too_large += 1;
             return;
@@ -162,7 +171,7 @@ impl Conn {
             }
             let d = match self.state.outgoing.get(packet_id) {
                 Some(OutState::Published(d)) => d,
-                Some(OutState::Released) => {
+                Some(OutState::Released(_)) => {
                     self.resend_backlog.pop_front();
                     let rel = Packet::PubRel(Ack {
                         packet_id,
@@ -200,7 +209,8 @@ impl Conn {
             if self.wbuf.len() - start > self.client_max_packet {
                 // Too large for what this connection accepts: as for a new message, discard.
                 self.wbuf.truncate(start);
-                self.state.outgoing.discard(packet_id);
+                let stored = self.state.outgoing.discard(packet_id);
+                self.forget_stored(stored);
                 self.counts.too_large += 1;
             }
         }

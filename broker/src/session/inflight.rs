@@ -16,8 +16,9 @@ use crate::message::Delivery;
 pub enum OutState {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published(Delivery),
-    /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    Released,
+    /// PUBREC received and PUBREL sent; waiting for PUBCOMP. Holds the delivery's stored
+    /// entry id (0 when not stored).
+    Released(u64),
 }
 
 /// Why an acknowledgement did not fit the outgoing state.
@@ -86,34 +87,38 @@ impl Outgoing {
 
     /// PUBREC: a QoS 2 message moves to released (the caller sends PUBREL). When `failed`
     /// (an MQTT 5.0 reason code of 0x80 or more) the message is finished instead, with no PUBREL.
-    pub fn pubrec(&mut self, pid: u16, failed: bool) -> Result<(), AckError> {
+    /// Returns the delivery's stored entry id (0 when not stored).
+    pub fn pubrec(&mut self, pid: u16, failed: bool) -> Result<u64, AckError> {
         match self.entries.get_mut(&pid) {
             None => Err(AckError::NotFound),
             Some((_, state @ OutState::Published(_))) => {
-                if let OutState::Published(d) = state
-                    && d.qos != rookery_codec::QoS::ExactlyOnce
-                {
+                let OutState::Published(d) = state else {
+                    return Err(AckError::NotFound);
+                };
+                if d.qos != rookery_codec::QoS::ExactlyOnce {
                     return Err(AckError::WrongState);
                 }
+                let stored = d.stored;
                 if failed {
                     self.remove(pid);
                 } else {
-                    *state = OutState::Released;
+                    *state = OutState::Released(stored);
                 }
-                Ok(())
+                Ok(stored)
             }
             // A repeated PUBREC after a reconnect: answer with PUBREL again.
-            Some((_, OutState::Released)) => Ok(()),
+            Some((_, OutState::Released(stored))) => Ok(*stored),
         }
     }
 
-    /// PUBCOMP: completes a QoS 2 message.
-    pub fn pubcomp(&mut self, pid: u16) -> Result<(), AckError> {
+    /// PUBCOMP: completes a QoS 2 message; returns its stored entry id (0 when not stored).
+    pub fn pubcomp(&mut self, pid: u16) -> Result<u64, AckError> {
         match self.entries.get(&pid) {
             None => Err(AckError::NotFound),
-            Some((_, OutState::Released)) => {
+            Some((_, OutState::Released(stored))) => {
+                let stored = *stored;
                 self.remove(pid);
-                Ok(())
+                Ok(stored)
             }
             Some(_) => Err(AckError::WrongState),
         }
@@ -121,8 +126,26 @@ impl Outgoing {
 
     /// Forgets a message without an acknowledgement (one the client can never receive, such
     /// as a packet above its Maximum Packet Size: MQTT 5.0 [MQTT-3.1.2-25]).
-    pub fn discard(&mut self, pid: u16) {
-        self.remove(pid);
+    /// Returns the stored entry id of what was discarded (0 when not stored).
+    pub fn discard(&mut self, pid: u16) -> u64 {
+        match self.remove(pid) {
+            Some(OutState::Published(d)) => d.stored,
+            Some(OutState::Released(stored)) => stored,
+            None => 0,
+        }
+    }
+
+    /// Puts back a message that was in flight with `pid` when the broker stopped (read from
+    /// the store at start), in the order of the calls.
+    pub fn restore(&mut self, pid: u16, state: OutState) {
+        if pid == 0 || self.entries.contains_key(&pid) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(pid, (seq, state));
+        self.order.push_back((pid, seq));
+        self.next_pid = self.next_pid.max(pid);
     }
 
     fn remove(&mut self, pid: u16) -> Option<OutState> {
@@ -213,6 +236,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Default::default(),
+            stored: 0,
         }
     }
 
@@ -242,7 +266,7 @@ mod tests {
         o.pubrec(ids[3], true).unwrap(); // failed: finished without PUBREL
         let order: Vec<(u16, bool)> = o
             .in_order()
-            .map(|(p, s)| (p, matches!(s, OutState::Released)))
+            .map(|(p, s)| (p, matches!(s, OutState::Released(_))))
             .collect();
         assert_eq!(
             order,

@@ -97,6 +97,23 @@ struct Inner {
     takeovers: Vec<Instant>,
     /// Cancels the will-delay and expiry timers of the last disconnect.
     timers: Option<CancellationToken>,
+    /// When the last connection ended (wall clock, ms), for the stored record.
+    disconnected_ms: Option<u64>,
+}
+
+/// What the stored record of a parked session is made of.
+#[derive(Debug)]
+pub struct ParkedView<'a> {
+    /// Its subscriptions.
+    pub subscriptions: &'a AHashMap<ByteString, Subscription>,
+    /// Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// When its connection ended.
+    pub disconnected_ms: Option<u64>,
+    /// The will still pending.
+    pub will: Option<&'a LastWill>,
+    /// The attach generation.
+    pub generation: u64,
 }
 
 /// One session.
@@ -107,6 +124,8 @@ pub struct Session {
     /// The client identifier.
     pub client_id: ByteString,
     online: AtomicBool,
+    /// Its QoS 1/2 deliveries are written to the queue store (persistent, with a store).
+    durable: AtomicBool,
     queue: Mutex<Queue>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
@@ -175,6 +194,7 @@ impl Session {
             id,
             client_id,
             online: AtomicBool::new(false),
+            durable: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             space: Notify::new(),
@@ -187,6 +207,7 @@ impl Session {
                 pending_will: None,
                 takeovers: Vec::new(),
                 timers: None,
+                disconnected_ms: None,
             }),
             attach_lock: tokio::sync::Mutex::new(()),
             owner: Mutex::new(Owner::default()),
@@ -197,6 +218,39 @@ impl Session {
     /// True while a connection is attached.
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Relaxed)
+    }
+
+    /// True when QoS 1/2 deliveries to this session are stored.
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Relaxed)
+    }
+
+    /// Sets whether QoS 1/2 deliveries to this session are stored.
+    pub fn set_durable(&self, durable: bool) {
+        self.durable.store(durable, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on what the stored record of this session is made of, while it is parked
+    /// (no connection attached) and not removed.
+    pub fn with_parked<R>(&self, f: impl FnOnce(&ParkedView<'_>) -> R) -> Option<R> {
+        let inner = self.inner.lock();
+        if inner.attached.is_some() || inner.removed {
+            return None;
+        }
+        let empty = AHashMap::new();
+        let view = ParkedView {
+            subscriptions: inner.state.as_deref().map_or(&empty, |s| &s.subscriptions),
+            expiry_secs: inner.expiry_secs,
+            disconnected_ms: inner.disconnected_ms,
+            will: inner.pending_will.as_deref().map(|p| &p.will),
+            generation: inner.generation,
+        };
+        Some(f(&view))
+    }
+
+    /// The generation of the last attach (or of the restore at start).
+    pub fn generation(&self) -> u64 {
+        self.inner.lock().generation
     }
 
     /// Queues a delivery and wakes the connection if the queue was empty.
@@ -354,6 +408,7 @@ impl Session {
         inner.state = Some(Box::new(state));
         inner.attached = None;
         inner.pending_will = will.map(Box::new);
+        inner.disconnected_ms = Some(rookery_store::embedded::now_ms());
         self.online.store(false, Ordering::Relaxed);
         drop(inner);
         // Publishers paused on this queue stop waiting for a client that is gone.
@@ -444,6 +499,25 @@ impl Session {
     }
 }
 
+/// A session read back from the store, for [`Sessions::restore`].
+#[derive(Debug)]
+pub struct Restoring {
+    /// The client id.
+    pub client_id: ByteString,
+    /// Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// The username ACLs apply to.
+    pub username: Option<ByteString>,
+    /// The password file vouched for it.
+    pub by_password: bool,
+    /// Subscriptions and QoS 1/2 state.
+    pub state: SessionState,
+    /// The will still pending.
+    pub will: Option<LastWill>,
+    /// When its last connection ended (wall clock, ms).
+    pub disconnected_ms: Option<u64>,
+}
+
 /// All sessions by client id.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -478,6 +552,44 @@ impl Sessions {
         {
             map.remove(&session.client_id);
         }
+    }
+
+    /// Registers a persistent session read back from the store at start: offline, with its
+    /// state parked and its will pending, as if its connection had just ended (generation 1).
+    pub fn restore(&self, r: Restoring) -> Arc<Session> {
+        let Restoring {
+            client_id,
+            expiry_secs,
+            username,
+            by_password,
+            state,
+            will,
+            disconnected_ms,
+        } = r;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let s = Session::new(id, client_id.clone());
+        {
+            let mut inner = s.inner.lock();
+            inner.state = Some(Box::new(state));
+            inner.generation = 1;
+            inner.expiry_secs = expiry_secs;
+            inner.disconnected_ms = disconnected_ms;
+            inner.pending_will = will.map(|will| {
+                Box::new(PendingWill {
+                    will,
+                    generation: 1,
+                })
+            });
+        }
+        *s.owner.lock() = Owner {
+            known: true,
+            username,
+            by_password,
+        };
+        s.durable.store(true, Ordering::Relaxed);
+        let s = Arc::new(s);
+        self.map.lock().insert(client_id, s.clone());
+        s
     }
 
     /// A snapshot of every session.

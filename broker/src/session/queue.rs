@@ -57,6 +57,9 @@ pub enum Pushed {
 pub struct Queue {
     items: VecDeque<Delivery>,
     bytes: usize,
+    /// Stored entry ids of deliveries the overflow policy dropped, for the caller to delete
+    /// from the queue store (see [`Queue::take_dropped`]).
+    dropped: Vec<u64>,
 }
 
 impl Queue {
@@ -115,6 +118,9 @@ impl Queue {
                         .unwrap_or(0);
                     if let Some(old) = self.items.remove(victim) {
                         self.bytes -= old.message.weight();
+                        if old.stored != 0 {
+                            self.dropped.push(old.stored);
+                        }
                     }
                 }
                 self.bytes += weight;
@@ -122,6 +128,18 @@ impl Queue {
                 Pushed::QueuedDroppedOldest
             }
         }
+    }
+
+    /// Stored entry ids of deliveries dropped to make room since the last call.
+    pub fn take_dropped(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Appends a delivery read back from the store at start, whatever the limits: it was
+    /// accepted once and is not dropped now.
+    pub fn push_restored(&mut self, delivery: Delivery) {
+        self.bytes += delivery.message.weight();
+        self.items.push_back(delivery);
     }
 
     /// The next delivery.
@@ -171,6 +189,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Default::default(),
+            stored: 0,
         }
     }
 

@@ -22,6 +22,8 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         node_id: "test".into(),
+        // In memory unless a test asks for a store (and gives it a directory of its own).
+        durability: rookery_broker::config::DurabilityMode::None,
         ..Config::default()
     };
     tweak(&mut config);

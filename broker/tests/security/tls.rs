@@ -268,6 +268,7 @@ async fn bad_tls_files_at_start_name_the_file() {
         tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
         cert: Some(cert),
         key: Some(key.clone()),
+        durability: rookery_broker::config::DurabilityMode::None,
         ..Default::default()
     };
     let err = rookery_broker::Server::start(config).await.err().unwrap();

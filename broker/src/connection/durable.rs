@@ -1,0 +1,283 @@
+//! Acknowledgements that wait for a commit (`sync` durability).
+//!
+//! A PUBACK, PUBREC, PUBCOMP, PUBREL, SUBACK or UNSUBACK promises that what it acknowledges
+//! is kept; when that took a store write, the packet waits here until the committer reports
+//! the write durable. Later packets of the same kinds wait behind it, so acknowledgements
+//! keep their order (MQTT 3.1.1 section 4.6). A QoS 2 PUBLISH to a persistent session also
+//! waits until its packet id is stored: sent with an id the broker could forget, a resend after
+//! a crash would carry another id and be delivered twice.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rookery_codec::encode::{PublishView, encode_publish};
+use rookery_codec::{Ack, Packet};
+use rookery_store::QueueOp;
+use rookery_store::committer::Ticket;
+use tokio::sync::watch;
+
+use super::Conn;
+use crate::session::inflight::OutState;
+
+/// What waits for a commit.
+#[derive(Debug)]
+pub(super) enum Waiting {
+    /// An acknowledgement (PUBACK, PUBREC, PUBREL or PUBCOMP).
+    Ack(fn(Ack) -> Packet, Ack),
+    /// Another packet (SUBACK, UNSUBACK), boxed: rare, and large.
+    Packet(Box<Packet>),
+    /// The first send of the in-flight QoS 2 message with this packet id.
+    Publish(u16),
+}
+
+/// A connection's writes waiting for commits.
+pub(super) struct Deferred {
+    committed: watch::Receiver<Ticket>,
+    items: VecDeque<(Ticket, Waiting)>,
+}
+
+/// Waits until the first waiting write is durable; forever when nothing waits.
+pub(super) async fn committed_changed(d: Option<&mut Box<Deferred>>) {
+    let Some(d) = d else {
+        return std::future::pending().await;
+    };
+    let Some(&(first, _)) = d.items.front() else {
+        return std::future::pending().await;
+    };
+    // `wait_for` looks at the current value first: a commit that landed before this wait
+    // began is not missed.
+    if d.committed.wait_for(|t| *t >= first).await.is_err() {
+        // The committer stopped (shutdown): nothing more will commit.
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Conn {
+    /// True when something waits for a commit.
+    pub(super) fn has_deferred(&self) -> bool {
+        self.deferred.as_ref().is_some_and(|d| !d.items.is_empty())
+    }
+
+    /// Writes `packet` once `ticket` is durable and everything deferred before it is written.
+    pub(super) fn write_after(&mut self, ticket: Option<Ticket>, packet: Packet) {
+        self.defer_or(ticket, Waiting::Packet(Box::new(packet)));
+    }
+
+    /// Writes an acknowledgement once `ticket` is durable, in order.
+    pub(super) fn write_ack_packet_after(
+        &mut self,
+        ticket: Option<Ticket>,
+        kind: fn(Ack) -> Packet,
+        ack: Ack,
+    ) {
+        self.defer_or(ticket, Waiting::Ack(kind, ack));
+    }
+
+    fn defer_or(&mut self, ticket: Option<Ticket>, what: Waiting) {
+        let pending = match (ticket, &self.broker.persist) {
+            (Some(t), Some(p)) if p.is_sync() => !p.committer().is_committed(t),
+            _ => false,
+        };
+        if !pending && !self.has_deferred() {
+            self.write_now(what);
+            return;
+        }
+        let committer = match &self.broker.persist {
+            Some(p) => p.committer().clone(),
+            None => {
+                self.write_now(what);
+                return;
+            }
+        };
+        let d = self.deferred.get_or_insert_with(|| {
+            Box::new(Deferred {
+                committed: committer.watch(),
+                items: VecDeque::new(),
+            })
+        });
+        // Behind what already waits, never ahead of it.
+        let after = d.items.back().map_or(0, |(t, _)| *t);
+        d.items.push_back((ticket.unwrap_or(0).max(after), what));
+    }
+
+    fn write_now(&mut self, what: Waiting) {
+        match what {
+            Waiting::Ack(kind, ack) => self.write_packet(&kind(ack)),
+            Waiting::Packet(p) => self.write_packet(&p),
+            Waiting::Publish(pid) => self.write_inflight(pid, false, Instant::now()),
+        }
+    }
+
+    /// Writes what has become durable, in order.
+    pub(super) fn release_deferred(&mut self) {
+        let Some(mut d) = self.deferred.take() else {
+            return;
+        };
+        let committed = *d.committed.borrow_and_update();
+        while let Some((t, _)) = d.items.front() {
+            if *t > committed {
+                break;
+            }
+            if let Some((_, what)) = d.items.pop_front() {
+                self.write_now(what);
+            }
+        }
+        if !d.items.is_empty() {
+            self.deferred = Some(d);
+        }
+        // Otherwise dropped: an idle connection keeps no receiver.
+    }
+
+    /// Encodes the in-flight message `pid` (PUBLISH, or PUBREL once released).
+    pub(super) fn write_inflight(&mut self, pid: u16, dup: bool, now: Instant) {
+        let d = match self.state.outgoing.get(pid) {
+            Some(OutState::Published(d)) => d.clone(),
+            Some(OutState::Released(_)) => {
+                self.write_packet(&Packet::PubRel(rookery_codec::Ack {
+                    packet_id: pid,
+                    ..Default::default()
+                }));
+                return;
+            }
+            None => return,
+        };
+        self.ensure_wbuf();
+        let m = &d.message;
+        let start = self.wbuf.len();
+        encode_publish(
+            &mut self.wbuf,
+            self.protocol,
+            &PublishView {
+                dup,
+                qos: d.qos,
+                retain: d.retain,
+                topic: &m.topic,
+                packet_id: pid,
+                payload: &m.payload,
+                properties: &m.properties,
+                topic_alias: None,
+                message_expiry_interval: m.remaining_expiry(now),
+                subscription_identifiers: &d.subscription_ids,
+            },
+        );
+        if self.wbuf.len() - start > self.client_max_packet {
+            // Too large for what this connection accepts: discard as if sent.
+            self.wbuf.truncate(start);
+            let stored = self.state.outgoing.discard(pid);
+            self.forget_stored(stored);
+            self.counts.too_large += 1;
+        }
+    }
+
+    /// Sends the first PUBLISH of a delivery that just entered the window: at once, or for a
+    /// stored QoS 2 delivery in `sync` durability once its packet id is durable. Returns true
+    /// when it was deferred.
+    pub(super) fn record_inflight(&mut self, pid: u16, stored: u64, qos2: bool) -> bool {
+        let Some(p) = self.broker.persist.clone() else {
+            return false;
+        };
+        if stored == 0 {
+            return false;
+        }
+        let ticket = p.queue_op(QueueOp::Inflight {
+            client_id: self.client_id.to_string(),
+            id: stored,
+            packet_id: pid,
+            released: false,
+        });
+        if qos2 && p.is_sync() {
+            self.defer_or(Some(ticket), Waiting::Publish(pid));
+            return true;
+        }
+        false
+    }
+
+    /// A stored delivery is finished (acknowledged, expired or discarded): delete its entry.
+    pub(super) fn forget_stored(&mut self, stored: u64) {
+        if stored == 0 {
+            return;
+        }
+        if let Some(p) = &self.broker.persist {
+            p.queue_op(QueueOp::Ack {
+                client_id: self.client_id.to_string(),
+                id: stored,
+            });
+        }
+    }
+
+    /// Records PUBREC of a stored QoS 2 delivery; the PUBREL waits for it.
+    pub(super) fn record_released(&mut self, pid: u16, stored: u64) -> Option<Ticket> {
+        let p = self.broker.persist.as_ref()?;
+        (stored != 0).then(|| {
+            p.queue_op(QueueOp::Inflight {
+                client_id: self.client_id.to_string(),
+                id: stored,
+                packet_id: pid,
+                released: true,
+            })
+        })
+    }
+
+    /// Records a received QoS 2 packet id of a persistent session.
+    pub(super) fn record_incoming(&mut self, pid: u16, present: bool) -> Option<Ticket> {
+        let p = self.broker.persist.as_ref()?;
+        if !self.session.is_durable() {
+            return None;
+        }
+        let client_id = self.client_id.to_string();
+        Some(p.queue_op(if present {
+            QueueOp::IncomingAdd {
+                client_id,
+                packet_id: pid,
+            }
+        } else {
+            QueueOp::IncomingRemove {
+                client_id,
+                packet_id: pid,
+            }
+        }))
+    }
+
+    /// Writes this session's record (subscriptions, expiry, will, owner) while connected.
+    pub(super) fn store_session(&mut self) -> Option<Ticket> {
+        let p = self.broker.persist.as_ref()?;
+        if !self.session.is_durable() {
+            return None;
+        }
+        let by_password = self.session.password_user().is_some();
+        let record = p.session_record(
+            &self.client_id,
+            self.expiry_secs,
+            None,
+            self.username.as_ref(),
+            by_password,
+            &self.state.subscriptions,
+            self.will.as_ref(),
+            self.generation,
+        );
+        Some(p.put_session(record))
+    }
+
+    /// At CONNECT: marks the session persistent or not and writes (or deletes) its record. A
+    /// session that did not resume drops whatever the store held for it.
+    pub(super) fn persist_connect(&mut self, session_present: bool) {
+        let Some(p) = self.broker.persist.clone() else {
+            return;
+        };
+        let was_durable = self.session.is_durable();
+        if self.expiry_secs == 0 {
+            if was_durable {
+                self.session.set_durable(false);
+                p.delete_session(&self.client_id);
+            }
+            return;
+        }
+        if !session_present && was_durable {
+            p.queue_op(QueueOp::Purge {
+                client_id: self.client_id.to_string(),
+            });
+        }
+        self.session.set_durable(true);
+        self.store_session();
+    }
+}
