@@ -370,3 +370,205 @@ async fn unreadable_data_is_an_error_naming_the_file() {
     let err = rookery_broker::Server::start(config).await.err().unwrap();
     assert!(err.to_string().contains("rookery.redb"), "{err}");
 }
+
+/// Publishes QoS 1 with MQTT 5.0 and returns the PUBACK's reason code, or `None` when no
+/// PUBACK came within `wait`.
+async fn puback_code(c: &mut Raw, topic: &str, packet_id: u16, wait: Duration) -> Option<u8> {
+    c.send(Packet::Publish(publish(
+        topic,
+        b"m",
+        QoS::AtLeastOnce,
+        false,
+        packet_id,
+    )))
+    .await;
+    match c.recv_within(wait).await? {
+        Packet::PubAck(a) => {
+            assert_eq!(a.packet_id, packet_id);
+            Some(a.reason)
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_holds_then_refuses_persistent_messages_and_the_broker_recovers() {
+    let pg = rookery_testkit::PostgresServer::start_private();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let server = start(move |c| {
+        c.durability = DurabilityMode::Sync;
+        c.data_dir = data;
+        c.postgres_url = Some(url);
+    })
+    .await;
+    let addr = server.addr();
+    // A persistent subscriber, offline: what it is sent must be stored.
+    let (mut p, _) = Raw::connect_with(addr, v5_persistent("p", 3600)).await;
+    p.subscribe("f/#", QoS::AtLeastOnce).await;
+    p.disconnect().await;
+    // An online subscriber without a session: needs no store.
+    let (mut online, _) = Raw::connect(addr, Protocol::V5, "online", true).await;
+    online.subscribe("f/#", QoS::AtMostOnce).await;
+    let (mut publ, _) = Raw::connect(addr, Protocol::V5, "pub", true).await;
+    assert_eq!(puback_code(&mut publ, "f/before", 1, WAIT).await, Some(0));
+    assert_eq!(&online.recv_publish().await.payload[..], b"m");
+
+    tokio::task::block_in_place(|| pg.stop());
+    // Accepted before the broker knows: its PUBACK waits for the commit.
+    assert_eq!(
+        puback_code(&mut publ, "f/held", 2, Duration::from_millis(500)).await,
+        None
+    );
+    assert_eq!(&online.recv_publish().await.payload[..], b"m");
+    // Once the store is known to fail, new persistent messages are refused, not acknowledged.
+    // Each try from a new publisher: acknowledgements keep their order (MQTT 5.0
+    // [MQTT-4.6.0-2]), so one held acknowledgement holds back every later one of its
+    // connection, refusals included.
+    let mut refused = None;
+    let mut others = Vec::new();
+    for id in 3..200u16 {
+        let (mut other, _) = Raw::connect(addr, Protocol::V5, &format!("other{id}"), true).await;
+        let topic = format!("f/try{id}");
+        match puback_code(&mut other, &topic, id, Duration::from_millis(200)).await {
+            Some(0x97) => {
+                refused = Some(topic);
+                break;
+            }
+            Some(code) => panic!("unexpected PUBACK reason {code:#x}"),
+            // Accepted before the failure was known, held like the first one.
+            None => others.push((other, topic)),
+        }
+    }
+    let refused = refused.expect("the broker never refused while the database was down");
+    // Online traffic without the store goes on.
+    publ.send(Packet::Publish(publish(
+        "f/qos0",
+        b"live",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )))
+    .await;
+    loop {
+        let m = online.recv_publish().await;
+        if &m.payload[..] == b"live" {
+            break;
+        }
+    }
+
+    tokio::task::block_in_place(|| pg.start());
+    // The held message commits and is acknowledged; new ones are taken again.
+    let mut held_acked = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !held_acked {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held PUBACK never came"
+        );
+        if let Some(Packet::PubAck(a)) = publ.recv_within(Duration::from_millis(200)).await {
+            held_acked = a.packet_id == 2 && a.reason == 0;
+        }
+    }
+    for (other, _) in &mut others {
+        assert!(matches!(other.recv().await, Packet::PubAck(a) if a.reason == 0));
+    }
+    assert_eq!(puback_code(&mut publ, "f/after", 500, WAIT).await, Some(0));
+    // The persistent subscriber gets everything acknowledged, in order, and never the refused
+    // message.
+    let (mut p, ack) = Raw::connect_with(addr, v5_persistent("p", 3600)).await;
+    assert!(ack.session_present);
+    let mut topics = Vec::new();
+    while let Some(Packet::Publish(m)) = p.recv_within(Duration::from_millis(500)).await {
+        topics.push(m.topic.to_string());
+        p.send(Packet::PubAck(Ack {
+            packet_id: m.packet_id,
+            ..Default::default()
+        }))
+        .await;
+    }
+    let mut expected = vec!["f/before".to_owned(), "f/held".to_owned()];
+    expected.extend(others.iter().map(|(_, t)| t.clone()));
+    expected.push("f/after".into());
+    assert_eq!(topics, expected);
+    assert!(!topics.contains(&refused));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_holds_session_changes_until_it_is_back() {
+    let redis = rookery_testkit::RedisServer::start_private();
+    let url = redis.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let server = start(move |c| {
+        c.durability = DurabilityMode::Sync;
+        c.data_dir = data;
+        c.redis_url = Some(url);
+    })
+    .await;
+    let addr = server.addr();
+    let (mut online, _) = Raw::connect(addr, Protocol::V5, "online", true).await;
+    online.subscribe("s/#", QoS::AtMostOnce).await;
+
+    tokio::task::block_in_place(|| redis.stop());
+    // A persistent session's SUBSCRIBE is acknowledged only once Redis has it.
+    let (mut p, _) = Raw::connect_with(addr, v5_persistent("p", 3600)).await;
+    p.send(Packet::Subscribe(rookery_codec::Subscribe {
+        packet_id: 5,
+        filters: vec![rookery_codec::SubscribeFilter {
+            filter: "s/#".into(),
+            options: rookery_codec::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(p.recv_within(Duration::from_millis(700)).await.is_none());
+    // Meanwhile traffic that needs no store flows.
+    let (mut publ, _) = Raw::connect(addr, Protocol::V5, "pub", true).await;
+    publ.send(Packet::Publish(publish(
+        "s/x",
+        b"live",
+        QoS::AtMostOnce,
+        false,
+        0,
+    )))
+    .await;
+    assert_eq!(&online.recv_publish().await.payload[..], b"live");
+
+    tokio::task::block_in_place(|| redis.start());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no SUBACK after Redis came back"
+        );
+        match p.recv_within(Duration::from_millis(200)).await {
+            // The subscription works before it is acknowledged (MQTT 5.0 section 3.8.4).
+            Some(Packet::Publish(_)) | None => {}
+            Some(Packet::SubAck(a)) => {
+                assert_eq!(a.packet_id, 5);
+                break;
+            }
+            Some(other) => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+    // And the subscription it acknowledged is stored: it survives a restart.
+    p.disconnect().await;
+    server.shutdown().await;
+    let data = dir.path().to_owned();
+    let url = redis.url().to_owned();
+    let server = start(move |c| {
+        c.durability = DurabilityMode::Sync;
+        c.data_dir = data;
+        c.redis_url = Some(url);
+    })
+    .await;
+    let (_, ack) = Raw::connect_with(server.addr(), v5_persistent("p", 3600)).await;
+    assert!(ack.session_present);
+    server.shutdown().await;
+}
