@@ -112,7 +112,13 @@ async fn wait_for_signal(server: &Server) {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The storage engine's own progress lines ("creating database", compactions) are noise at
+    // `info`; a filter that names it still decides.
+    let mut directives = config.log_level.clone();
+    if !directives.contains("fjall") && !directives.contains("lsm_tree") {
+        directives.push_str(",fjall=warn,lsm_tree=warn");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

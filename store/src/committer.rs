@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ahash::AHashSet;
+use ahash::{AHashMap, AHashSet};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
@@ -229,7 +229,9 @@ impl Committer {
     async fn commit(&self, ops: Vec<Op>) -> RoundStats {
         let submitted = ops.len();
         let (sessions, retained, queue) = split(ops);
-        let queue = coalesce(queue);
+        let queue: Arc<[QueueOp]> = coalesce(queue).into();
+        let sessions: Arc<[SessionOp]> = sessions.into();
+        let retained: Arc<[RetainedOp]> = retained.into();
         let stats = RoundStats {
             submitted,
             written: sessions.len() + retained.len() + queue.len(),
@@ -238,9 +240,15 @@ impl Committer {
         let mut backoff = Duration::from_millis(50);
         loop {
             let (a, b, c) = tokio::join!(
-                maybe(!done[0], || self.stores.sessions.apply(&sessions)),
-                maybe(!done[1], || self.stores.retained.apply(&retained)),
-                maybe(!done[2], || self.stores.queue.apply(&queue)),
+                maybe(!done[0], || self
+                    .stores
+                    .sessions
+                    .apply_shared(sessions.clone())),
+                maybe(!done[1], || self
+                    .stores
+                    .retained
+                    .apply_shared(retained.clone())),
+                maybe(!done[2], || self.stores.queue.apply_shared(queue.clone())),
             );
             let mut failure: Option<StoreError> = None;
             for (i, r) in [a, b, c].into_iter().enumerate() {
@@ -283,61 +291,85 @@ fn split(ops: Vec<Op>) -> (Vec<SessionOp>, Vec<RetainedOp>, Vec<QueueOp>) {
     (s, r, q)
 }
 
-/// Drops queue writes that cancel out within one batch: an entry enqueued and acknowledged
-/// (the subscriber was quicker than the commit) is never written, nor are its in-flight
-/// updates, nor a message whose every entry went that way. A message's `Message` op is always
-/// submitted with its entries, so one batch sees all of them.
+/// Reduces a batch of queue writes to what must reach the store:
+/// - an entry enqueued and acknowledged in the same batch (the subscriber was quicker than the
+///   commit) is never written, nor are its in-flight updates, nor a message whose every entry
+///   went that way (a message's `Message` op is always submitted with its entries);
+/// - an in-flight update of an entry acknowledged in the same batch is dropped;
+/// - an in-flight update of an entry enqueued in the same batch is folded into the `Enqueue`.
 pub fn coalesce(ops: Vec<QueueOp>) -> Vec<QueueOp> {
-    let enqueued: AHashSet<(&str, u64)> = ops
-        .iter()
-        .filter_map(|op| match op {
-            QueueOp::Enqueue { client_id, entry } => Some((client_id.as_str(), entry.id)),
-            _ => None,
-        })
-        .collect();
-    if enqueued.is_empty() {
-        return ops;
-    }
-    let gone: AHashSet<(String, u64)> = ops
-        .iter()
-        .filter_map(|op| match op {
-            QueueOp::Ack { client_id, id } if enqueued.contains(&(client_id.as_str(), *id)) => {
-                Some((client_id.clone(), *id))
+    let (keep, mut folds) = {
+        let mut enqueued: AHashSet<(&str, u64)> = AHashSet::new();
+        let mut acked: AHashSet<(&str, u64)> = AHashSet::new();
+        for op in &ops {
+            match op {
+                QueueOp::Enqueue { client_id, entry } => {
+                    enqueued.insert((client_id.as_str(), entry.id));
+                }
+                QueueOp::Ack { client_id, id } => {
+                    acked.insert((client_id.as_str(), *id));
+                }
+                _ => {}
             }
-            _ => None,
-        })
-        .collect();
-    if gone.is_empty() {
-        return ops;
-    }
-    let is_gone = |c: &str, id: u64| gone.contains(&(c.to_owned(), id));
-    let live_messages: AHashSet<u64> = ops
-        .iter()
-        .filter_map(|op| match op {
-            QueueOp::Enqueue { client_id, entry } if !is_gone(client_id, entry.id) => {
-                Some(entry.message_id)
+        }
+        if acked.is_empty() && enqueued.is_empty() {
+            return ops;
+        }
+        let gone = |k: &(&str, u64)| enqueued.contains(k) && acked.contains(k);
+        let mut live_messages: AHashSet<u64> = AHashSet::new();
+        let mut dead_messages: AHashSet<u64> = AHashSet::new();
+        for op in &ops {
+            if let QueueOp::Enqueue { client_id, entry } = op {
+                if gone(&(client_id.as_str(), entry.id)) {
+                    dead_messages.insert(entry.message_id);
+                } else {
+                    live_messages.insert(entry.message_id);
+                }
             }
-            _ => None,
-        })
-        .collect();
-    let dead_messages: AHashSet<u64> = ops
-        .iter()
-        .filter_map(|op| match op {
-            QueueOp::Enqueue { client_id, entry } if is_gone(client_id, entry.id) => {
-                Some(entry.message_id)
-            }
-            _ => None,
-        })
-        .filter(|id| !live_messages.contains(id))
-        .collect();
+        }
+        // The last in-flight state of entries enqueued (and kept) in this batch.
+        let mut folds: AHashMap<(String, u64), (u16, bool)> = AHashMap::new();
+        let keep: Vec<bool> = ops
+            .iter()
+            .map(|op| match op {
+                QueueOp::Message { id, .. } => {
+                    !dead_messages.contains(id) || live_messages.contains(id)
+                }
+                QueueOp::Enqueue { client_id, entry } => !gone(&(client_id.as_str(), entry.id)),
+                QueueOp::Ack { client_id, id } => !gone(&(client_id.as_str(), *id)),
+                QueueOp::Inflight {
+                    client_id,
+                    id,
+                    packet_id,
+                    released,
+                } => {
+                    let k = (client_id.as_str(), *id);
+                    if acked.contains(&k) {
+                        false
+                    } else if enqueued.contains(&k) {
+                        folds.insert((client_id.clone(), *id), (*packet_id, *released));
+                        false
+                    } else {
+                        true
+                    }
+                }
+                _ => true,
+            })
+            .collect();
+        (keep, folds)
+    };
     ops.into_iter()
-        .filter(|op| match op {
-            QueueOp::Message { id, .. } => !dead_messages.contains(id),
-            QueueOp::Enqueue { client_id, entry } => !is_gone(client_id, entry.id),
-            QueueOp::Inflight { client_id, id, .. } | QueueOp::Ack { client_id, id } => {
-                !is_gone(client_id, *id)
+        .zip(keep)
+        .filter_map(|(op, keep)| keep.then_some(op))
+        .map(|mut op| {
+            if !folds.is_empty()
+                && let QueueOp::Enqueue { client_id, entry } = &mut op
+                && let Some((pid, released)) = folds.remove(&(client_id.clone(), entry.id))
+            {
+                entry.packet_id = Some(pid);
+                entry.released = released;
             }
-            _ => true,
+            op
         })
         .collect()
 }

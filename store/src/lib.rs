@@ -24,6 +24,7 @@ pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub use error::{StoreError, StoreResult};
 pub use record::{
@@ -39,6 +40,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Applies `ops` in order, atomically where the store allows (the embedded store and
     /// PostgreSQL: one transaction; Redis: one MULTI/EXEC pipeline).
     fn apply<'a>(&'a self, ops: &'a [SessionOp]) -> StoreFuture<'a, ()>;
+    /// [`Self::apply`] for a batch the caller shares: a store that hands the work to another
+    /// thread takes the batch without copying it.
+    fn apply_shared(&self, ops: Arc<[SessionOp]>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.apply(&ops).await })
+    }
     /// Every stored session.
     fn load(&self) -> StoreFuture<'_, Vec<SessionRecord>>;
     /// One session, for a node that resumes a session another node owned.
@@ -51,6 +57,11 @@ pub trait SessionStore: Send + Sync + 'static {
 pub trait RetainedStore: Send + Sync + 'static {
     /// Applies `ops` in order, atomically.
     fn apply<'a>(&'a self, ops: &'a [RetainedOp]) -> StoreFuture<'a, ()>;
+    /// [`Self::apply`] for a batch the caller shares: a store that hands the work to another
+    /// thread takes the batch without copying it.
+    fn apply_shared(&self, ops: Arc<[RetainedOp]>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.apply(&ops).await })
+    }
     /// Every retained message that has not expired.
     fn load(&self) -> StoreFuture<'_, Vec<StoredMessage>>;
     /// A short name for logs and metrics.
@@ -61,6 +72,11 @@ pub trait RetainedStore: Send + Sync + 'static {
 pub trait QueueStore: Send + Sync + 'static {
     /// Applies `ops` in order, atomically.
     fn apply<'a>(&'a self, ops: &'a [QueueOp]) -> StoreFuture<'a, ()>;
+    /// [`Self::apply`] for a batch the caller shares: a store that hands the work to another
+    /// thread takes the batch without copying it.
+    fn apply_shared(&self, ops: Arc<[QueueOp]>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.apply(&ops).await })
+    }
     /// A session's entries in queue order (ascending entry id) with their messages, skipping
     /// expired ones, and the QoS 2 packet ids it has received and not released.
     fn load<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, (Vec<QueueEntry>, Vec<u16>)>;

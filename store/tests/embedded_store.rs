@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rookery_store::committer::{Committer, CommitterConfig, Durability, Op, Stores, coalesce};
-use rookery_store::embedded::{EmbeddedStore, now_ms};
+use rookery_store::embedded::{EmbeddedStore, STORE_DIR, now_ms};
 use rookery_store::{
     QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionRecord,
     SessionStore, StoredMessage, SubscriptionRecord,
@@ -190,15 +190,112 @@ fn a_second_open_of_the_same_directory_is_refused_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
     let _first = EmbeddedStore::open(dir.path()).unwrap();
     let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("rookery.redb"), "{err}");
+    assert!(err.contains(STORE_DIR), "{err}");
+}
+
+#[tokio::test]
+async fn corrupt_data_is_an_error_naming_it_not_an_empty_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        SessionStore::apply(&s, &[SessionOp::Put(session("a"))])
+            .await
+            .unwrap();
+    }
+    // Every file of the database overwritten with garbage of the same length.
+    let mut files = Vec::new();
+    let mut stack = vec![dir.path().join(STORE_DIR)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != "lock" {
+                files.push(p);
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len().max(64);
+        std::fs::write(f, vec![0xa5u8; len as usize]).unwrap();
+    }
+    let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(STORE_DIR), "{err}");
 }
 
 #[test]
-fn a_corrupt_file_is_an_error_naming_it_not_an_empty_start() {
+fn a_file_where_the_database_should_be_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rookery.redb"), b"not a database at all").unwrap();
+    std::fs::write(dir.path().join(STORE_DIR), b"not a database at all").unwrap();
     let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("rookery.redb"), "{err}");
+    assert!(err.contains(STORE_DIR), "{err}");
+}
+
+#[test]
+fn coalesce_folds_in_flight_updates_into_their_entries() {
+    let ops = vec![
+        QueueOp::Message {
+            id: 1,
+            message: msg("t", "a", None),
+        },
+        enqueue("x", 10, 1),
+        QueueOp::Inflight {
+            client_id: "x".into(),
+            id: 10,
+            packet_id: 4,
+            released: false,
+        },
+        QueueOp::Inflight {
+            client_id: "x".into(),
+            id: 10,
+            packet_id: 4,
+            released: true,
+        },
+        // Entry 7 came in an earlier batch: its update stays, unless it is acknowledged too.
+        QueueOp::Inflight {
+            client_id: "x".into(),
+            id: 7,
+            packet_id: 5,
+            released: false,
+        },
+        QueueOp::Inflight {
+            client_id: "x".into(),
+            id: 8,
+            packet_id: 6,
+            released: false,
+        },
+        QueueOp::Ack {
+            client_id: "x".into(),
+            id: 8,
+        },
+    ];
+    let mut folded = entry(10, 1);
+    folded.packet_id = Some(4);
+    folded.released = true;
+    assert_eq!(
+        coalesce(ops),
+        vec![
+            QueueOp::Message {
+                id: 1,
+                message: msg("t", "a", None)
+            },
+            QueueOp::Enqueue {
+                client_id: "x".into(),
+                entry: folded
+            },
+            QueueOp::Inflight {
+                client_id: "x".into(),
+                id: 7,
+                packet_id: 5,
+                released: false
+            },
+            QueueOp::Ack {
+                client_id: "x".into(),
+                id: 8
+            },
+        ]
+    );
 }
 
 #[test]

@@ -185,6 +185,9 @@ impl Conn {
             packet_id: pid,
             released: false,
         });
+        // A resend after a restart uses the stored id ([MQTT-4.4.0-1]). Only QoS 2 waits for
+        // it: a QoS 1 message resent under another id after a crash is a duplicate, which
+        // QoS 1 allows; a QoS 2 one would be delivered twice.
         if qos2 && p.is_sync() {
             self.defer_or(Some(ticket), Waiting::Publish(pid));
             return true;

@@ -358,7 +358,7 @@ async fn a_clean_start_or_an_unsubscribe_is_durable_too() {
 async fn unreadable_data_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.path().join(rookery_store::embedded::FILE_NAME),
+        dir.path().join(rookery_store::embedded::STORE_DIR),
         vec![0x5a; 8192],
     )
     .unwrap();
@@ -368,7 +368,7 @@ async fn unreadable_data_is_an_error_naming_the_file() {
         ..Default::default()
     };
     let err = rookery_broker::Server::start(config).await.err().unwrap();
-    assert!(err.to_string().contains("rookery.redb"), "{err}");
+    assert!(err.to_string().contains("rookery-store"), "{err}");
 }
 
 /// Publishes QoS 1 with MQTT 5.0 and returns the PUBACK's reason code, or `None` when no
