@@ -53,6 +53,14 @@ pub(super) async fn committed_changed(d: Option<&mut Box<Deferred>>) {
 }
 
 impl Conn {
+    /// True when as many writes wait for commits as the client may have in flight towards us
+    /// (the Receive Maximum we advertise): stop reading until some are released.
+    pub(super) fn deferred_full(&self) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|d| d.items.len() >= usize::from(self.broker.config.receive_maximum))
+    }
+
     /// True when something waits for a commit.
     pub(super) fn has_deferred(&self) -> bool {
         self.deferred.as_ref().is_some_and(|d| !d.items.is_empty())

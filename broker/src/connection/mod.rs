@@ -458,7 +458,11 @@ impl Conn {
                 // Hold no write buffer while idle.
                 self.wbuf = BytesMut::new();
             }
-            let can_read = self.wbuf.len() < WRITE_HIGH_WATER && self.congested.is_none();
+            // Acknowledgements waiting for a slow store are bounded like in-flight messages:
+            // past the Receive Maximum the publisher is not read until they are released.
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER
+                && self.congested.is_none()
+                && !self.deferred_full();
             let wait_queue = !self.out_pending;
             tokio::select! {
                 biased;
@@ -504,7 +508,14 @@ impl Conn {
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
                 _ = durable::committed_changed(self.deferred.as_mut()), if self.deferred.is_some() => {
+                    let was_full = self.deferred_full();
                     self.release_deferred();
+                    if was_full && !self.deferred_full() {
+                        // Packets left in the buffer while the window was full.
+                        if let Err(close) = self.decode_all(&mut rbuf) {
+                            return close;
+                        }
+                    }
                 },
                 _ = wait_for_space(self.congested.as_ref(), resume_below(&self.broker)), if self.congested.is_some() => {
                     self.congested = None;
@@ -519,7 +530,7 @@ impl Conn {
                         ka_timer.as_mut().reset(tokio::time::Instant::now() + far);
                         continue;
                     };
-                    if self.congested.is_some() {
+                    if self.congested.is_some() || self.deferred_full() {
                         // Paused by backpressure: we are the ones not reading.
                         last_read = Instant::now();
                     }
@@ -539,8 +550,9 @@ impl Conn {
             match rookery_codec::decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     self.handle(packet)?;
-                    if self.congested.is_some() {
-                        // Leave the rest in the buffer until the congested queue drains.
+                    if self.congested.is_some() || self.deferred_full() {
+                        // Leave the rest in the buffer until the congested queue drains or
+                        // the store catches up.
                         return Ok(());
                     }
                 }
@@ -627,8 +639,17 @@ impl Conn {
         match &close {
             // A client closed because its user was deleted speaks for nobody any more.
             Close::ClientDisconnect { with_will: false }
-            | Close::Shutdown
             | Close::Kicked(reason::NOT_AUTHORIZED) => {}
+            Close::Shutdown => {
+                // Not published now (decision 0003), but a stored session keeps it: after the
+                // restart it follows the usual rules (its delay, unless the client returns).
+                if self.expiry_secs > 0 && broker.persist.is_some() {
+                    pending = will.map(|will| PendingWill {
+                        will,
+                        generation: self.generation,
+                    });
+                }
+            }
             Close::TakenOver { resumes, .. } => {
                 // The newcomer resuming before the delay passed cancels the will.
                 if !(*resumes && will_delay > 0 && self.expiry_secs > 0) {

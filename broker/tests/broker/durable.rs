@@ -572,3 +572,100 @@ async fn a_stopped_redis_holds_session_changes_until_it_is_back() {
     assert!(ack.session_present);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_waiting_for_a_slow_store_are_bounded_by_the_receive_maximum() {
+    let pg = rookery_testkit::PostgresServer::start_private();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let server = start(move |c| {
+        c.durability = DurabilityMode::Sync;
+        c.data_dir = data;
+        c.postgres_url = Some(url);
+        c.receive_maximum = 5;
+    })
+    .await;
+    let addr = server.addr();
+    let (mut p, _) = Raw::connect_with(addr, v5_persistent("p", 3600)).await;
+    p.subscribe("b/#", QoS::AtLeastOnce).await;
+    p.disconnect().await;
+    // MQTT 5.0: a publish refused meanwhile gets 0x97 in its place, not a closed connection.
+    let (mut publ, _) = Raw::connect(addr, Protocol::V5, "pub", true).await;
+    tokio::task::block_in_place(|| pg.stop());
+    // Five held acknowledgements fill the window: the broker stops reading this client, so
+    // even its PINGREQ waits.
+    for id in 1..=5u16 {
+        publ.send(Packet::Publish(publish(
+            "b/x",
+            b"m",
+            QoS::AtLeastOnce,
+            false,
+            id,
+        )))
+        .await;
+    }
+    publ.send(Packet::PingReq).await;
+    if let Some(p) = publ.recv_within(Duration::from_millis(700)).await {
+        panic!("got {p:?} while five acknowledgements wait for the store");
+    }
+    tokio::task::block_in_place(|| pg.start());
+    // Then everything comes, in order: the acknowledgements, then the PINGRESP.
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "got: {got:?}");
+        match publ.recv_within(Duration::from_millis(200)).await {
+            Some(Packet::PubAck(a)) => got.push(format!("PUBACK {}", a.packet_id)),
+            Some(Packet::PingResp) => got.push("PINGRESP".into()),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            "PUBACK 1", "PUBACK 2", "PUBACK 3", "PUBACK 4", "PUBACK 5", "PINGRESP"
+        ]
+    );
+    server.shutdown().await;
+}
+
+fn with_will(id: &str, delay: u32) -> rookery_codec::Connect {
+    let mut c = v5_persistent(id, 3600);
+    c.will = Some(rookery_codec::LastWill {
+        topic: format!("will/{id}").into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: rookery_codec::WillProperties {
+            will_delay_interval: Some(delay),
+            ..Default::default()
+        },
+    });
+    c
+}
+
+#[tokio::test]
+async fn wills_with_a_delay_follow_their_rules_after_a_restart() {
+    for place in Place::all() {
+        let server = start_on(&place, DurabilityMode::Sync).await;
+        let addr = server.addr();
+        // Connected when the broker stops: their wills wait in the stored sessions.
+        let (_a, _) = Raw::connect_with(addr, with_will("a", 1)).await;
+        let (_b, _) = Raw::connect_with(addr, with_will("b", 2)).await;
+        server.shutdown().await;
+
+        let server = start_on(&place, DurabilityMode::Sync).await;
+        let addr = server.addr();
+        let (mut watcher, _) = Raw::connect(addr, Protocol::V5, "watcher", true).await;
+        watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+        // b comes back within its delay: its will is not sent.
+        let (_b, ack) = Raw::connect_with(addr, with_will("b", 2)).await;
+        assert!(ack.session_present, "{}", place.name());
+        let will = watcher.recv_publish().await;
+        assert_eq!(&will.topic[..], "will/a", "{}", place.name());
+        watcher.expect_silence(Duration::from_millis(2500)).await;
+        server.shutdown().await;
+    }
+}
