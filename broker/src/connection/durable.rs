@@ -10,14 +10,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use rookery_codec::encode::{PublishView, encode_publish};
 use rookery_codec::{Ack, Packet};
 use rookery_store::QueueOp;
 use rookery_store::committer::Ticket;
 use tokio::sync::watch;
 
 use super::Conn;
-use crate::session::inflight::OutState;
 
 /// What waits for a commit.
 #[derive(Debug)]
@@ -134,47 +132,6 @@ impl Conn {
             self.deferred = Some(d);
         }
         // Otherwise dropped: an idle connection keeps no receiver.
-    }
-
-    /// Encodes the in-flight message `pid` (PUBLISH, or PUBREL once released).
-    pub(super) fn write_inflight(&mut self, pid: u16, dup: bool, now: Instant) {
-        let d = match self.state.outgoing.get(pid) {
-            Some(OutState::Published(d)) => d.clone(),
-            Some(OutState::Released(_)) => {
-                self.write_packet(&Packet::PubRel(rookery_codec::Ack {
-                    packet_id: pid,
-                    ..Default::default()
-                }));
-                return;
-            }
-            None => return,
-        };
-        self.ensure_wbuf();
-        let m = &d.message;
-        let start = self.wbuf.len();
-        encode_publish(
-            &mut self.wbuf,
-            self.protocol,
-            &PublishView {
-                dup,
-                qos: d.qos,
-                retain: d.retain,
-                topic: &m.topic,
-                packet_id: pid,
-                payload: &m.payload,
-                properties: &m.properties,
-                topic_alias: None,
-                message_expiry_interval: m.remaining_expiry(now),
-                subscription_identifiers: &d.subscription_ids,
-            },
-        );
-        if self.wbuf.len() - start > self.client_max_packet {
-            // Too large for what this connection accepts: discard as if sent.
-            self.wbuf.truncate(start);
-            let stored = self.state.outgoing.discard(pid);
-            self.forget_stored(stored);
-            self.counts.too_large += 1;
-        }
     }
 
     /// Sends the first PUBLISH of a delivery that just entered the window: at once, or for a

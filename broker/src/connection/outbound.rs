@@ -163,56 +163,60 @@ impl Conn {
     /// in `outgoing` but not on this connection's wire, so it does not count as in flight.
     /// (A released QoS 2 entry still counts until PUBCOMP, which keeps the window conservative.)
     fn resend_from_backlog(&mut self, now: Instant) {
-        self.ensure_wbuf();
         while let Some(&packet_id) = self.resend_backlog.front() {
             let on_wire = self.state.outgoing.len() - self.resend_backlog.len();
             if on_wire >= self.out_window || self.wbuf.len() >= WRITE_HIGH_WATER {
                 return;
             }
-            let d = match self.state.outgoing.get(packet_id) {
-                Some(OutState::Published(d)) => d,
-                Some(OutState::Released(_)) => {
-                    self.resend_backlog.pop_front();
-                    let rel = Packet::PubRel(Ack {
-                        packet_id,
-                        reason: reason::SUCCESS,
-                        ..Default::default()
-                    });
-                    rookery_codec::encode(&rel, self.protocol, &mut self.wbuf);
-                    continue;
-                }
-                // Acknowledged meanwhile (the client may ack a packet it got before reconnecting).
-                None => {
-                    self.resend_backlog.pop_front();
-                    continue;
-                }
-            };
             self.resend_backlog.pop_front();
-            let m = &d.message;
-            let start = self.wbuf.len();
-            encode_publish(
-                &mut self.wbuf,
-                self.protocol,
-                &PublishView {
-                    dup: true,
-                    qos: d.qos,
-                    retain: d.retain,
-                    topic: &m.topic,
-                    packet_id,
-                    payload: &m.payload,
-                    properties: &m.properties,
-                    topic_alias: None,
-                    message_expiry_interval: m.remaining_expiry(now),
-                    subscription_identifiers: &d.subscription_ids,
-                },
-            );
-            if self.wbuf.len() - start > self.client_max_packet {
-                // Too large for what this connection accepts: as for a new message, discard.
-                self.wbuf.truncate(start);
-                let stored = self.state.outgoing.discard(packet_id);
-                self.forget_stored(stored);
-                self.counts.too_large += 1;
+            // Acknowledged meanwhile (the client may ack a packet it got before reconnecting):
+            // nothing is written.
+            self.write_inflight(packet_id, true, now);
+        }
+    }
+
+    /// Encodes the in-flight message `pid`: PUBLISH (with `dup` on a resend), or PUBREL once
+    /// PUBREC came. No topic alias: a resend may reach a connection that never set it up.
+    pub(super) fn write_inflight(&mut self, pid: u16, dup: bool, now: Instant) {
+        self.ensure_wbuf();
+        let start = self.wbuf.len();
+        match self.state.outgoing.get(pid) {
+            Some(OutState::Published(d)) => {
+                let m = &d.message;
+                encode_publish(
+                    &mut self.wbuf,
+                    self.protocol,
+                    &PublishView {
+                        dup,
+                        qos: d.qos,
+                        retain: d.retain,
+                        topic: &m.topic,
+                        packet_id: pid,
+                        payload: &m.payload,
+                        properties: &m.properties,
+                        topic_alias: None,
+                        message_expiry_interval: m.remaining_expiry(now),
+                        subscription_identifiers: &d.subscription_ids,
+                    },
+                );
             }
+            Some(OutState::Released(_)) => {
+                let rel = Packet::PubRel(Ack {
+                    packet_id: pid,
+                    reason: reason::SUCCESS,
+                    ..Default::default()
+                });
+                rookery_codec::encode(&rel, self.protocol, &mut self.wbuf);
+                return;
+            }
+            None => return,
+        }
+        if self.wbuf.len() - start > self.client_max_packet {
+            // Too large for what this connection accepts: as for a new message, discard.
+            self.wbuf.truncate(start);
+            let stored = self.state.outgoing.discard(pid);
+            self.forget_stored(stored);
+            self.counts.too_large += 1;
         }
     }
 }

@@ -25,6 +25,25 @@ struct StoredProperties {
     content_type: Option<String>,
 }
 
+impl StoredProperties {
+    /// The properties a PUBLISH and a will share.
+    fn new(
+        payload_format_indicator: Option<u8>,
+        response_topic: &Option<ByteString>,
+        correlation_data: &Option<Bytes>,
+        user_properties: &[(ByteString, ByteString)],
+        content_type: &Option<ByteString>,
+    ) -> StoredProperties {
+        StoredProperties {
+            payload_format_indicator,
+            response_topic: response_topic.as_ref().map(|s| s.to_string()),
+            correlation_data: correlation_data.clone(),
+            user_properties: stored_user_properties(user_properties),
+            content_type: content_type.as_ref().map(|s| s.to_string()),
+        }
+    }
+}
+
 fn encode_properties(p: &StoredProperties) -> Bytes {
     if p.payload_format_indicator.is_none()
         && p.response_topic.is_none()
@@ -78,13 +97,13 @@ pub fn instant_at(ms: u64, now: Instant, now_ms: u64) -> Instant {
 /// A message as stored.
 pub fn stored_message(m: &Message, now: Instant, now_ms: u64) -> StoredMessage {
     let p = &m.properties;
-    let props = StoredProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: stored_user_properties(&p.user_properties),
-        content_type: p.content_type.as_ref().map(|s| s.to_string()),
-    };
+    let props = StoredProperties::new(
+        p.payload_format_indicator,
+        &p.response_topic,
+        &p.correlation_data,
+        &p.user_properties,
+        &p.content_type,
+    );
     StoredMessage {
         topic: m.topic.to_string(),
         payload: m.payload.clone(),
@@ -122,13 +141,13 @@ pub fn message(s: StoredMessage, origin: SessionId, now: Instant, now_ms: u64) -
 /// A will as stored with its session.
 pub fn will_record(w: &LastWill) -> WillRecord {
     let p = &w.properties;
-    let props = StoredProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: stored_user_properties(&p.user_properties),
-        content_type: p.content_type.as_ref().map(|s| s.to_string()),
-    };
+    let props = StoredProperties::new(
+        p.payload_format_indicator,
+        &p.response_topic,
+        &p.correlation_data,
+        &p.user_properties,
+        &p.content_type,
+    );
     WillRecord {
         message: StoredMessage {
             topic: w.topic.to_string(),

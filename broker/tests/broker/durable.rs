@@ -71,6 +71,15 @@ async fn start_on(place: &Place, mode: DurabilityMode) -> rookery_broker::Server
     place.start(mode).await
 }
 
+/// Sends an acknowledgement of `kind` for `packet_id`.
+async fn send_ack(c: &mut Raw, kind: fn(Ack) -> Packet, packet_id: u16) {
+    c.send(kind(Ack {
+        packet_id,
+        ..Default::default()
+    }))
+    .await;
+}
+
 fn v5_persistent(id: &str, expiry: u32) -> rookery_codec::Connect {
     let mut c = connect_packet(Protocol::V5, id, false);
     c.properties = ConnectProperties {
@@ -132,20 +141,12 @@ async fn queued_messages_subscriptions_and_retained_survive_a_restart() {
                     .await
                 }
                 QoS::ExactlyOnce => {
-                    sub.send(Packet::PubRec(Ack {
-                        packet_id: p.packet_id,
-                        ..Default::default()
-                    }))
-                    .await;
+                    send_ack(&mut sub, Packet::PubRec, p.packet_id).await;
                     match sub.recv().await {
                         Packet::PubRel(r) => assert_eq!(r.packet_id, p.packet_id),
                         other => panic!("expected PUBREL, got {other:?}"),
                     }
-                    sub.send(Packet::PubComp(Ack {
-                        packet_id: p.packet_id,
-                        ..Default::default()
-                    }))
-                    .await;
+                    send_ack(&mut sub, Packet::PubComp, p.packet_id).await;
                 }
                 QoS::AtMostOnce => {}
             }
@@ -179,11 +180,7 @@ async fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
         let (mut publ, _) = Raw::connect(addr, Protocol::V311, "pub", true).await;
         publ.publish("t", b"one", QoS::AtLeastOnce, false, 1).await;
         let p = sub.recv_publish().await;
-        sub.send(Packet::PubAck(Ack {
-            packet_id: p.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubAck, p.packet_id).await;
         // Unacknowledged: comes back.
         publ.publish("t", b"two", QoS::AtLeastOnce, false, 2).await;
         let p2 = sub.recv_publish().await;
@@ -202,11 +199,7 @@ async fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
             "a message in flight before the restart is resent with DUP"
         );
         assert_eq!(again.packet_id, p2.packet_id, "with the same packet id");
-        sub.send(Packet::PubAck(Ack {
-            packet_id: again.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubAck, again.packet_id).await;
         sub.expect_silence(Duration::from_millis(300)).await;
         server.shutdown().await;
     }
@@ -224,11 +217,7 @@ async fn qos2_state_both_ways_survives_a_restart() {
         publ.publish("q", b"first", QoS::ExactlyOnce, false, 1)
             .await;
         let p = sub.recv_publish().await;
-        sub.send(Packet::PubRec(Ack {
-            packet_id: p.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubRec, p.packet_id).await;
         assert!(matches!(sub.recv().await, Packet::PubRel(_)));
         // Incoming: the publisher's second message got PUBREC, PUBREL not yet sent.
         publ.send(Packet::Publish(publish(
@@ -251,24 +240,12 @@ async fn qos2_state_both_ways_survives_a_restart() {
             Packet::PubRel(r) => assert_eq!(r.packet_id, p.packet_id),
             other => panic!("expected PUBREL, got {other:?}"),
         }
-        sub.send(Packet::PubComp(Ack {
-            packet_id: p.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubComp, p.packet_id).await;
         let second = sub.recv_publish().await;
         assert_eq!(&second.payload[..], b"second");
-        sub.send(Packet::PubRec(Ack {
-            packet_id: second.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubRec, second.packet_id).await;
         assert!(matches!(sub.recv().await, Packet::PubRel(_)));
-        sub.send(Packet::PubComp(Ack {
-            packet_id: second.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut sub, Packet::PubComp, second.packet_id).await;
         // The publisher resends its PUBLISH (as a client does after reconnecting): a duplicate.
         let (mut publ, ack) = Raw::connect(addr, Protocol::V311, "pub", false).await;
         assert!(ack.session_present);
@@ -276,11 +253,7 @@ async fn qos2_state_both_ways_survives_a_restart() {
         again.dup = true;
         publ.send(Packet::Publish(again)).await;
         assert!(matches!(publ.recv().await, Packet::PubRec(_)));
-        publ.send(Packet::PubRel(Ack {
-            packet_id: 7,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut publ, Packet::PubRel, 7).await;
         match publ.recv().await {
             Packet::PubComp(c) => assert_eq!(c.reason, 0),
             other => panic!("expected PUBCOMP, got {other:?}"),
@@ -482,11 +455,7 @@ async fn a_stopped_database_holds_then_refuses_persistent_messages_and_the_broke
     let mut topics = Vec::new();
     while let Some(Packet::Publish(m)) = p.recv_within(Duration::from_millis(500)).await {
         topics.push(m.topic.to_string());
-        p.send(Packet::PubAck(Ack {
-            packet_id: m.packet_id,
-            ..Default::default()
-        }))
-        .await;
+        send_ack(&mut p, Packet::PubAck, m.packet_id).await;
     }
     let mut expected = vec!["f/before".to_owned(), "f/held".to_owned()];
     expected.extend(others.iter().map(|(_, t)| t.clone()));
