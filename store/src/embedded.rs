@@ -401,10 +401,11 @@ impl Inner {
     fn load_queue(&self, client_id: &str, now_ms: u64) -> StoreResult<(Vec<QueueEntry>, Vec<u16>)> {
         let prefix = client_prefix(client_id);
         let mut entries = Vec::new();
+        let mut expired = Vec::new();
         for kv in self.queue.prefix(&prefix) {
             let (key, value) = kv.into_inner().map_err(|e| self.err(e))?;
-            let what = format!("queue entry {key:?}");
-            let mut entry: QueueEntry = self.decode(|| what.clone(), &value)?;
+            let what = || format!("queue entry {key:?}");
+            let mut entry: QueueEntry = self.decode(what, &value)?;
             let Some(m) = self
                 .messages
                 .get(entry.message_id.to_be_bytes())
@@ -413,7 +414,7 @@ impl Inner {
                 return Err(StoreError::Corrupt {
                     store: NAME,
                     path: self.path.clone(),
-                    message: format!("{what} refers to missing message {}", entry.message_id),
+                    message: format!("{} refers to missing message {}", what(), entry.message_id),
                 });
             };
             let message: StoredMessage =
@@ -421,10 +422,18 @@ impl Inner {
             // An expired message is never delivered; one already in flight is resent anyway
             // (the client may hold its packet id).
             if message.is_expired(now_ms) && entry.packet_id.is_none() {
+                expired.push(QueueOp::Ack {
+                    client_id: client_id.to_owned(),
+                    id: entry.id,
+                });
                 continue;
             }
             entry.message = Some(message);
             entries.push(entry);
+        }
+        // Expired entries go now: nothing else would delete them while the session is away.
+        if !expired.is_empty() {
+            self.apply_queue(&expired)?;
         }
         let mut ids = Vec::new();
         for kv in self.incoming.prefix(&prefix) {

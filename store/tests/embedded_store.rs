@@ -155,6 +155,11 @@ async fn queues_keep_order_state_and_share_messages() {
     assert_eq!(a[0].packet_id, Some(7));
     assert!(a[0].released);
     assert_eq!(a[0].message.as_ref().unwrap().payload, "shared");
+    // The expired entry is gone for good (deleted while loading): reopening shows the same.
+    drop(s);
+    let s = EmbeddedStore::open(dir.path()).unwrap();
+    let (a, _) = QueueStore::load(&s, "a").await.unwrap();
+    assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(QueueStore::load(&s, "c").await.unwrap().1, vec![10]);
     assert_eq!(QueueStore::clients(&s).await.unwrap(), vec!["a", "b", "c"]);
 
