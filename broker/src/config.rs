@@ -853,6 +853,41 @@ mod tests {
     }
 
     #[test]
+    fn store_urls_come_from_flags_or_files_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg-url");
+        std::fs::write(&file, "postgres://u:secret@db/rookery\n").unwrap();
+        let c = Config {
+            redis_url: Some("redis://r:6379".into()),
+            postgres_url_file: Some(file.clone()),
+            ..Config::default()
+        };
+        let (redis, postgres) = c.store_urls().unwrap();
+        assert_eq!(redis.as_deref(), Some("redis://r:6379"));
+        assert_eq!(postgres.as_deref(), Some("postgres://u:secret@db/rookery"));
+
+        let both = Config {
+            postgres_url: Some("postgres://x".into()),
+            postgres_url_file: Some(file),
+            ..Config::default()
+        };
+        let err = both.store_urls().unwrap_err().to_string();
+        assert!(err.contains("postgres_url_file"), "{err}");
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let missing = dir.path().join("missing");
+        for path in [empty, missing] {
+            let c = Config {
+                redis_url_file: Some(path),
+                ..Config::default()
+            };
+            let err = c.store_urls().unwrap_err().to_string();
+            assert!(err.contains("redis_url_file"), "{err}");
+        }
+    }
+
+    #[test]
     fn every_key_is_documented() {
         let doc = include_str!("../../docs/configuration.md");
         let keys = toml::to_string(&Config::default()).unwrap();

@@ -638,3 +638,40 @@ async fn wills_with_a_delay_follow_their_rules_after_a_restart() {
         server.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn with_redis_and_postgres_another_node_takes_everything_over() {
+    // The node's disk is gone: a new one starts on an empty data directory with the same
+    // Redis and PostgreSQL, and finds every session, queue and retained message.
+    let first = Place::servers();
+    let server = first.start(DurabilityMode::Sync).await;
+    let addr = server.addr();
+    let (mut sub, _) = Raw::connect(addr, Protocol::V311, "device", false).await;
+    sub.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let (mut publ, _) = Raw::connect(addr, Protocol::V311, "app", true).await;
+    publ.publish("cmd/1", b"open", QoS::AtLeastOnce, false, 1)
+        .await;
+    publ.publish("state", b"on", QoS::AtLeastOnce, true, 2)
+        .await;
+    publ.disconnect().await;
+    server.shutdown().await;
+
+    let second = Place {
+        dir: tempfile::tempdir().unwrap(),
+        redis: first.redis.clone(),
+        postgres: first.postgres.clone(),
+    };
+    drop(first);
+    let server = second.start(DurabilityMode::Sync).await;
+    let addr = server.addr();
+    let (mut sub, ack) = Raw::connect(addr, Protocol::V311, "device", false).await;
+    assert!(ack.session_present);
+    let m = sub.recv_publish().await;
+    assert_eq!((&m.topic[..], &m.payload[..]), ("cmd/1", &b"open"[..]));
+    send_ack(&mut sub, Packet::PubAck, m.packet_id).await;
+    let (mut other, _) = Raw::connect(addr, Protocol::V311, "other", true).await;
+    other.subscribe("state", QoS::AtMostOnce).await;
+    assert_eq!(&other.recv_publish().await.payload[..], b"on");
+    server.shutdown().await;
+}
