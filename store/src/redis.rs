@@ -7,7 +7,8 @@
 //!
 //! - `rookery:C:session:<client id>`: a string, one format byte (1) followed by the
 //!   postcard-encoded [`SessionRecord`]. It expires (`PXAT`) when the session does:
-//!   `disconnected_at_ms + expiry_secs * 1000`. It has no TTL while a connection is attached
+//!   `disconnected_at_ms + expiry_secs * 1000`, a day later when the session still holds a will
+//!   (the broker that ends the session publishes it, even after a downtime). It has no TTL while a connection is attached
 //!   (`disconnected_at_ms` unset) or when the expiry is `u32::MAX` (never).
 //! - `rookery:C:sessions`: a sorted set of the client ids, scored with that deadline in
 //!   milliseconds (`+inf` for none), so that [`load`](SessionStore::load) lists sessions without
@@ -275,12 +276,26 @@ impl SessionStore for RedisSessionStore {
     }
 }
 
-/// When a stored session expires, in milliseconds since the Unix epoch: `None` while connected
-/// or when it never expires.
+/// How long a session that still holds a will outlives its expiry in Redis: the broker that
+/// ends it publishes the will, so a session that expired while every broker was down must
+/// still be there when one starts.
+const WILL_GRACE_MS: u64 = 24 * 3600 * 1000;
+
+/// When a stored session leaves Redis, in milliseconds since the Unix epoch: `None` while
+/// connected or when it never expires. A session with a pending will stays
+/// [`WILL_GRACE_MS`] longer.
 fn deadline_ms(record: &SessionRecord) -> Option<u64> {
     let disconnected = record.disconnected_at_ms?;
-    (record.expiry_secs != u32::MAX)
-        .then(|| disconnected.saturating_add(u64::from(record.expiry_secs) * 1000))
+    let grace = if record.will.is_some() {
+        WILL_GRACE_MS
+    } else {
+        0
+    };
+    (record.expiry_secs != u32::MAX).then(|| {
+        disconnected
+            .saturating_add(u64::from(record.expiry_secs) * 1000)
+            .saturating_add(grace)
+    })
 }
 
 fn now_ms() -> u64 {
@@ -497,6 +512,19 @@ mod tests {
         assert_eq!(deadline_ms(&record), None);
         record.disconnected_at_ms = Some(1_000);
         assert_eq!(deadline_ms(&record), Some(11_000));
+        record.will = Some(crate::WillRecord {
+            message: crate::StoredMessage {
+                topic: "w".into(),
+                payload: Default::default(),
+                qos: 0,
+                retain: false,
+                properties: Default::default(),
+                expires_at_ms: None,
+            },
+            expiry_secs: None,
+            delay_secs: 30,
+        });
+        assert_eq!(deadline_ms(&record), Some(11_000 + WILL_GRACE_MS));
         record.expiry_secs = u32::MAX;
         assert_eq!(deadline_ms(&record), None);
     }

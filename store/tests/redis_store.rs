@@ -162,6 +162,14 @@ async fn keys_expire_with_the_session() {
     let mut soon = session("soon");
     soon.expiry_secs = 1;
     soon.disconnected_at_ms = Some(now_ms());
+    // Sessions without a will expire exactly; one with a will stays a day longer (below).
+    for s in [&mut later, &mut gone, &mut soon] {
+        s.will = None;
+    }
+    let mut willing = session("willing");
+    willing.expiry_secs = 100;
+    willing.disconnected_at_ms = Some(now_ms() - 200_000);
+    assert!(willing.will.is_some());
     store
         .apply(&[
             SessionOp::Put(connected.clone()),
@@ -169,9 +177,17 @@ async fn keys_expire_with_the_session() {
             SessionOp::Put(later.clone()),
             SessionOp::Put(gone.clone()),
             SessionOp::Put(soon.clone()),
+            SessionOp::Put(willing.clone()),
         ])
         .await
         .unwrap();
+    // Expired, but its will is still to be published by the broker that ends it.
+    let ttl: i64 = server.command(&["PTTL", &key("willing")]).parse().unwrap();
+    assert!(
+        (86_000_000..=86_400_000).contains(&ttl),
+        "PTTL {ttl}: a session holding a will outlives its expiry by a day"
+    );
+    assert_eq!(server.command(&["ZREM", &index, "willing"]), "1");
 
     // No TTL while connected or when the expiry is "never".
     assert_eq!(server.command(&["PTTL", &key("connected")]), "-1");

@@ -53,14 +53,30 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
     }
 
     let mut known: AHashSet<String> = AHashSet::new();
+    let mut timers = Vec::new();
     for record in stores.sessions.load().await? {
         known.insert(record.client_id.clone());
         let (entries, incoming) = stores.queue.load(&record.client_id).await?;
         restored.messages += entries.len();
-        if restore_session(broker, &p, record, entries, incoming, now, wall) {
-            restored.expired += 1;
-        } else {
-            restored.sessions += 1;
+        timers.push(restore_session(
+            broker, &p, record, entries, incoming, now, wall,
+        ));
+    }
+    // Only once every session is back: a will published now reaches all its subscribers.
+    for t in timers {
+        match t {
+            Timers::Expired(session) => {
+                broker.end_session(&session, 1);
+                restored.expired += 1;
+            }
+            Timers::Arm {
+                session,
+                will_left,
+                expiry_left,
+            } => {
+                broker.schedule_after_disconnect(session, 1, will_left, expiry_left);
+                restored.sessions += 1;
+            }
         }
     }
     // Entries whose session record is gone (deleted in a commit that the queue store missed).
@@ -83,7 +99,19 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
     Ok(restored)
 }
 
-/// Registers one session; true when it had expired (and was ended).
+/// What a restored session's timers need.
+enum Timers {
+    /// It expired while the broker was down: end it (publishing its will).
+    Expired(Arc<crate::session::Session>),
+    /// Arm its will-delay and expiry timers with what is left of them.
+    Arm {
+        session: Arc<crate::session::Session>,
+        will_left: Option<u32>,
+        expiry_left: u32,
+    },
+}
+
+/// Registers one session (offline, subscriptions in the trie, queue filled).
 fn restore_session(
     broker: &Arc<Broker>,
     p: &super::Persist,
@@ -92,7 +120,7 @@ fn restore_session(
     incoming: Vec<u16>,
     now: Instant,
     wall: u64,
-) -> bool {
+) -> Timers {
     let client_id = ByteString::from(record.client_id.as_str());
     let username = record.username.as_deref().map(ByteString::from);
     let mut state = SessionState::default();
@@ -186,10 +214,11 @@ fn restore_session(
         record.expiry_secs.saturating_sub(elapsed_secs)
     };
     if expiry_left == 0 {
-        broker.end_session(&session, 1);
-        return true;
+        return Timers::Expired(session);
     }
-    let will_left = will_delay.map(|d| d.saturating_sub(elapsed_secs));
-    broker.schedule_after_disconnect(session, 1, will_left, expiry_left);
-    false
+    Timers::Arm {
+        session,
+        will_left: will_delay.map(|d| d.saturating_sub(elapsed_secs)),
+        expiry_left,
+    }
 }

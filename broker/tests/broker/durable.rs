@@ -675,3 +675,30 @@ async fn with_redis_and_postgres_another_node_takes_everything_over() {
     assert_eq!(&other.recv_publish().await.payload[..], b"on");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_will_due_at_restart_reaches_sessions_restored_after_its_own() {
+    for place in Place::all() {
+        let server = start_on(&place, DurabilityMode::Sync).await;
+        let addr = server.addr();
+        // "watcher" sorts after "dying": restored after it.
+        let (mut watcher, _) = Raw::connect(addr, Protocol::V311, "watcher", false).await;
+        watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+        watcher.disconnect().await;
+        // The will waits for the session's end (its delay is longer than the expiry), and the
+        // session ends while the broker is down.
+        let mut dying = with_will("dying", 3600);
+        dying.properties.session_expiry_interval = Some(1);
+        let (_dying, _) = Raw::connect_with(addr, dying).await;
+        server.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let server = start_on(&place, DurabilityMode::Sync).await;
+        let (mut watcher, ack) =
+            Raw::connect(server.addr(), Protocol::V311, "watcher", false).await;
+        assert!(ack.session_present);
+        let will = watcher.recv_publish().await;
+        assert_eq!(&will.topic[..], "will/dying", "{}", place.name());
+        server.shutdown().await;
+    }
+}
