@@ -26,7 +26,7 @@ use crate::router::trie::{Matches, SessionId, Subscriber, Subscription, Subscrip
 use crate::security::Security;
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 use rookery_store::committer::{Op, Ticket};
-use rookery_store::embedded::now_ms;
+use rookery_store::now_ms;
 use rookery_store::{QueueEntry, QueueOp, RetainedOp};
 
 /// What routing one message did.

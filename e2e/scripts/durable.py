@@ -16,33 +16,12 @@ Redis + PostgreSQL rows run when ROOKERY_TEST_REDIS_URL and ROOKERY_TEST_POSTGRE
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RELEASE = os.path.join(ROOT, "target", "release")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("broker did not listen")
+# The same port and start-up helpers as the peer comparison (this directory is on sys.path).
+from compare import RELEASE, free_port, wait_port
 
 
 def configs():

@@ -113,15 +113,6 @@ impl std::fmt::Debug for Committer {
     }
 }
 
-/// What one commit round did, for metrics and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RoundStats {
-    /// Operations submitted.
-    pub submitted: usize,
-    /// Operations written after dropping those that cancelled out.
-    pub written: usize,
-}
-
 impl Committer {
     /// A committer for `stores`; run [`Committer::run`] on a task to make it commit.
     pub fn new(stores: Stores, config: CommitterConfig) -> Arc<Committer> {
@@ -210,11 +201,10 @@ impl Committer {
                 let mut p = self.pending.lock();
                 (std::mem::take(&mut p.ops), p.last)
             };
-            let submitted = if ops.is_empty() {
-                0
-            } else {
-                self.commit(ops).await.submitted
-            };
+            let submitted = ops.len();
+            if !ops.is_empty() {
+                self.commit(ops).await;
+            }
             self.committed.send_replace(ticket);
             if self.config.durability == Durability::Sync && submitted >= BUSY_BATCH {
                 // Under load, let writes gather a moment before the next batch is taken:
@@ -241,16 +231,11 @@ impl Committer {
     }
 
     /// Commits one batch, retrying each failing store until it succeeds.
-    async fn commit(&self, ops: Vec<Op>) -> RoundStats {
-        let submitted = ops.len();
+    async fn commit(&self, ops: Vec<Op>) {
         let (sessions, retained, queue) = split(ops);
         let queue: Arc<[QueueOp]> = coalesce(queue).into();
         let sessions: Arc<[SessionOp]> = sessions.into();
         let retained: Arc<[RetainedOp]> = retained.into();
-        let stats = RoundStats {
-            submitted,
-            written: sessions.len() + retained.len() + queue.len(),
-        };
         let mut done = [sessions.is_empty(), retained.is_empty(), queue.is_empty()];
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -276,7 +261,7 @@ impl Committer {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     info!("store recovered: pending writes committed");
                 }
-                return stats;
+                return;
             };
             if !self.degraded.swap(true, Ordering::Relaxed) {
                 warn!(error = %e, "store degraded: writes are retried, new QoS 1/2 messages for persistent sessions are refused");

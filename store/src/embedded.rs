@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionRecord,
-    SessionStore, StoreError, StoreFuture, StoreResult, StoredMessage,
+    SessionStore, StoreError, StoreFuture, StoreResult, StoredMessage, now_ms,
 };
 
 const NAME: &str = "embedded";
@@ -463,14 +463,6 @@ impl Inner {
         out.dedup();
         Ok(out)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl SessionStore for EmbeddedStore {

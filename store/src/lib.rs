@@ -32,6 +32,13 @@ pub use record::{
     SubscriptionRecord, WillRecord,
 };
 
+/// Milliseconds since the Unix epoch: the clock every stored deadline and expiry uses.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What a store method returns: a boxed future, so that stores can be trait objects.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 

@@ -33,7 +33,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::now_ms;
 
 use bytes::Bytes;
 use sqlx::Row;
@@ -787,12 +789,6 @@ fn to_bigint(value: u64) -> StoreResult<i64> {
         store: STORE,
         message: format!("{value} does not fit a bigint"),
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// SQLSTATEs that mean the server is (for now) out of reach: connection exceptions (class 08),

@@ -36,7 +36,9 @@
 //! master without a restart. Each operation is tried twice (both are idempotent: `SET`, `DEL`,
 //! `ZADD`, `ZREM`) before it fails with [`StoreError::Unavailable`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::now_ms;
 
 use ::redis::ServerErrorKind;
 use ::redis::aio::MultiplexedConnection;
@@ -296,12 +298,6 @@ fn deadline_ms(record: &SessionRecord) -> Option<u64> {
             .saturating_add(u64::from(record.expiry_secs) * 1000)
             .saturating_add(grace)
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn encode(record: &SessionRecord) -> StoreResult<Vec<u8>> {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rookery_store::committer::{Committer, CommitterConfig, Durability, Op, Stores, coalesce};
-use rookery_store::embedded::{EmbeddedStore, STORE_DIR, now_ms};
+use rookery_store::embedded::{EmbeddedStore, STORE_DIR};
+use rookery_store::now_ms;
 use rookery_store::{
     QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionRecord,
     SessionStore, StoredMessage, SubscriptionRecord,

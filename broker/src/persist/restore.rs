@@ -8,7 +8,7 @@ use std::time::Instant;
 use ahash::{AHashMap, AHashSet};
 use bytestring::ByteString;
 use rookery_auth::acl::SubscribeDecision;
-use rookery_store::embedded::now_ms;
+use rookery_store::now_ms;
 use rookery_store::{QueueOp, SessionRecord, StoreError};
 use tracing::{info, warn};
 

@@ -408,7 +408,7 @@ impl Session {
         inner.state = Some(Box::new(state));
         inner.attached = None;
         inner.pending_will = will.map(Box::new);
-        inner.disconnected_ms = Some(rookery_store::embedded::now_ms());
+        inner.disconnected_ms = Some(rookery_store::now_ms());
         self.online.store(false, Ordering::Relaxed);
         drop(inner);
         // Publishers paused on this queue stop waiting for a client that is gone.
