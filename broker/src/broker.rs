@@ -5,7 +5,9 @@
 //! No central router task sits on the hot path.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -17,6 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::config::Config;
+use crate::limits::LiveLimits;
+use crate::limits::memory::MemoryGate;
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::persist::{Persist, convert};
@@ -71,6 +75,12 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Background tasks (connections, timers) to wait for at shutdown.
     pub tasks: TaskTracker,
+    /// Rate limits and the memory mark in force (swapped on reload).
+    pub limits: ArcSwap<LiveLimits>,
+    /// Shut while queued bytes are above the memory high-water mark.
+    pub memory: MemoryGate,
+    /// True once every listener is up and state is restored, false again while draining.
+    pub ready: AtomicBool,
     push_policy: PushPolicy,
     started: Instant,
 }
@@ -91,6 +101,7 @@ impl Broker {
             limits: config.queue_limits(),
             queue_qos0_offline: config.queue_qos0_offline,
         };
+        let limits = ArcSwap::from_pointee(LiveLimits::from_config(&config));
         Arc::new(Broker {
             config,
             sessions: Sessions::default(),
@@ -101,6 +112,9 @@ impl Broker {
             persist,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            limits,
+            memory: MemoryGate::default(),
+            ready: AtomicBool::new(false),
             push_policy,
             started: Instant::now(),
         })
@@ -121,7 +135,12 @@ impl Broker {
             .filter(|_| message.qos != QoS::AtMostOnce);
         let mut routed = Routed::default();
         if message.retain {
-            if let Some(p) = &self.persist {
+            // `$SYS` values are the broker's own and current only while it runs: not stored.
+            let stored = self
+                .persist
+                .as_ref()
+                .filter(|_| !message.topic.starts_with("$SYS"));
+            if let Some(p) = stored {
                 if message.qos != QoS::AtMostOnce && !p.accepts_messages() {
                     routed.refused = true;
                     return routed;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::RateAction;
 use crate::listener::identity::CertIdentity;
 use crate::listener::tls::TlsFiles;
 use crate::listener::{ListenerKind, ListenerSpec};
@@ -166,6 +167,25 @@ pub struct Config {
     pub postgres_url_file: Option<PathBuf>,
     /// Cluster name: namespaces shared state (Redis keys).
     pub cluster_name: String,
+    /// Address of the HTTP endpoint for `/metrics`, `/healthz`, `/readyz` and the admin API
+    /// (none by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// File holding the bearer token of the admin API (`/api/v1/...`); the API is off
+    /// without it.
+    pub admin_token_file: Option<PathBuf>,
+    /// Seconds between `$SYS/broker/...` updates (0 = none).
+    pub sys_interval: u64,
+    /// PUBLISH packets per second per client (0 = no limit).
+    pub publish_rate_limit: u32,
+    /// PUBLISH payload bytes per second per client (0 = no limit).
+    pub publish_byte_rate_limit: u64,
+    /// What an MQTT 5.0 client over its publish rate gets: `slow` or `disconnect` (0x96).
+    pub rate_limit_action: RateAction,
+    /// New connections per second per listener (0 = no limit).
+    pub max_connection_rate: u32,
+    /// Bytes queued for delivery, broker-wide, above which publishers are paused (0 = half
+    /// of the memory the process may use).
+    pub memory_high_watermark: u64,
 }
 
 impl Default for Config {
@@ -228,6 +248,14 @@ impl Default for Config {
             postgres_url: None,
             postgres_url_file: None,
             cluster_name: "rookery".into(),
+            metrics_listen: None,
+            admin_token_file: None,
+            sys_interval: 10,
+            publish_rate_limit: 0,
+            publish_byte_rate_limit: 0,
+            rate_limit_action: RateAction::Slow,
+            max_connection_rate: 0,
+            memory_high_watermark: 0,
         }
     }
 }
@@ -364,6 +392,9 @@ impl Config {
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", &e.to_string());
+        }
         Ok(())
     }
 
@@ -436,6 +467,27 @@ impl Config {
                 &self.postgres_url_file,
             )?,
         ))
+    }
+
+    /// The admin API token from `admin_token_file`, if set. Errors name the key.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "admin_token_file",
+            reason,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(invalid(format!(
+                "{} must hold a token of at least 16 characters",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_owned()))
     }
 
     /// Whether clients without credentials are let in.
@@ -661,6 +713,30 @@ pub struct Cli {
     /// Cluster name (namespaces Redis keys).
     #[arg(long, env = "ROOKERY_CLUSTER_NAME", value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// Address for `/metrics`, `/healthz`, `/readyz` and the admin API.
+    #[arg(long, env = "ROOKERY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// File holding the admin API's bearer token.
+    #[arg(long, env = "ROOKERY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Seconds between `$SYS` updates (0 = none).
+    #[arg(long, env = "ROOKERY_SYS_INTERVAL", value_name = "SECS")]
+    pub sys_interval: Option<u64>,
+    /// PUBLISH packets per second per client (0 = no limit).
+    #[arg(long, env = "ROOKERY_PUBLISH_RATE_LIMIT")]
+    pub publish_rate_limit: Option<u32>,
+    /// PUBLISH payload bytes per second per client (0 = no limit).
+    #[arg(long, env = "ROOKERY_PUBLISH_BYTE_RATE_LIMIT")]
+    pub publish_byte_rate_limit: Option<u64>,
+    /// `slow` or `disconnect` (MQTT 5.0 reason 0x96) for clients over their publish rate.
+    #[arg(long, env = "ROOKERY_RATE_LIMIT_ACTION", value_enum)]
+    pub rate_limit_action: Option<RateAction>,
+    /// New connections per second per listener (0 = no limit).
+    #[arg(long, env = "ROOKERY_MAX_CONNECTION_RATE")]
+    pub max_connection_rate: Option<u32>,
+    /// Queued bytes above which publishers are paused (0 = half the memory limit).
+    #[arg(long, env = "ROOKERY_MEMORY_HIGH_WATERMARK", value_name = "BYTES")]
+    pub memory_high_watermark: Option<u64>,
 }
 
 /// Tools run instead of the broker.
@@ -782,7 +858,19 @@ impl Cli {
             flush_interval_ms,
             store_max_pending,
             cluster_name,
+            sys_interval,
+            publish_rate_limit,
+            publish_byte_rate_limit,
+            rate_limit_action,
+            max_connection_rate,
+            memory_high_watermark,
         );
+        if cli.metrics_listen.is_some() {
+            config.metrics_listen = cli.metrics_listen;
+        }
+        if cli.admin_token_file.is_some() {
+            config.admin_token_file = cli.admin_token_file;
+        }
         for (slot, value) in [
             (&mut config.redis_url, cli.redis_url),
             (&mut config.postgres_url, cli.postgres_url),

@@ -9,22 +9,29 @@
 //! - [`router`]: topic rules, the subscription trie and the retained-message index (pure data).
 //! - [`message`]: a routed message and a per-subscriber delivery.
 //! - [`broker`]: shared state and the publish path.
-//! - [`metrics`]: broker-wide counters.
+//! - [`metrics`]: broker-wide counters and the survey of the state.
+//! - [`admin`]: the HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, the admin API.
+//! - [`sys`]: the `$SYS/broker/...` publisher.
+//! - [`limits`]: publish and connection rate limits, the memory high-water mark.
 //! - [`server`]: binds listeners, runs and shuts the broker down.
 //!
 //! The wire codec is the `rookery-codec` crate.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod persist;
+pub mod reload;
 pub mod router;
 pub mod security;
 pub mod server;
 pub mod session;
+pub mod sys;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rookery_broker::Server;
 use rookery_broker::config::{Cli, Config, LogFormat};
+use rookery_broker::server::SetLogLevel;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    let set_log_level = init_logging(&config);
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -48,17 +49,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, threads))
+    runtime.block_on(run(config, threads, set_log_level))
 }
 
-async fn run(config: Config, threads: usize) -> ExitCode {
-    let server = match Server::start(config).await {
+async fn run(config: Config, threads: usize, set_log_level: SetLogLevel) -> ExitCode {
+    let mut server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    // A reload builds the configuration as the start did: same file, environment and flags.
+    server.set_config_source(
+        Box::new(|| {
+            Cli::try_parse()
+                .map_err(|e| rookery_broker::config::ConfigError::Invalid {
+                    field: "command line",
+                    reason: e.to_string(),
+                })?
+                .into_config()
+        }),
+        set_log_level,
+    );
     let c = &server.broker.config;
     // One line that names every listener: the first address is the first plain MQTT one.
     let addrs: Vec<String> = server
@@ -71,10 +84,13 @@ async fn run(config: Config, threads: usize) -> ExitCode {
     } else {
         "credentials required"
     };
+    let metrics = server
+        .metrics_addr
+        .map_or_else(String::new, |a| format!("; metrics on http://{a}/metrics"));
     info!(
         node_id = %c.node_id,
         threads,
-        "rookery-broker {} listening on {}; MQTT 3.1.1 and 5.0, {access}; {}",
+        "rookery-broker {} listening on {}; MQTT 3.1.1 and 5.0, {access}; {}{metrics}",
         env!("CARGO_PKG_VERSION"),
         addrs.join(", "),
         server.broker.persist.as_ref().map_or_else(
@@ -100,7 +116,7 @@ async fn wait_for_signal(server: &Server) {
                 _ = term.recv() => return info!("SIGTERM received"),
                 _ = int.recv() => return info!("SIGINT received"),
                 _ = hup.recv() => {
-                    info!("SIGHUP received: reloading certificate, password and ACL files");
+                    info!("SIGHUP received: reloading the configuration, certificate, password and ACL files");
                     server.reload().await;
                 }
             }
@@ -111,21 +127,33 @@ async fn wait_for_signal(server: &Server) {
     }
 }
 
-fn init_logging(config: &Config) {
-    // The storage engine's own progress lines ("creating database", compactions) are noise at
-    // `info`; a filter that names it still decides.
-    let mut directives = config.log_level.clone();
+/// The filter for a `log_level`. The storage engine's own progress lines ("creating
+/// database", compactions) are noise at `info`; a filter that names it still decides.
+fn filter_for(level: &str) -> Result<EnvFilter, String> {
+    let mut directives = level.to_owned();
     if !directives.contains("fjall") && !directives.contains("lsm_tree") {
         directives.push_str(",fjall=warn,lsm_tree=warn");
     }
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    EnvFilter::try_new(&directives).map_err(|e| format!("log_level `{level}`: {e}"))
+}
+
+/// Installs the logger; returns how to change its filter later (a reload).
+fn init_logging(config: &Config) -> SetLogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = filter_for(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    Box::new(move |level: &str| {
+        let filter = filter_for(level)?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

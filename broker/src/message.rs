@@ -29,6 +29,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The session that published it, for No Local; 0 for the broker itself.
     pub origin: SessionId,
+    /// When the broker read it (or restored it): the start of its delivery latency.
+    pub received: Instant,
 }
 
 impl Message {
@@ -54,6 +56,7 @@ impl Message {
             properties,
             expires_at,
             origin,
+            received: now,
         }
     }
 
@@ -80,6 +83,7 @@ impl Message {
             properties,
             expires_at,
             origin,
+            received: now,
         }
     }
 
@@ -125,6 +129,7 @@ impl Message {
             properties: PublishProperties::default(),
             expires_at: None,
             origin: 0,
+            received: Instant::now(),
         }
     }
 }

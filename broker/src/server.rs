@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::listener::tls::ReloadingTls;
 use crate::listener::{self, AddressCounts, ListenerContext, ListenerKind};
 use crate::security::Security;
+use parking_lot::Mutex;
 
 /// A running broker.
 pub struct Server {
@@ -24,7 +25,25 @@ pub struct Server {
     pub listeners: Vec<(ListenerKind, SocketAddr)>,
     /// The addresses of the plain MQTT listeners.
     pub local_addrs: Vec<SocketAddr>,
+    /// The address of the metrics endpoint, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     tls: Option<Arc<ReloadingTls>>,
+    source: Arc<ConfigSource>,
+}
+
+/// Builds the configuration again, as at start.
+pub type BuildConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+/// Applies a new `log_level` to the running logger.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Where a reload reads the configuration from, and how it changes the log filter.
+pub struct ConfigSource {
+    /// Builds the configuration again (file, environment, flags); `None` in embedded use.
+    pub build: Option<BuildConfig>,
+    /// Applies a new `log_level`.
+    pub set_log_level: Option<SetLogLevel>,
+    /// The configuration the last reload applied.
+    current: Mutex<Config>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -40,8 +59,26 @@ impl Server {
             Some(files) => Some(Arc::new(ReloadingTls::load(files).map_err(invalid)?)),
             None => None,
         };
+        let admin_token = config.admin_token().map_err(invalid)?;
+        let admin = match config.metrics_listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
+        };
         let persist = crate::persist::Persist::open(&config).await?;
         let broker = Broker::with_persist(config, security, persist);
+        let metrics_addr = match admin {
+            Some(socket) => {
+                let addr = socket.local_addr()?;
+                // Up before the restore, so that probes see "starting" rather than nothing.
+                tokio::spawn(crate::admin::serve(
+                    socket,
+                    broker.clone(),
+                    admin_token.map(Arc::from),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
         // Everything stored comes back before the first client can connect.
         crate::persist::restore::restore(&broker)
             .await
@@ -67,11 +104,25 @@ impl Server {
             .filter(|(k, _)| *k == ListenerKind::Mqtt)
             .map(|(_, a)| *a)
             .collect();
+        broker
+            .tasks
+            .spawn(crate::limits::memory::watch(broker.clone()));
+        broker.tasks.spawn(crate::sys::run(broker.clone()));
+        broker
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let source = Arc::new(ConfigSource {
+            build: None,
+            set_log_level: None,
+            current: Mutex::new(broker.config.clone()),
+        });
         let server = Server {
             broker,
             listeners,
             local_addrs,
+            metrics_addr,
             tls,
+            source,
         };
         server.spawn_housekeeping();
         Ok(server)
@@ -90,17 +141,35 @@ impl Server {
             .map(|(_, a)| *a)
     }
 
-    /// Re-reads certificates, password and ACL files (SIGHUP). What fails to load is logged
-    /// and the previous version stays in force. The file reads, the TLS build and the walk over
-    /// every subscription run on a blocking thread, not on the runtime.
+    /// Says where reloads read the configuration from (the binary passes its file,
+    /// environment and flags) and how they change the log filter. Call before serving.
+    pub fn set_config_source(&mut self, build: BuildConfig, set_log_level: SetLogLevel) {
+        self.source = Arc::new(ConfigSource {
+            build: Some(build),
+            set_log_level: Some(set_log_level),
+            current: Mutex::new(self.broker.config.clone()),
+        });
+    }
+
+    /// Re-reads the configuration, certificates, password and ACL files (SIGHUP). What fails
+    /// to load is logged and the previous version stays in force; one line says what changed
+    /// and what needs a restart. The file reads, the TLS build and the walk over every
+    /// subscription run on a blocking thread, not on the runtime.
     pub async fn reload(&self) {
-        reload_off_runtime(self.broker.clone(), self.tls.clone()).await;
+        reload_off_runtime(
+            self.broker.clone(),
+            self.tls.clone(),
+            self.source.clone(),
+            true,
+        )
+        .await;
     }
 
     /// Polls the files for changes and forgets expired bans.
     fn spawn_housekeeping(&self) {
         let broker = self.broker.clone();
         let tls = self.tls.clone();
+        let source = self.source.clone();
         let secs = broker.config.reload_interval_secs;
         let shutdown = broker.shutdown.clone();
         self.broker.tasks.spawn(async move {
@@ -113,7 +182,7 @@ impl Server {
                     _ = shutdown.cancelled() => return,
                 }
                 if secs > 0 {
-                    reload_off_runtime(broker.clone(), tls.clone()).await;
+                    reload_off_runtime(broker.clone(), tls.clone(), source.clone(), false).await;
                 }
                 broker.security.prune(Instant::now());
             }
@@ -143,22 +212,97 @@ impl Server {
     }
 }
 
-async fn reload_off_runtime(broker: Arc<Broker>, tls: Option<Arc<ReloadingTls>>) {
-    let done = tokio::task::spawn_blocking(move || reload(&broker, tls.as_deref())).await;
+async fn reload_off_runtime(
+    broker: Arc<Broker>,
+    tls: Option<Arc<ReloadingTls>>,
+    source: Arc<ConfigSource>,
+    asked: bool,
+) {
+    let done =
+        tokio::task::spawn_blocking(move || reload(&broker, tls.as_deref(), &source, asked)).await;
     if let Err(e) = done {
         warn!(error = %e, "reload failed");
     }
 }
 
-fn reload(broker: &Broker, tls: Option<&ReloadingTls>) {
+/// One reload: files, then the configuration; then one line with what changed. `asked`
+/// (SIGHUP) logs the line even when nothing changed.
+fn reload(broker: &Broker, tls: Option<&ReloadingTls>, source: &ConfigSource, asked: bool) {
+    let mut applied: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     if let Some(tls) = tls {
         match tls.reload() {
-            Ok(true) => info!("TLS certificate files reloaded; new handshakes use them"),
+            Ok(true) => {
+                info!("TLS certificate files reloaded; new handshakes use them");
+                applied.push("TLS files".into());
+            }
             Ok(false) => {}
             Err(e) => {
-                warn!(error = %e, "refused the new TLS files; the previous ones stay in force")
+                warn!(error = %e, "refused the new TLS files; the previous ones stay in force");
+                refused.push("TLS files".into());
             }
         }
     }
-    broker.reload_security();
+    let (reloaded, _) = broker.reload_security();
+    if reloaded.passwords {
+        applied.push("password file".into());
+    }
+    if reloaded.acl {
+        applied.push("ACL file".into());
+    }
+    let mut restart: Vec<String> = Vec::new();
+    if let Some(build) = &source.build {
+        match build() {
+            Err(e) => {
+                warn!(error = %e, "refused the new configuration; the settings in force stay");
+                refused.push("configuration".into());
+            }
+            Ok(new) => {
+                let mut current = source.current.lock();
+                let change = crate::reload::diff(&current, &new);
+                let mut log_ok = true;
+                if change.live.iter().any(|k| k == "log_level")
+                    && let Some(set) = &source.set_log_level
+                    && let Err(e) = set(&new.log_level)
+                {
+                    warn!(error = %e, "refused the new log_level; the filter in force stays");
+                    log_ok = false;
+                }
+                broker
+                    .limits
+                    .store(Arc::new(crate::limits::LiveLimits::from_config(&new)));
+                applied.extend(
+                    change
+                        .live
+                        .iter()
+                        .filter(|k| log_ok || k.as_str() != "log_level")
+                        .cloned(),
+                );
+                restart = change.restart;
+                let mut next = new;
+                if !log_ok {
+                    next.log_level = current.log_level.clone();
+                }
+                *current = next;
+            }
+        }
+    }
+    if asked || !applied.is_empty() || !restart.is_empty() || !refused.is_empty() {
+        info!(
+            applied = %list(&applied),
+            needs_restart = %list(&restart),
+            refused = %list(&refused),
+            "reload: applied {}; needs a restart: {}",
+            list(&applied),
+            list(&restart),
+        );
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".into()
+    } else {
+        items.join(", ")
+    }
 }

@@ -11,6 +11,8 @@ mod connect;
 mod durable;
 #[path = "broker/malformed.rs"]
 mod malformed;
+#[path = "broker/operations.rs"]
+mod operations;
 #[path = "broker/publish.rs"]
 mod publish;
 #[path = "broker/retained.rs"]

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::stats::{CommitStats, StoreKind};
 use crate::{QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionStore, StoreError};
 
 /// A batch this large means the broker is busy (see `Committer::run`).
@@ -101,6 +102,7 @@ pub struct Committer {
     degraded: AtomicBool,
     config: CommitterConfig,
     stores: Stores,
+    stats: CommitStats,
 }
 
 impl std::fmt::Debug for Committer {
@@ -123,7 +125,18 @@ impl Committer {
             degraded: AtomicBool::new(false),
             config,
             stores,
+            stats: CommitStats::default(),
         })
+    }
+
+    /// Operations, commit times and errors per store, for the metrics endpoint.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Operations waiting for the next commit.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().ops.len()
     }
 
     /// The stores.
@@ -239,16 +252,17 @@ impl Committer {
         let mut done = [sessions.is_empty(), retained.is_empty(), queue.is_empty()];
         let mut backoff = Duration::from_millis(50);
         loop {
+            let stats = &self.stats;
             let (a, b, c) = tokio::join!(
-                maybe(!done[0], || self
-                    .stores
-                    .sessions
-                    .apply_shared(sessions.clone())),
-                maybe(!done[1], || self
-                    .stores
-                    .retained
-                    .apply_shared(retained.clone())),
-                maybe(!done[2], || self.stores.queue.apply_shared(queue.clone())),
+                timed(!done[0], stats, StoreKind::Sessions, sessions.len(), || {
+                    self.stores.sessions.apply_shared(sessions.clone())
+                }),
+                timed(!done[1], stats, StoreKind::Retained, retained.len(), || {
+                    self.stores.retained.apply_shared(retained.clone())
+                }),
+                timed(!done[2], stats, StoreKind::Queue, queue.len(), || {
+                    self.stores.queue.apply_shared(queue.clone())
+                }),
             );
             let mut failure: Option<StoreError> = None;
             for (i, r) in [a, b, c].into_iter().enumerate() {
@@ -272,11 +286,24 @@ impl Committer {
     }
 }
 
-async fn maybe<F>(run: bool, f: impl FnOnce() -> F) -> Result<(), StoreError>
+/// Runs one store's commit when `run`, and records how it went.
+async fn timed<F>(
+    run: bool,
+    stats: &CommitStats,
+    kind: StoreKind,
+    ops: usize,
+    f: impl FnOnce() -> F,
+) -> Result<(), StoreError>
 where
     F: std::future::Future<Output = Result<(), StoreError>>,
 {
-    if run { f().await } else { Ok(()) }
+    if !run {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    let r = f().await;
+    stats.record(kind, ops, start.elapsed(), r.is_ok());
+    r
 }
 
 fn split(ops: Vec<Op>) -> (Vec<SessionOp>, Vec<RetainedOp>, Vec<QueueOp>) {

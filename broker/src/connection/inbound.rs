@@ -14,8 +14,10 @@ use std::sync::atomic::Ordering;
 use rookery_auth::acl::SubscribeDecision;
 use tracing::{debug, info};
 
-use super::{Close, Conn};
+use super::{Close, Conn, Held};
+use crate::limits::{ClientRate, RateAction};
 use crate::message::Message;
+use crate::metrics::RateLimit;
 use crate::router::topic;
 use crate::router::trie::Subscription;
 use crate::session::inflight::AckError;
@@ -114,10 +116,13 @@ impl Conn {
             self.write_ack_after(None, Packet::PubRec, p.packet_id, reason::SUCCESS, None);
             return Ok(());
         }
-        if !self
-            .broker
-            .security
-            .can_publish(self.username.as_deref(), &self.client_id, &p.topic)
+        // `$SYS` belongs to the broker: no client publishes there, whatever the ACL says.
+        if p.topic.starts_with("$SYS")
+            || !self.broker.security.can_publish(
+                self.username.as_deref(),
+                &self.client_id,
+                &p.topic,
+            )
         {
             return self.deny_publish(&p);
         }
@@ -158,6 +163,7 @@ impl Conn {
             return Ok(());
         }
         let packet_id = p.packet_id;
+        let payload_len = p.payload.len();
         let message = Arc::new(Message::from_publish(p, self.session.id, Instant::now()));
         let routed = self.broker.route(&message);
         if routed.refused {
@@ -192,6 +198,34 @@ impl Conn {
             QoS::AtLeastOnce => self.write_ack_after(ticket, Packet::PubAck, packet_id, code, None),
             QoS::ExactlyOnce => self.write_ack_after(ticket, Packet::PubRec, packet_id, code, None),
         }
+        self.apply_limits(payload_len)
+    }
+
+    /// After a PUBLISH: the client's rate limits and the broker's memory mark decide whether
+    /// (and how long) it is read no more. The message itself is already taken.
+    fn apply_limits(&mut self, payload_len: usize) -> Result<(), Close> {
+        let metrics = &self.broker.metrics;
+        if self.broker.memory.is_high() {
+            metrics.rate_limited(RateLimit::Memory);
+            self.held = Some(Held::Memory);
+            return Ok(());
+        }
+        let limits = self.broker.limits.load();
+        if !limits.limits_publishers() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let rate = self
+            .rate
+            .get_or_insert_with(|| Box::new(ClientRate::new(&limits, now)));
+        let Some((wait, which)) = rate.take(&limits, payload_len, now) else {
+            return Ok(());
+        };
+        metrics.rate_limited(which);
+        if self.protocol.is_v5() && limits.action == RateAction::Disconnect {
+            return Err(Close::Kicked(reason::MESSAGE_RATE_TOO_HIGH));
+        }
+        self.held = Some(Held::Rate(tokio::time::Instant::from_std(now + wait)));
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::broker::Broker;
 use crate::listener::ListenerKind;
-use crate::metrics::LocalCounts;
+use crate::metrics::{LocalCounts, RefuseReason};
 use crate::security::authenticate::{admit, authenticate};
 use crate::session::{Control, PendingWill, Session, SessionState};
 use source::{Reader, Source};
@@ -162,6 +162,7 @@ where
                 .metrics
                 .connect_timeouts_total
                 .fetch_add(1, Ordering::Relaxed);
+            broker.metrics.refused(RefuseReason::Timeout);
             debug!("no CONNECT within {}s", deadline.as_secs());
             return None;
         }
@@ -175,10 +176,7 @@ where
             } else {
                 (Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION)
             };
-            broker
-                .metrics
-                .connects_refused_total
-                .fetch_add(1, Ordering::Relaxed);
+            broker.metrics.refused(RefuseReason::UnsupportedProtocol);
             info!(level, "refused CONNECT: unsupported protocol level");
             let packet = Packet::ConnAck(rookery_codec::ConnAck {
                 code,
@@ -192,6 +190,7 @@ where
                 .metrics
                 .protocol_errors_total
                 .fetch_add(1, Ordering::Relaxed);
+            broker.metrics.refused(RefuseReason::Malformed);
             info!(error = %e, "closing connection before CONNECT");
             // MQTT 5.0 section 3.1.4: a 5.0 client may be told why in a CONNACK; 3.1.1 has no
             // return code for a malformed CONNECT and just sees the connection close.
@@ -261,8 +260,10 @@ where
     } else {
         broker.config.max_inflight
     };
+    broker.metrics.client_connected(info.listener, protocol);
     let mut conn = Conn {
         protocol,
+        listener: info.listener,
         session: accepted.session,
         state: accepted.attachment.state,
         generation: accepted.attachment.generation,
@@ -285,10 +286,13 @@ where
         problem_info: props.request_problem_information != Some(0),
         wbuf: BytesMut::new(),
         counts: LocalCounts::default(),
+        reported_inflight: 0,
         out_pending: true,
         resend_backlog: VecDeque::new(),
         congested: None,
         deferred: None,
+        held: None,
+        rate: None,
         broker,
     };
     conn.persist_connect(accepted.attachment.session_present);
@@ -357,8 +361,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
 ) {
     broker
         .metrics
-        .connects_refused_total
-        .fetch_add(1, Ordering::Relaxed);
+        .refused(RefuseReason::from_code(refusal.code));
     info!(code = refusal.code, why = refusal.why, "refused CONNECT");
     if let Some(connack) = connect::refusal_connack(protocol, refusal) {
         send_and_close(writer, &Packet::ConnAck(connack), protocol).await;
@@ -383,6 +386,8 @@ async fn send_and_close<W: AsyncWrite + Unpin>(
 pub(crate) struct Conn {
     broker: Arc<Broker>,
     protocol: Protocol,
+    /// The listener it came in on (metrics).
+    listener: ListenerKind,
     session: Arc<Session>,
     state: SessionState,
     generation: u64,
@@ -410,6 +415,8 @@ pub(crate) struct Conn {
     problem_info: bool,
     wbuf: BytesMut,
     counts: LocalCounts,
+    /// The in-flight count last added to the broker-wide gauge.
+    reported_inflight: u32,
     /// The session queue may hold deliveries we have not taken yet.
     out_pending: bool,
     /// Packet ids left in flight by the previous connection, not yet resent on this one.
@@ -419,6 +426,28 @@ pub(crate) struct Conn {
     congested: Option<Arc<Session>>,
     /// Writes waiting for a commit (`sync` durability); made on first use.
     deferred: Option<Box<durable::Deferred>>,
+    /// Reads paused by a limit (publish rate, memory high-water mark).
+    held: Option<Held>,
+    /// Publish rate buckets, made on the first PUBLISH while rate limits are on.
+    rate: Option<Box<crate::limits::ClientRate>>,
+}
+
+/// Why and until when a connection is not read (besides backpressure and the store).
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Over its publish rate: not read until then.
+    Rate(tokio::time::Instant),
+    /// The broker is above its memory high-water mark.
+    Memory,
+}
+
+/// Waits until a hold ends.
+async fn hold_ends(held: Option<Held>, broker: &Broker) {
+    match held {
+        Some(Held::Rate(until)) => tokio::time::sleep_until(until).await,
+        Some(Held::Memory) => broker.memory.wait_open().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -453,7 +482,7 @@ impl Conn {
                 self.drain_queue();
             }
             if !self.wbuf.is_empty() {
-                self.counts.flush(&self.broker.metrics);
+                self.flush_counts();
             } else if self.wbuf.capacity() > 0 {
                 // Hold no write buffer while idle.
                 self.wbuf = BytesMut::new();
@@ -462,6 +491,7 @@ impl Conn {
             // past the Receive Maximum the publisher is not read until they are released.
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER
                 && self.congested.is_none()
+                && self.held.is_none()
                 && !self.deferred_full();
             let wait_queue = !self.out_pending;
             tokio::select! {
@@ -494,6 +524,8 @@ impl Conn {
                     if let Err(close) = self.decode_all(&mut rbuf) {
                         return close;
                     }
+                    // Once per read batch (a QoS 0 publisher may never be written to).
+                    self.flush_counts();
                     if rbuf.is_empty() {
                         // Decoded packets hold slices of this buffer; let them own it, and
                         // keep no read buffer while the connection is idle.
@@ -525,12 +557,19 @@ impl Conn {
                         return close;
                     }
                 },
+                _ = hold_ends(self.held, &self.broker), if self.held.is_some() => {
+                    self.held = None;
+                    last_read = Instant::now();
+                    if let Err(close) = self.decode_all(&mut rbuf) {
+                        return close;
+                    }
+                },
                 _ = &mut ka_timer => {
                     let Some(limit) = keep_alive else {
                         ka_timer.as_mut().reset(tokio::time::Instant::now() + far);
                         continue;
                     };
-                    if self.congested.is_some() || self.deferred_full() {
+                    if self.congested.is_some() || self.held.is_some() || self.deferred_full() {
                         // Paused by backpressure: we are the ones not reading.
                         last_read = Instant::now();
                     }
@@ -550,7 +589,7 @@ impl Conn {
             match rookery_codec::decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     self.handle(packet)?;
-                    if self.congested.is_some() || self.deferred_full() {
+                    if self.congested.is_some() || self.held.is_some() || self.deferred_full() {
                         // Leave the rest in the buffer until the congested queue drains or
                         // the store catches up.
                         return Ok(());
@@ -627,6 +666,12 @@ impl Conn {
             .await;
         }
         self.counts.flush(&broker.metrics);
+        broker.metrics.client_gone(self.listener, self.protocol);
+        // Its in-flight messages are parked with the session now.
+        broker
+            .metrics
+            .inflight
+            .fetch_sub(i64::from(self.reported_inflight), Ordering::Relaxed);
 
         // The will: published unless the client said a normal DISCONNECT. MQTT 5.0 section 3.1.2.5.
         let will = self.will.take();
@@ -703,6 +748,20 @@ impl Conn {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Adds this connection's counts to the broker's, with the change in its in-flight count.
+    fn flush_counts(&mut self) {
+        self.counts.flush(&self.broker.metrics);
+        let now = u32::try_from(self.state.outgoing.len()).unwrap_or(u32::MAX);
+        if now != self.reported_inflight {
+            let delta = i64::from(now) - i64::from(self.reported_inflight);
+            self.broker
+                .metrics
+                .inflight
+                .fetch_add(delta, Ordering::Relaxed);
+            self.reported_inflight = now;
         }
     }
 

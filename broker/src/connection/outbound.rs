@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 use rookery_codec::encode::{PublishView, encode_publish};
 use rookery_codec::{Ack, Packet, QoS, reason};
+use rookery_store::stats::LocalHistogram;
 use smallvec::SmallVec;
 
 use super::{Conn, DRAIN_BATCH, WRITE_HIGH_WATER};
@@ -18,6 +19,13 @@ impl Conn {
     /// the in-flight window is full or the buffer reaches its high-water mark.
     pub(super) fn drain_queue(&mut self) {
         let now = Instant::now();
+        // Merged into the broker's histogram once per drain, not once per delivery.
+        let mut latency = LocalHistogram::default();
+        self.drain_queue_at(now, &mut latency);
+        self.broker.metrics.delivery_latency.merge(&latency);
+    }
+
+    fn drain_queue_at(&mut self, now: Instant, latency: &mut LocalHistogram) {
         if !self.resend_backlog.is_empty() {
             // Messages left in flight by the last connection go first, in their order.
             self.resend_from_backlog(now);
@@ -53,6 +61,7 @@ impl Conn {
                 self.session.space.notify_waiters();
             }
             for delivery in batch {
+                latency.observe(now.saturating_duration_since(delivery.message.received));
                 self.send_delivery(delivery, now);
             }
             if empty {

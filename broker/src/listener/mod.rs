@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::connection::{self, ConnInfo};
+use crate::limits::bucket::TokenBucket;
+use crate::metrics::{RateLimit, RefuseReason, listener_index};
 
 /// The kinds of listener.
 #[derive(
@@ -153,12 +155,25 @@ pub struct ListenerContext {
 }
 
 /// Accepts connections until shutdown. At `max_connections` open connections on this listener
-/// it stops accepting (new clients wait in the kernel's backlog) until one closes.
+/// it stops accepting (new clients wait in the kernel's backlog) until one closes; past
+/// `max_connection_rate` new connections per second it waits before accepting the next.
 pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext) {
     let broker = ctx.broker.clone();
     let limit = Arc::new(Semaphore::new(broker.config.max_connections));
     let shutdown = broker.shutdown.clone();
+    let burst = f64::from(broker.limits.load().max_connection_rate);
+    let mut rate = TokenBucket::new(burst, std::time::Instant::now());
     loop {
+        let per_sec = f64::from(broker.limits.load().max_connection_rate);
+        if per_sec > 0.0
+            && let Some(wait) = rate.take(1.0, per_sec, per_sec, std::time::Instant::now())
+        {
+            broker.metrics.rate_limited(RateLimit::ConnectionRate);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -179,6 +194,8 @@ pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext
                 continue;
             }
         };
+        broker.metrics.connection_attempts_total[listener_index(spec.kind)]
+            .fetch_add(1, Ordering::Relaxed);
         // Latency over throughput per packet: our own batching already coalesces writes.
         let _ = socket.set_nodelay(true);
         if spec.kind == ListenerKind::Mqtt && !spec.proxy_protocol {
@@ -340,10 +357,7 @@ fn admit_address(ctx: &ListenerContext, ip: IpAddr, kind: ListenerKind) -> Optio
     let limit = broker.config.max_connections_per_address;
     let guard = ctx.addresses.try_add(ip, limit);
     if guard.is_none() {
-        broker
-            .metrics
-            .connects_refused_total
-            .fetch_add(1, Ordering::Relaxed);
+        broker.metrics.refused(RefuseReason::ServerBusy);
         info!(peer = %ip, listener = %kind, limit, "refused connection: too many from this address");
     }
     guard
@@ -362,11 +376,21 @@ async fn within<T>(
 }
 
 fn note_setup_failure(broker: &Broker, info: &ConnInfo, e: &SetupError) {
-    let counter = match e {
-        SetupError::Tls(_) => &broker.metrics.tls_handshake_failures_total,
-        SetupError::Timeout => &broker.metrics.connect_timeouts_total,
-        _ => &broker.metrics.protocol_errors_total,
+    let (counter, why) = match e {
+        SetupError::Tls(_) => (
+            &broker.metrics.tls_handshake_failures_total,
+            RefuseReason::TlsHandshake,
+        ),
+        SetupError::Timeout => (
+            &broker.metrics.connect_timeouts_total,
+            RefuseReason::Timeout,
+        ),
+        _ => (
+            &broker.metrics.protocol_errors_total,
+            RefuseReason::Malformed,
+        ),
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    broker.metrics.refused(why);
     info!(peer = %info.peer, listener = %info.listener, error = %e, "connection closed before MQTT");
 }

@@ -208,7 +208,10 @@ pub fn admit(
         .flapping_addr
         .record(&address_key(info.peer.ip()), now);
     if let Some(until) = by_id.or(by_addr) {
-        broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);
+        broker
+            .metrics
+            .bans_flapping_total
+            .fetch_add(1, Ordering::Relaxed);
         warn!(client_id = %connect.client_id, by_address = by_id.is_none(),
             ban_secs = until.saturating_duration_since(now).as_secs(),
             "flapping: too many connections in the window; banned");
@@ -285,7 +288,10 @@ fn failed(
     }
     info!(peer = %info.peer, username = user_key.map_or("", |k| &k[5..]), why, "authentication failed");
     if let Some((key, until)) = banned {
-        broker.metrics.bans_total.fetch_add(1, Ordering::Relaxed);
+        broker
+            .metrics
+            .bans_auth_total
+            .fetch_add(1, Ordering::Relaxed);
         warn!(
             key,
             ban_secs = until.saturating_duration_since(now).as_secs(),

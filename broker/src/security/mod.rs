@@ -301,6 +301,7 @@ impl Security {
     }
 
     /// The ACL's answer to a subscription filter (without any `$share/group/` prefix).
+    /// `$SYS` is readable only where an ACL grants it: without an ACL file it is refused.
     pub fn check_subscribe(
         &self,
         username: Option<&str>,
@@ -308,6 +309,7 @@ impl Security {
         filter: &str,
     ) -> SubscribeDecision {
         match &*self.acl.load() {
+            None if filter.starts_with("$SYS") => SubscribeDecision::Denied,
             None => SubscribeDecision::Allowed {
                 check_each_message: false,
             },

@@ -14,14 +14,14 @@ async fn wildcards_match_and_dollar_topics_need_explicit_filters() {
     let (mut plus, _) = Raw::connect(server.addr(), Protocol::V311, "plus", true).await;
     plus.subscribe("+/b/+", QoS::AtMostOnce).await;
     let (mut sys, _) = Raw::connect(server.addr(), Protocol::V311, "sys", true).await;
-    sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    sys.subscribe("$app/#", QoS::AtMostOnce).await;
     let (mut publ, _) = Raw::connect(server.addr(), Protocol::V311, "p", true).await;
     publ.publish("a/b/c", b"1", QoS::AtMostOnce, false, 0).await;
-    publ.publish("$SYS/x", b"2", QoS::AtMostOnce, false, 0)
+    publ.publish("$app/x", b"2", QoS::AtMostOnce, false, 0)
         .await;
     assert_eq!(&all.recv_publish().await.topic[..], "a/b/c");
     assert_eq!(&plus.recv_publish().await.topic[..], "a/b/c");
-    assert_eq!(&sys.recv_publish().await.topic[..], "$SYS/x");
+    assert_eq!(&sys.recv_publish().await.topic[..], "$app/x");
     all.expect_silence(Duration::from_millis(150)).await;
     plus.expect_silence(Duration::from_millis(10)).await;
 }

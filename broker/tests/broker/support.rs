@@ -24,6 +24,8 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
         node_id: "test".into(),
         // In memory unless a test asks for a store (and gives it a directory of its own).
         durability: rookery_broker::config::DurabilityMode::None,
+        // No `$SYS` messages unless a test asks: they would count as retained messages.
+        sys_interval: 0,
         ..Config::default()
     };
     tweak(&mut config);
