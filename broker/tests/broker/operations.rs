@@ -14,53 +14,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// One HTTP/1.1 request over a fresh connection: (status, body).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Every sample of a scrape, `name{labels}` to value (label order as exported).
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = http(addr, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200, "{body}");
-    // A chunked body: keep only sample lines.
-    body.lines()
-        .filter(|l| l.starts_with("rookery_") || l.starts_with("process_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no sample {key} in {:?}", m.keys().collect::<Vec<_>>()))
-}
-
 async fn start_with_metrics(
     tweak: impl FnOnce(&mut Config),
 ) -> (rookery_broker::Server, SocketAddr) {

@@ -292,3 +292,103 @@ async fn one_user_cannot_take_over_or_resume_another_users_session() {
         .expect_silence(std::time::Duration::from_millis(300))
         .await;
 }
+
+#[tokio::test]
+async fn bans_are_counted_listed_and_lifted_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland")]);
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123456789\n").unwrap();
+    let server = start(|c| {
+        c.password_file = Some(file);
+        c.auth_fail_max = 2;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_token_file = Some(token_file);
+    })
+    .await;
+    let (addr, admin) = (server.addr(), server.metrics_addr.unwrap());
+    for i in 0..3 {
+        let (_r, ack) = Raw::try_connect(
+            addr,
+            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
+        )
+        .await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    }
+    let (_r, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V311, "ok", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, 5, "3.1.1 has no 'banned': not authorized");
+
+    let m = scrape(admin).await;
+    assert_eq!(value(&m, "rookery_auth_failures_total"), 3.0);
+    assert_eq!(
+        value(
+            &m,
+            "rookery_connects_refused_total{reason=\"bad_credentials\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&m, "rookery_connects_refused_total{reason=\"banned\"}"),
+        1.0
+    );
+    assert!(value(&m, "rookery_bans_total{reason=\"auth\"}") >= 1.0);
+    assert_eq!(
+        value(&m, "rookery_bans_active"),
+        2.0,
+        "address and username"
+    );
+
+    // Without the token, nothing.
+    assert_eq!(http(admin, "GET", "/api/v1/bans", &[]).await.0, 401);
+    let wrong = [("Authorization", "Bearer guess-guess-guess-guess")];
+    assert_eq!(http(admin, "GET", "/api/v1/bans", &wrong).await.0, 401);
+    let auth = [("Authorization", "Bearer s3cret-admin-token-0123456789")];
+    let (status, body) = http(admin, "GET", "/api/v1/bans", &auth).await;
+    assert_eq!(status, 200);
+    let bans: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"addr/127.0.0.1"), "{body}");
+    assert!(keys.contains(&"user/alice"), "{body}");
+    assert!(bans[0]["expires_in_secs"].as_u64().unwrap() > 200);
+
+    for key in ["addr/127.0.0.1", "user/alice"] {
+        let path = format!("/api/v1/bans/{key}");
+        assert_eq!(http(admin, "DELETE", &path, &auth).await.0, 204);
+        assert_eq!(http(admin, "DELETE", &path, &auth).await.0, 404);
+    }
+    let (_r, ack) = Raw::try_connect(
+        addr,
+        login(Protocol::V5, "ok", Some("alice"), Some("wonderland")),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(value(&scrape(admin).await, "rookery_bans_active"), 0.0);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_without_a_token_file() {
+    let server = start(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let admin = server.metrics_addr.unwrap();
+    let (status, body) = http(admin, "GET", "/api/v1/bans", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("admin_token_file"), "{body}");
+    // A token file too short to be a secret is a configuration error naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("t");
+    std::fs::write(&short, "abc").unwrap();
+    let c = rookery_broker::Config {
+        admin_token_file: Some(short),
+        ..rookery_broker::Config::default()
+    };
+    let err = c.admin_token().unwrap_err().to_string();
+    assert!(err.contains("admin_token_file"), "{err}");
+}
