@@ -474,3 +474,49 @@ async fn a_reload_applies_live_limits_and_keeps_the_old_ones_on_a_bad_file() {
     assert_eq!(levels.lock().len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exported_metric_is_documented_and_every_documented_one_exported() {
+    // With a store, so that the store metrics are exported too.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let (server, metrics) = start_with_metrics(move |c| {
+        c.durability = rookery_broker::config::DurabilityMode::Sync;
+        c.data_dir = data;
+    })
+    .await;
+    let (status, body) = http(metrics, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    let exported: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(exported.len() > 40, "{exported:?}");
+    let doc = include_str!("../../../docs/operations.md");
+    let table = doc
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let documented: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| rookery_") || l.starts_with("| process_"))
+        .filter(|l| !l.contains("(clustering, later)"))
+        .filter_map(|l| l.split('|').nth(1))
+        .map(str::trim)
+        .collect();
+    for name in &exported {
+        assert!(
+            documented.contains(name),
+            "{name} is exported but not in docs/operations.md"
+        );
+    }
+    for name in &documented {
+        assert!(
+            exported.contains(name),
+            "{name} is in docs/operations.md but not exported"
+        );
+    }
+    server.shutdown().await;
+}
