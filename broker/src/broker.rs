@@ -75,8 +75,10 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Background tasks (connections, timers) to wait for at shutdown.
     pub tasks: TaskTracker,
-    /// Rate limits and the memory mark in force (swapped on reload).
+    /// Rate limits and the memory mark in force (swapped with [`Broker::set_limits`]).
     pub limits: ArcSwap<LiveLimits>,
+    /// Whether `limits` limits publishers at all: one load on every PUBLISH.
+    publish_limits: AtomicBool,
     /// Shut while queued bytes are above the memory high-water mark.
     pub memory: MemoryGate,
     /// True once every listener is up and state is restored, false again while draining.
@@ -112,12 +114,25 @@ impl Broker {
             persist,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            publish_limits: AtomicBool::new(limits.load().limits_publishers()),
             limits,
             memory: MemoryGate::default(),
             ready: AtomicBool::new(false),
             push_policy,
             started: Instant::now(),
         })
+    }
+
+    /// Puts new limits in force (a reload).
+    pub fn set_limits(&self, limits: LiveLimits) {
+        self.publish_limits
+            .store(limits.limits_publishers(), Ordering::Relaxed);
+        self.limits.store(Arc::new(limits));
+    }
+
+    /// True when publish rate limits are on (cheaper than loading them).
+    pub fn publish_limits_on(&self) -> bool {
+        self.publish_limits.load(Ordering::Relaxed)
     }
 
     /// Time since the broker started.

@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::listener::tls::ReloadingTls;
 use crate::listener::{self, AddressCounts, ListenerContext, ListenerKind};
 use crate::security::Security;
+use crate::security::cluster_bans::{self, ClusterBans};
 use parking_lot::Mutex;
 
 /// A running broker.
@@ -65,7 +66,21 @@ impl Server {
             None => None,
         };
         let persist = crate::persist::Persist::open(&config).await?;
+        let (redis_url, _) = config.store_urls().map_err(invalid)?;
         let broker = Broker::with_persist(config, security, persist);
+        if let Some(url) = redis_url {
+            // Failed logins and flapping count cluster-wide: a load balancer spreading an
+            // attacker over the nodes does not spread the count.
+            let store =
+                rookery_store::redis_bans::RedisBans::new(&url, &broker.config.cluster_name)
+                    .map_err(invalid)?;
+            let bans = ClusterBans::new(store);
+            bans.sync().await;
+            broker.security.share_bans(bans.clone());
+            broker
+                .tasks
+                .spawn(cluster_bans::run_sync(bans, broker.shutdown.clone()));
+        }
         let metrics_addr = match admin {
             Some(socket) => {
                 let addr = socket.local_addr()?;
@@ -268,9 +283,7 @@ fn reload(broker: &Broker, tls: Option<&ReloadingTls>, source: &ConfigSource, as
                     warn!(error = %e, "refused the new log_level; the filter in force stays");
                     log_ok = false;
                 }
-                broker
-                    .limits
-                    .store(Arc::new(crate::limits::LiveLimits::from_config(&new)));
+                broker.set_limits(crate::limits::LiveLimits::from_config(&new));
                 applied.extend(
                     change
                         .live

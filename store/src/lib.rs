@@ -21,6 +21,7 @@ mod error;
 pub mod postgres;
 mod record;
 pub mod redis;
+pub mod redis_bans;
 pub mod stats;
 
 use std::future::Future;

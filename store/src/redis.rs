@@ -72,18 +72,10 @@ impl RedisSessionStore {
     /// [module documentation](self)) for the cluster named `cluster_name`. Fails with
     /// [`StoreError::Unavailable`] if Redis cannot be reached now.
     pub async fn connect(url: &str, cluster_name: &str) -> StoreResult<Self> {
-        let target = Target::parse(url)?;
         let store = RedisSessionStore {
             key_prefix: format!("rookery:{cluster_name}:session:"),
             index_key: format!("rookery:{cluster_name}:sessions"),
-            connector: Connector {
-                target,
-                current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-                config: AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT)),
-            },
+            connector: Connector::new(url)?,
         };
         store.connector.connection().await.map_err(map_error)?;
         Ok(store)
@@ -99,36 +91,13 @@ impl RedisSessionStore {
         &self.index_key
     }
 
-    /// Runs `f` on the current connection; on a transient failure replaces the connection and
-    /// runs it once more.
+    /// Runs `f` on the current connection (see [`Connector::run`]).
     async fn run<T, F, Fut>(&self, f: F) -> StoreResult<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let mut last = None;
-        for _ in 0..2 {
-            let result = match self.connector.connection().await {
-                Ok(connection) => f(connection).await,
-                Err(error) => Err(error),
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(error) if is_transient(&error) => {
-                    tracing::debug!(%error, "redis: replacing the connection");
-                    self.connector.reset();
-                    last = Some(error);
-                }
-                Err(error) => return Err(map_error(error)),
-            }
-        }
-        Err(last.map_or_else(
-            || StoreError::Unavailable {
-                store: STORE,
-                message: "no connection".into(),
-            },
-            map_error,
-        ))
+        self.connector.run(f).await
     }
 
     async fn apply_ops(&self, ops: &[SessionOp]) -> StoreResult<()> {
@@ -435,8 +404,9 @@ impl Target {
     }
 }
 
-/// One multiplexed connection, made on demand and replaced after a failure.
-struct Connector {
+/// One multiplexed connection, made on demand and replaced after a failure. Shared by the
+/// session store and [`crate::redis_bans`].
+pub(crate) struct Connector {
     target: Target,
     current: Mutex<Option<MultiplexedConnection>>,
     /// Held while connecting, so that concurrent callers wait for one new connection.
@@ -445,7 +415,51 @@ struct Connector {
 }
 
 impl Connector {
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// A connector for `url` (not connected yet).
+    pub(crate) fn new(url: &str) -> StoreResult<Connector> {
+        Ok(Connector {
+            target: Target::parse(url)?,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(TIMEOUT))
+                .set_response_timeout(Some(TIMEOUT)),
+        })
+    }
+
+    /// Runs `f` on the current connection; on a transient failure replaces the connection and
+    /// runs it once more. `f` must be idempotent.
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> StoreResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let mut last = None;
+        for _ in 0..2 {
+            let result = match self.connection().await {
+                Ok(connection) => f(connection).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(error) if is_transient(&error) => {
+                    tracing::debug!(%error, "redis: replacing the connection");
+                    self.reset();
+                    last = Some(error);
+                }
+                Err(error) => return Err(map_error(error)),
+            }
+        }
+        Err(last.map_or_else(
+            || StoreError::Unavailable {
+                store: STORE,
+                message: "no connection".into(),
+            },
+            map_error,
+        ))
+    }
+
+    pub(crate) async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
         if let Some(connection) = self.current.lock().clone() {
             return Ok(connection);
         }

@@ -34,24 +34,57 @@ pub struct HistogramSnapshot {
     pub buckets: Vec<(f64, u64)>,
 }
 
+/// [`LATENCY_BUCKETS`] in nanoseconds: the hot path compares integers.
+const BUCKETS_NS: [u64; 18] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
+
 /// The bucket a duration falls in.
+#[inline]
 pub fn bucket_of(d: Duration) -> usize {
-    let secs = d.as_secs_f64();
-    LATENCY_BUCKETS
-        .iter()
-        .position(|&le| secs <= le)
-        .unwrap_or(LATENCY_BUCKETS.len())
+    bucket_of_ns(nanos(d))
+}
+
+#[inline]
+fn bucket_of_ns(ns: u64) -> usize {
+    // Most observations are short: a scan from the bottom ends in a few comparisons.
+    let mut i = 0;
+    while i < BUCKETS_NS.len() && ns > BUCKETS_NS[i] {
+        i += 1;
+    }
+    i
 }
 
 impl Histogram {
     /// Records one duration.
     pub fn observe(&self, d: Duration) {
-        self.counts[bucket_of(d)].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(nanos(d), Ordering::Relaxed);
+        let ns = nanos(d);
+        self.counts[bucket_of_ns(ns)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Adds a batch observed elsewhere (see [`LocalHistogram`]).
     pub fn merge(&self, local: &LocalHistogram) {
+        if local.observed == 0 {
+            return;
+        }
         for (i, &n) in local.counts.iter().enumerate() {
             if n > 0 {
                 self.counts[i].fetch_add(u64::from(n), Ordering::Relaxed);
@@ -86,18 +119,25 @@ impl Histogram {
 pub struct LocalHistogram {
     counts: [u32; LATENCY_BUCKETS.len() + 1],
     sum_ns: u64,
+    observed: u32,
 }
 
 impl LocalHistogram {
     /// Records one duration.
+    #[inline]
     pub fn observe(&mut self, d: Duration) {
-        self.counts[bucket_of(d)] += 1;
-        self.sum_ns += nanos(d);
+        let ns = nanos(d);
+        self.counts[bucket_of_ns(ns)] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.observed += 1;
     }
 }
 
+#[inline]
 fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// Which of the three stores.
@@ -183,6 +223,16 @@ mod tests {
         assert_eq!(s.buckets.iter().map(|b| b.1).sum::<u64>(), 4);
         assert_eq!(*s.buckets.last().unwrap(), (f64::INFINITY, 1));
         assert!((s.sum - 60.00191).abs() < 1e-9, "{}", s.sum);
+    }
+
+    #[test]
+    fn the_integer_buckets_are_the_published_bounds() {
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            assert_eq!(BUCKETS_NS[i], (le * 1e9).round() as u64);
+            let d = Duration::from_nanos(BUCKETS_NS[i]);
+            assert_eq!(bucket_of(d), i, "the bound itself is inside");
+            assert_eq!(bucket_of(d + Duration::from_nanos(1)), i + 1);
+        }
     }
 
     #[test]

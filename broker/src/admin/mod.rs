@@ -116,7 +116,7 @@ async fn route(
             if let Err(refused) = authorize(&req, token) {
                 return *refused;
             }
-            api(req.method(), p, broker)
+            api(req.method(), p, broker).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -175,7 +175,7 @@ fn authorize(
     }
 }
 
-fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Bytes>> {
+async fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match (method, path) {
         (&Method::GET, "/api/v1/bans") => {
@@ -194,7 +194,7 @@ fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Bytes>> {
         }
         (&Method::DELETE, p) if p.starts_with("/api/v1/bans/") => {
             let key = percent_decode(&p["/api/v1/bans/".len()..]);
-            if broker.security.clear_ban(&key) {
+            if broker.security.clear_ban_everywhere(&key).await {
                 info!(key, "ban lifted through the admin API");
                 Response::builder()
                     .status(StatusCode::NO_CONTENT)

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use rookery_auth::acl::SubscribeDecision;
 use tracing::{debug, info};
 
-use super::{Close, Conn, Held};
+use super::{Close, Conn, hold_for_memory, hold_until};
 use crate::limits::{ClientRate, RateAction};
 use crate::message::Message;
 use crate::metrics::RateLimit;
@@ -207,13 +207,13 @@ impl Conn {
         let metrics = &self.broker.metrics;
         if self.broker.memory.is_high() {
             metrics.rate_limited(RateLimit::Memory);
-            self.held = Some(Held::Memory);
+            self.held = Some(hold_for_memory(self.broker.clone()));
+            return Ok(());
+        }
+        if !self.broker.publish_limits_on() {
             return Ok(());
         }
         let limits = self.broker.limits.load();
-        if !limits.limits_publishers() {
-            return Ok(());
-        }
         let now = Instant::now();
         let rate = self
             .rate
@@ -225,7 +225,7 @@ impl Conn {
         if self.protocol.is_v5() && limits.action == RateAction::Disconnect {
             return Err(Close::Kicked(reason::MESSAGE_RATE_TOO_HIGH));
         }
-        self.held = Some(Held::Rate(tokio::time::Instant::from_std(now + wait)));
+        self.held = Some(hold_until(tokio::time::Instant::from_std(now + wait)));
         Ok(())
     }
 

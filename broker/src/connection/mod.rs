@@ -230,7 +230,7 @@ where
         connect.client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));
         tracing::Span::current().record("client_id", field::display(&connect.client_id));
     }
-    if let Err(refusal) = admit(&broker, &connect, &info, assigned, &identity) {
+    if let Err(refusal) = admit(&broker, &connect, &info, assigned, &identity).await {
         refuse(&broker, writer, protocol, &refusal).await;
         return None;
     }
@@ -426,26 +426,31 @@ pub(crate) struct Conn {
     congested: Option<Arc<Session>>,
     /// Writes waiting for a commit (`sync` durability); made on first use.
     deferred: Option<Box<durable::Deferred>>,
-    /// Reads paused by a limit (publish rate, memory high-water mark).
-    held: Option<Held>,
+    /// Reads paused by a limit (publish rate, memory high-water mark) until this completes.
+    /// Boxed, and only while held: the wait (a timer) would otherwise size every
+    /// connection's task for its whole life.
+    held: Option<Hold>,
     /// Publish rate buckets, made on the first PUBLISH while rate limits are on.
     rate: Option<Box<crate::limits::ClientRate>>,
 }
 
-/// Why and until when a connection is not read (besides backpressure and the store).
-#[derive(Debug, Clone, Copy)]
-enum Held {
-    /// Over its publish rate: not read until then.
-    Rate(tokio::time::Instant),
-    /// The broker is above its memory high-water mark.
-    Memory,
+/// The end of a pause imposed by a limit (besides backpressure and the store).
+type Hold = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A hold until `until` (a publish rate).
+fn hold_until(until: tokio::time::Instant) -> Hold {
+    Box::pin(tokio::time::sleep_until(until))
 }
 
-/// Waits until a hold ends.
-async fn hold_ends(held: Option<Held>, broker: &Broker) {
+/// A hold until the memory gate opens (or a second passes).
+fn hold_for_memory(broker: Arc<Broker>) -> Hold {
+    Box::pin(async move { broker.memory.wait_open().await })
+}
+
+/// Waits until the hold ends.
+async fn hold_ends(held: &mut Option<Hold>) {
     match held {
-        Some(Held::Rate(until)) => tokio::time::sleep_until(until).await,
-        Some(Held::Memory) => broker.memory.wait_open().await,
+        Some(f) => f.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -557,7 +562,7 @@ impl Conn {
                         return close;
                     }
                 },
-                _ = hold_ends(self.held, &self.broker), if self.held.is_some() => {
+                _ = hold_ends(&mut self.held), if self.held.is_some() => {
                     self.held = None;
                     last_read = Instant::now();
                     if let Err(close) = self.decode_all(&mut rbuf) {

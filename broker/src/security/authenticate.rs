@@ -27,6 +27,7 @@ use rookery_codec::{Connect, reason};
 use tracing::{info, warn};
 
 use super::Security;
+use super::cluster_bans::Kind;
 use crate::broker::Broker;
 use crate::connection::ConnInfo;
 use crate::connection::connect::Refusal;
@@ -104,13 +105,7 @@ pub async fn authenticate(
         }
     } else if let (Some(passwords), Some(username)) = (security.passwords(), &connect.username) {
         let Some(password) = &connect.password else {
-            return Err(failed(
-                broker,
-                info,
-                &addr_key,
-                user_key.as_deref(),
-                "no password",
-            ));
+            return Err(failed(broker, info, &addr_key, user_key.as_deref(), "no password").await);
         };
         // Bounded: under a flood of logins, clients wait at most the connect timeout for a
         // hashing slot, then get "server busy".
@@ -139,16 +134,13 @@ pub async fn authenticate(
                     &addr_key,
                     user_key.as_deref(),
                     "wrong password",
-                ));
+                )
+                .await);
             }
             Ok(Verify::UnknownUser) => {
-                return Err(failed(
-                    broker,
-                    info,
-                    &addr_key,
-                    user_key.as_deref(),
-                    "unknown user",
-                ));
+                return Err(
+                    failed(broker, info, &addr_key, user_key.as_deref(), "unknown user").await,
+                );
             }
             Err(_) => return Err(refusal(reason::SERVER_UNAVAILABLE, "password check failed")),
         }
@@ -174,7 +166,7 @@ pub async fn authenticate(
 }
 
 /// The checks that need the final client id: the will topic, then flapping.
-pub fn admit(
+pub async fn admit(
     broker: &Broker,
     connect: &Connect,
     info: &ConnInfo,
@@ -203,10 +195,17 @@ pub fn admit(
     let security = &broker.security;
     let now = Instant::now();
     let id_key = key("id/", &connect.client_id);
-    let by_id = security.flapping.record(&id_key, now);
-    let by_addr = security
-        .flapping_addr
-        .record(&address_key(info.peer.ip()), now);
+    let addr_key = address_key(info.peer.ip());
+    let mut by_id = security.flapping.record(&id_key, now);
+    let mut by_addr = security.flapping_addr.record(&addr_key, now);
+    if let Some(cluster) = security.cluster_bans() {
+        if let Some(limits) = security.flapping.config() {
+            by_id = by_id.or(cluster.record(Kind::Flapping, &id_key, limits).await);
+        }
+        if let Some(limits) = security.flapping_addr.config() {
+            by_addr = by_addr.or(cluster.record(Kind::Flapping, &addr_key, limits).await);
+        }
+    }
     if let Some(until) = by_id.or(by_addr) {
         broker
             .metrics
@@ -256,18 +255,26 @@ fn banned<'k>(
     user_key: Option<&'k str>,
 ) -> Option<&'k str> {
     let [id_key, addr_key] = keys;
-    if security.flapping.is_banned(id_key, now) {
+    let cluster = |k: &str| {
+        security
+            .cluster_bans()
+            .is_some_and(|c| c.banned_until(k, now).is_some())
+    };
+    if security.flapping.is_banned(id_key, now) || cluster(id_key) {
         return Some(id_key);
     }
-    if security.flapping_addr.is_banned(addr_key, now) || security.failures.is_banned(addr_key, now)
+    if security.flapping_addr.is_banned(addr_key, now)
+        || security.failures.is_banned(addr_key, now)
+        || cluster(addr_key)
     {
         return Some(addr_key);
     }
-    user_key.filter(|k| security.failures.is_banned(k, now))
+    user_key.filter(|k| security.failures.is_banned(k, now) || cluster(k))
 }
 
-/// Counts and logs a failed login; bans the address or username past the limit.
-fn failed(
+/// Counts and logs a failed login; bans the address or username past the limit (this node's,
+/// or with Redis the cluster's).
+async fn failed(
     broker: &Broker,
     info: &ConnInfo,
     addr_key: &str,
@@ -285,6 +292,13 @@ fn failed(
         && let Some(u) = failures.record(k, now)
     {
         banned.get_or_insert((k, u));
+    }
+    if let (Some(cluster), Some(limits)) = (broker.security.cluster_bans(), failures.config()) {
+        for k in std::iter::once(addr_key).chain(user_key) {
+            if let Some(u) = cluster.record(Kind::Auth, k, limits).await {
+                banned.get_or_insert((k, u));
+            }
+        }
     }
     info!(peer = %info.peer, username = user_key.map_or("", |k| &k[5..]), why, "authentication failed");
     if let Some((key, until)) = banned {

@@ -10,6 +10,7 @@
 //!   anonymous access, will topic.
 
 pub mod authenticate;
+pub mod cluster_bans;
 pub mod revoke;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use rookery_auth::tracker::{Tracker, TrackerConfig};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use cluster_bans::ClusterBans;
 
 /// How long a changed file must stay the same before it is loaded.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -84,6 +86,8 @@ pub struct Security {
     /// load balancer without PROXY protocol, many devices share one address).
     pub(crate) flapping_addr: Limiter,
     pub(crate) anonymous: bool,
+    /// Bans and counters shared through Redis, when Redis is configured.
+    cluster: std::sync::OnceLock<Arc<ClusterBans>>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<String, SecurityError> {
@@ -143,6 +147,11 @@ impl Limiter {
             .map_or_else(Vec::new, |t| t.lock().bans(now))
     }
 
+    /// The limits, when this limiter is on.
+    pub(crate) fn config(&self) -> Option<TrackerConfig> {
+        self.0.as_ref().map(|t| *t.lock().config())
+    }
+
     fn clear(&self, key: &str) -> bool {
         self.0.as_ref().is_some_and(|t| t.lock().clear(key))
     }
@@ -184,6 +193,7 @@ impl Security {
                 config.flapping_ban_secs,
             ),
             anonymous: config.anonymous_allowed(),
+            cluster: std::sync::OnceLock::new(),
         };
         if let Some(path) = &security.password_path {
             let text = read("password file", path)?;
@@ -323,20 +333,46 @@ impl Security {
         }
     }
 
-    /// Active bans (failed logins and flapping), for the admin interface.
+    /// Shares bans and counters with the other nodes through Redis from now on.
+    pub fn share_bans(&self, bans: Arc<ClusterBans>) {
+        let _ = self.cluster.set(bans);
+    }
+
+    /// The shared bans, when Redis is configured.
+    pub fn cluster_bans(&self) -> Option<&Arc<ClusterBans>> {
+        self.cluster.get()
+    }
+
+    /// Active bans (failed logins and flapping, this node's and the cluster's), one entry per
+    /// key with the latest end, for the admin interface.
     pub fn bans(&self, now: Instant) -> Vec<(String, Instant)> {
         let mut all = self.failures.bans(now);
         all.extend(self.flapping.bans(now));
         all.extend(self.flapping_addr.bans(now));
+        if let Some(c) = self.cluster.get() {
+            all.extend(c.bans(now));
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        all.dedup_by(|a, b| a.0 == b.0);
         all
     }
 
-    /// Lifts a ban (`addr/IP`, `user/NAME` or `id/CLIENT`); true when there was one.
+    /// Lifts a ban (`addr/IP`, `user/NAME` or `id/CLIENT`) on this node; true when there was
+    /// one. See [`Security::clear_ban_everywhere`] for the cluster.
     pub fn clear_ban(&self, key: &str) -> bool {
         let a = self.failures.clear(key);
         let b = self.flapping.clear(key);
         let c = self.flapping_addr.clear(key);
         a || b || c
+    }
+
+    /// Lifts a ban on this node and, with Redis, on every node; true when there was one.
+    pub async fn clear_ban_everywhere(&self, key: &str) -> bool {
+        let here = self.clear_ban(key);
+        match self.cluster.get() {
+            Some(c) => c.clear(key).await || here,
+            None => here,
+        }
     }
 
     /// Forgets expired windows and bans.

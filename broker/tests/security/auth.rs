@@ -392,3 +392,168 @@ async fn the_admin_api_is_off_without_a_token_file() {
     let err = c.admin_token().unwrap_err().to_string();
     assert!(err.contains("admin_token_file"), "{err}");
 }
+
+/// Two nodes sharing one Redis, as a cluster: each gets its own data directory.
+async fn two_nodes(
+    redis: &str,
+    cluster: &str,
+    tweak: impl Fn(&mut rookery_broker::Config) + Clone,
+) -> (
+    rookery_broker::Server,
+    rookery_broker::Server,
+    Vec<tempfile::TempDir>,
+) {
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, url, cluster, tweak) = (
+            dir.path().to_owned(),
+            redis.to_owned(),
+            cluster.to_owned(),
+            tweak.clone(),
+        );
+        servers.push(
+            start(move |c| {
+                c.durability = rookery_broker::config::DurabilityMode::Sync;
+                c.data_dir = data;
+                c.redis_url = Some(url);
+                c.cluster_name = cluster;
+                tweak(c);
+            })
+            .await,
+        );
+        dirs.push(dir);
+    }
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    (a, b, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_failed_logins_spread_over_nodes_ban_on_every_node() {
+    let redis = rookery_testkit::RedisServer::shared();
+    let cluster = rookery_testkit::RedisServer::prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), &[("alice", "wonderland")]);
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "cluster-admin-token-0123456789").unwrap();
+    let (a, b, _dirs) = two_nodes(redis.url(), &cluster, move |c| {
+        c.password_file = Some(file.clone());
+        c.auth_fail_max = 3;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_token_file = Some(token_file.clone());
+    })
+    .await;
+    // Two failures on each node: three allowed in the window, the fourth bans, cluster-wide,
+    // although neither node alone saw more than two.
+    for (i, node) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let (_r, ack) = Raw::try_connect(
+            node.addr(),
+            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
+        )
+        .await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "attempt {i}");
+    }
+    // Node A banned the address and the user at the fourth failure (which B saw); A learns of
+    // it within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for node in [&b, &a] {
+        loop {
+            let (_r, ack) = Raw::try_connect(
+                node.addr(),
+                login(Protocol::V5, "ok", Some("alice"), Some("wonderland")),
+            )
+            .await;
+            if ack.code == reason::BANNED {
+                break;
+            }
+            assert_eq!(ack.code, 0);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not banned on every node"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let keys: Vec<String> = a
+        .broker
+        .security
+        .bans(std::time::Instant::now())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.contains(&"addr/127.0.0.1".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"user/alice".to_owned()), "{keys:?}");
+
+    // Lifted through node B's admin API: lifted on A too.
+    let auth = [("Authorization", "Bearer cluster-admin-token-0123456789")];
+    for key in ["addr/127.0.0.1", "user/alice"] {
+        let path = format!("/api/v1/bans/{key}");
+        assert_eq!(
+            http(b.metrics_addr.unwrap(), "DELETE", &path, &auth)
+                .await
+                .0,
+            204
+        );
+    }
+    // A keeps its own tracker's view until lifted there too; the cluster's copy is gone
+    // within a second.
+    a.broker.security.clear_ban("addr/127.0.0.1");
+    a.broker.security.clear_ban("user/alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_r, ack) = Raw::try_connect(
+            a.addr(),
+            login(Protocol::V5, "ok", Some("alice"), Some("wonderland")),
+        )
+        .await;
+        if ack.code == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still banned: {}",
+            ack.code
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_client_id_flapping_across_nodes_is_banned_everywhere() {
+    let redis = rookery_testkit::RedisServer::shared();
+    let cluster = rookery_testkit::RedisServer::prefix();
+    let (a, b, _dirs) = two_nodes(redis.url(), &cluster, |c| {
+        c.flapping_max = 4;
+        c.allow_anonymous = Some(true);
+    })
+    .await;
+    // Alternating nodes: each sees at most three CONNECTs, the cluster five.
+    let mut codes = Vec::new();
+    for node in [&a, &b, &a, &b, &a] {
+        let (_r, ack) =
+            Raw::try_connect(node.addr(), connect_packet(Protocol::V5, "device-7", true)).await;
+        codes.push(ack.code);
+    }
+    assert_eq!(codes, [0, 0, 0, 0, reason::BANNED]);
+    // B learns of the ban within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_r, ack) =
+            Raw::try_connect(b.addr(), connect_packet(Protocol::V5, "device-7", true)).await;
+        if ack.code == reason::BANNED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B lets device-7 in");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another client id is not affected.
+    let (_r, ack) =
+        Raw::try_connect(b.addr(), connect_packet(Protocol::V5, "device-8", true)).await;
+    assert_eq!(ack.code, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
