@@ -165,12 +165,17 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// File holding the PostgreSQL URL (a mounted Secret); read at start.
     pub postgres_url_file: Option<PathBuf>,
-    /// Cluster name: namespaces shared state (Redis keys).
+    /// Cluster name: namespaces shared state (Redis keys) and must match on every cluster link.
     pub cluster_name: String,
+    /// Address for links from the other nodes (none: this node is not clustered).
+    pub cluster_listen: Option<SocketAddr>,
+    /// The other nodes' `cluster_listen` addresses, `host:port` (the same list on every node:
+    /// a node finds and skips its own).
+    pub peers: Vec<String>,
     /// Address of the HTTP endpoint for `/metrics`, `/healthz`, `/readyz` and the admin API
     /// (none by default).
     pub metrics_listen: Option<SocketAddr>,
-    /// File holding the bearer token of the admin API (`/api/v1/...`); the API is off
+    /// File holding the bearer token of the admin API (`/admin/...`); the API is off
     /// without it.
     pub admin_token_file: Option<PathBuf>,
     /// Seconds between `$SYS/broker/...` updates (0 = none).
@@ -248,6 +253,8 @@ impl Default for Config {
             postgres_url: None,
             postgres_url_file: None,
             cluster_name: "rookery".into(),
+            cluster_listen: None,
+            peers: Vec::new(),
             metrics_listen: None,
             admin_token_file: None,
             sys_interval: 10,
@@ -391,6 +398,18 @@ impl Config {
         }
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");
+        }
+        if let Some(bad) = self.peers.iter().find(|p| {
+            p.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return invalid("peers", &format!("{bad:?} is not host:port"));
+        }
+        if !self.peers.is_empty() && self.cluster_listen.is_none() {
+            return invalid(
+                "cluster_listen",
+                "peers are set: the other nodes need an address to link to",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return invalid("log_level", &e.to_string());
@@ -713,6 +732,17 @@ pub struct Cli {
     /// Cluster name (namespaces Redis keys).
     #[arg(long, env = "ROOKERY_CLUSTER_NAME", value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// Address for links from the other cluster nodes.
+    #[arg(long, env = "ROOKERY_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The cluster nodes' link addresses, `host:port,...` (the same list on every node).
+    #[arg(
+        long,
+        env = "ROOKERY_PEERS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
     /// Address for `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[arg(long, env = "ROOKERY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -867,6 +897,12 @@ impl Cli {
         );
         if cli.metrics_listen.is_some() {
             config.metrics_listen = cli.metrics_listen;
+        }
+        if cli.cluster_listen.is_some() {
+            config.cluster_listen = cli.cluster_listen;
+        }
+        if !cli.peers.is_empty() {
+            config.peers = cli.peers;
         }
         if cli.admin_token_file.is_some() {
             config.admin_token_file = cli.admin_token_file;

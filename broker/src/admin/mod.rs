@@ -1,5 +1,5 @@
 //! The HTTP endpoint on `metrics_listen`: `/metrics` for Prometheus, `/healthz` and `/readyz`
-//! for Kubernetes probes, and a small admin API under `/api/v1/` (bans), which answers only
+//! for Kubernetes probes, and a small admin API under `/admin/` (bans), which answers only
 //! requests bearing the token from `admin_token_file`.
 //!
 //! It runs on the broker's runtime but does its walking (the metrics survey) on a blocking
@@ -112,7 +112,7 @@ async fn route(
                 &format!("not ready: {why}\n"),
             ),
         },
-        (_, p) if p.starts_with("/api/") => {
+        (_, p) if p.starts_with("/admin/") => {
             if let Err(refused) = authorize(&req, token) {
                 return *refused;
             }
@@ -147,7 +147,7 @@ async fn metrics(req: &Request<Incoming>, broker: &Arc<Broker>) -> Response<Full
     }
 }
 
-/// `/api/` needs `Authorization: Bearer TOKEN`; without a configured token it is off.
+/// `/admin/` needs `Authorization: Bearer TOKEN`; without a configured token it is off.
 fn authorize(
     req: &Request<Incoming>,
     token: Option<&str>,
@@ -178,7 +178,7 @@ fn authorize(
 async fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match (method, path) {
-        (&Method::GET, "/api/v1/bans") => {
+        (&Method::GET, "/admin/bans") => {
             let bans: Vec<serde_json::Value> = broker
                 .security
                 .bans(now)
@@ -192,8 +192,8 @@ async fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Byte
                 .collect();
             json(StatusCode::OK, &serde_json::Value::Array(bans))
         }
-        (&Method::DELETE, p) if p.starts_with("/api/v1/bans/") => {
-            let key = percent_decode(&p["/api/v1/bans/".len()..]);
+        (&Method::DELETE, p) if p.starts_with("/admin/bans/") => {
+            let key = percent_decode(&p["/admin/bans/".len()..]);
             if broker.security.clear_ban_everywhere(&key).await {
                 info!(key, "ban lifted through the admin API");
                 Response::builder()

@@ -102,7 +102,7 @@ impl Conn {
 
     fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         let qos = p.qos;
-        self.counts.received[qos as usize] += 1;
+        self.counts.received(qos as usize, p.payload.len());
         self.resolve_topic_alias(&mut p)?;
         if topic::validate_name(&p.topic, self.broker.config.max_topic_levels).is_err() {
             // MQTT 5.0 [MQTT-3.3.2-2]: Topic Name invalid; 3.1.1 closes the connection.

@@ -512,7 +512,7 @@ impl Conn {
                     Ok(None) => unflushed = false,
                     Ok(Some(n)) => {
                         unflushed = true;
-                        self.counts.bytes_out += n as u64;
+                        self.counts.bytes_out(n);
                         if !can_read {
                             // We are not reading (backpressure), so the client's PINGREQs wait
                             // in the socket: its reading our data is the sign of life instead.
@@ -523,7 +523,7 @@ impl Conn {
                 r = reader.read_into(&mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return Close::Gone,
-                        Ok(n) => self.counts.bytes_in += n as u64,
+                        Ok(n) => self.counts.bytes_in(n),
                     }
                     last_read = Instant::now();
                     if let Err(close) = self.decode_all(&mut rbuf) {

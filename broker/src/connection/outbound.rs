@@ -82,7 +82,7 @@ impl Conn {
         let message = &delivery.message;
         if message.is_expired(now) {
             // MQTT 5.0 [MQTT-3.3.2-5]: an expired message is not sent.
-            self.counts.expired += 1;
+            self.counts.expired();
             self.forget_stored(delivery.stored);
             return;
         }
@@ -99,7 +99,8 @@ impl Conn {
             && self.record_inflight(packet_id, delivery.stored, qos == QoS::ExactlyOnce)
         {
             // Sent once its packet id is durable.
-            self.counts.sent[qos as usize] += 1;
+            self.counts
+                .sent(qos as usize, delivery.message.payload.len());
             return;
         }
         let delivery = &delivery;
@@ -133,10 +134,11 @@ impl Conn {
                 let stored = self.state.outgoing.discard(packet_id);
                 self.forget_stored(stored);
             }
-            self.counts.too_large += 1;
+            self.counts.too_large();
             return;
         }
-        self.counts.sent[qos as usize] += 1;
+        self.counts
+            .sent(qos as usize, delivery.message.payload.len());
     }
 
     /// The topic to put in a PUBLISH and the alias to send with it. The third value is true
@@ -225,7 +227,7 @@ impl Conn {
             self.wbuf.truncate(start);
             let stored = self.state.outgoing.discard(pid);
             self.forget_stored(stored);
-            self.counts.too_large += 1;
+            self.counts.too_large();
         }
     }
 }

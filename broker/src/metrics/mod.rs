@@ -211,6 +211,10 @@ pub struct Metrics {
     pub messages_received_total: [AtomicU64; 3],
     /// PUBLISH packets sent, by QoS.
     pub messages_sent_total: [AtomicU64; 3],
+    /// PUBLISH payload bytes received, by QoS.
+    pub payload_bytes_received_total: [AtomicU64; 3],
+    /// PUBLISH payload bytes sent, by QoS.
+    pub payload_bytes_sent_total: [AtomicU64; 3],
     /// Bytes read from clients.
     pub bytes_received_total: AtomicU64,
     /// Bytes written to clients.
@@ -311,47 +315,85 @@ impl Metrics {
     }
 }
 
-/// A connection's counts between two flushes into [`Metrics`].
+/// A connection's counts between two flushes into [`Metrics`]. 32-bit: a flush comes at
+/// least once per read or write batch, and every idle connection carries this.
 #[derive(Debug, Default)]
 pub struct LocalCounts {
     /// PUBLISH received by QoS.
-    pub received: [u64; 3],
+    received: [u32; 3],
     /// PUBLISH sent by QoS.
-    pub sent: [u64; 3],
+    sent: [u32; 3],
+    /// Payload bytes received by QoS.
+    received_payload: [u32; 3],
+    /// Payload bytes sent by QoS.
+    sent_payload: [u32; 3],
     /// Bytes read.
-    pub bytes_in: u64,
+    bytes_in: u32,
     /// Bytes written.
-    pub bytes_out: u64,
+    bytes_out: u32,
     /// Expired deliveries dropped.
-    pub expired: u64,
+    expired: u32,
     /// Too-large deliveries dropped.
-    pub too_large: u64,
+    too_large: u32,
+}
+
+fn add(c: &mut u32, n: usize) {
+    *c = c.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
 }
 
 impl LocalCounts {
+    /// A PUBLISH received.
+    pub fn received(&mut self, qos: usize, payload: usize) {
+        add(&mut self.received[qos], 1);
+        add(&mut self.received_payload[qos], payload);
+    }
+
+    /// A PUBLISH sent.
+    pub fn sent(&mut self, qos: usize, payload: usize) {
+        add(&mut self.sent[qos], 1);
+        add(&mut self.sent_payload[qos], payload);
+    }
+
+    /// Bytes read.
+    pub fn bytes_in(&mut self, n: usize) {
+        add(&mut self.bytes_in, n);
+    }
+
+    /// Bytes written.
+    pub fn bytes_out(&mut self, n: usize) {
+        add(&mut self.bytes_out, n);
+    }
+
+    /// A delivery dropped because it expired.
+    pub fn expired(&mut self) {
+        add(&mut self.expired, 1);
+    }
+
+    /// A delivery dropped for the client's Maximum Packet Size.
+    pub fn too_large(&mut self) {
+        add(&mut self.too_large, 1);
+    }
+
     /// Adds the counts to `m` and zeroes them.
     pub fn flush(&mut self, m: &Metrics) {
+        let bump = |c: &AtomicU64, n: u32| {
+            if n > 0 {
+                c.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        };
         for q in 0..3 {
-            if self.received[q] > 0 {
-                m.messages_received_total[q].fetch_add(self.received[q], Ordering::Relaxed);
-            }
-            if self.sent[q] > 0 {
-                m.messages_sent_total[q].fetch_add(self.sent[q], Ordering::Relaxed);
-            }
+            bump(&m.messages_received_total[q], self.received[q]);
+            bump(&m.messages_sent_total[q], self.sent[q]);
+            bump(&m.payload_bytes_received_total[q], self.received_payload[q]);
+            bump(&m.payload_bytes_sent_total[q], self.sent_payload[q]);
         }
-        if self.bytes_in > 0 {
-            m.bytes_received_total
-                .fetch_add(self.bytes_in, Ordering::Relaxed);
-        }
-        if self.bytes_out > 0 {
-            m.bytes_sent_total
-                .fetch_add(self.bytes_out, Ordering::Relaxed);
-        }
+        bump(&m.bytes_received_total, self.bytes_in);
+        bump(&m.bytes_sent_total, self.bytes_out);
         if self.expired > 0 {
-            m.dropped(DropReason::Expired, self.expired);
+            m.dropped(DropReason::Expired, u64::from(self.expired));
         }
         if self.too_large > 0 {
-            m.dropped(DropReason::TooLarge, self.too_large);
+            m.dropped(DropReason::TooLarge, u64::from(self.too_large));
         }
         *self = LocalCounts::default();
     }

@@ -68,6 +68,15 @@ async fn metrics_count_real_traffic() {
     assert_eq!(moved("rookery_messages_received_total{qos=\"0\"}"), 0.0);
     assert!(moved("rookery_bytes_received_total") >= n * 15.0);
     assert_eq!(
+        moved("rookery_payload_bytes_received_total{qos=\"1\"}"),
+        n * 10.0
+    );
+    assert_eq!(
+        moved("rookery_payload_bytes_sent_total{qos=\"1\"}"),
+        n * 10.0
+    );
+    assert_eq!(moved("rookery_payload_bytes_sent_total{qos=\"0\"}"), 0.0);
+    assert_eq!(
         value(
             &after,
             "rookery_connections{listener=\"mqtt\",protocol=\"5.0\"}"
@@ -477,12 +486,13 @@ async fn a_reload_applies_live_limits_and_keeps_the_old_ones_on_a_bad_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exported_metric_is_documented_and_every_documented_one_exported() {
-    // With a store, so that the store metrics are exported too.
+    // With a store and a cluster listener, so that the store and link metrics are exported.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_owned();
     let (server, metrics) = start_with_metrics(move |c| {
         c.durability = rookery_broker::config::DurabilityMode::Sync;
         c.data_dir = data;
+        c.cluster_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let (status, body) = http(metrics, "GET", "/metrics", &[]).await;

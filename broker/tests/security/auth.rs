@@ -343,11 +343,11 @@ async fn bans_are_counted_listed_and_lifted_through_the_admin_api() {
     );
 
     // Without the token, nothing.
-    assert_eq!(http(admin, "GET", "/api/v1/bans", &[]).await.0, 401);
+    assert_eq!(http(admin, "GET", "/admin/bans", &[]).await.0, 401);
     let wrong = [("Authorization", "Bearer guess-guess-guess-guess")];
-    assert_eq!(http(admin, "GET", "/api/v1/bans", &wrong).await.0, 401);
+    assert_eq!(http(admin, "GET", "/admin/bans", &wrong).await.0, 401);
     let auth = [("Authorization", "Bearer s3cret-admin-token-0123456789")];
-    let (status, body) = http(admin, "GET", "/api/v1/bans", &auth).await;
+    let (status, body) = http(admin, "GET", "/admin/bans", &auth).await;
     assert_eq!(status, 200);
     let bans: serde_json::Value = serde_json::from_str(&body).unwrap();
     let keys: Vec<&str> = bans
@@ -361,7 +361,7 @@ async fn bans_are_counted_listed_and_lifted_through_the_admin_api() {
     assert!(bans[0]["expires_in_secs"].as_u64().unwrap() > 200);
 
     for key in ["addr/127.0.0.1", "user/alice"] {
-        let path = format!("/api/v1/bans/{key}");
+        let path = format!("/admin/bans/{key}");
         assert_eq!(http(admin, "DELETE", &path, &auth).await.0, 204);
         assert_eq!(http(admin, "DELETE", &path, &auth).await.0, 404);
     }
@@ -378,7 +378,7 @@ async fn bans_are_counted_listed_and_lifted_through_the_admin_api() {
 async fn the_admin_api_is_off_without_a_token_file() {
     let server = start(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let admin = server.metrics_addr.unwrap();
-    let (status, body) = http(admin, "GET", "/api/v1/bans", &[]).await;
+    let (status, body) = http(admin, "GET", "/admin/bans", &[]).await;
     assert_eq!(status, 404);
     assert!(body.contains("admin_token_file"), "{body}");
     // A token file too short to be a secret is a configuration error naming the key.
@@ -489,7 +489,7 @@ async fn with_redis_failed_logins_spread_over_nodes_ban_on_every_node() {
     // Lifted through node B's admin API: lifted on A too.
     let auth = [("Authorization", "Bearer cluster-admin-token-0123456789")];
     for key in ["addr/127.0.0.1", "user/alice"] {
-        let path = format!("/api/v1/bans/{key}");
+        let path = format!("/admin/bans/{key}");
         assert_eq!(
             http(b.metrics_addr.unwrap(), "DELETE", &path, &auth)
                 .await
