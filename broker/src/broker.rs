@@ -83,6 +83,8 @@ pub struct Broker {
     pub memory: MemoryGate,
     /// True once every listener is up and state is restored, false again while draining.
     pub ready: AtomicBool,
+    /// This node's cluster view, when `cluster_listen` is set.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     push_policy: PushPolicy,
     started: Instant,
 }
@@ -118,6 +120,7 @@ impl Broker {
             limits,
             memory: MemoryGate::default(),
             ready: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
             push_policy,
             started: Instant::now(),
         })

@@ -9,6 +9,7 @@
 //! - [`router`]: topic rules, the subscription trie and the retained-message index (pure data).
 //! - [`message`]: a routed message and a per-subscriber delivery.
 //! - [`broker`]: shared state and the publish path.
+//! - [`cluster`]: membership and the links between nodes.
 //! - [`metrics`]: broker-wide counters and the survey of the state.
 //! - [`admin`]: the HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, the admin API.
 //! - [`sys`]: the `$SYS/broker/...` publisher.
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod limits;

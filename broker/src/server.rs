@@ -28,6 +28,8 @@ pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     /// The address of the metrics endpoint, when `metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The address of the cluster listener, when `cluster_listen` is set.
+    pub cluster_addr: Option<SocketAddr>,
     tls: Option<Arc<ReloadingTls>>,
     source: Arc<ConfigSource>,
 }
@@ -119,6 +121,10 @@ impl Server {
             .filter(|(k, _)| *k == ListenerKind::Mqtt)
             .map(|(_, a)| *a)
             .collect();
+        let cluster_addr = match broker.config.cluster_listen {
+            Some(addr) => Some(start_cluster(&broker, addr).await?),
+            None => None,
+        };
         broker
             .tasks
             .spawn(crate::limits::memory::watch(broker.clone()));
@@ -136,6 +142,7 @@ impl Server {
             listeners,
             local_addrs,
             metrics_addr,
+            cluster_addr,
             tls,
             source,
         };
@@ -225,6 +232,41 @@ impl Server {
             p.close().await;
         }
     }
+}
+
+/// Binds the cluster listener and starts the links to every peer.
+async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<SocketAddr> {
+    use crate::cluster::{Cluster, link};
+    let socket = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (cluster_listen): {e}"),
+        )
+    })?;
+    let bound = socket.local_addr()?;
+    let c = &broker.config;
+    let cluster = Cluster::new(
+        c.node_id.clone(),
+        c.cluster_name.clone(),
+        rookery_store::now_ms(),
+        c.peers.clone(),
+    );
+    let _ = broker.cluster.set(cluster.clone());
+    // Links are not the broker's tasks: shutdown cancels them, it does not wait for them.
+    tokio::spawn(link::listen(
+        cluster.clone(),
+        socket,
+        broker.shutdown.clone(),
+    ));
+    for peer in &c.peers {
+        tokio::spawn(link::dial(
+            cluster.clone(),
+            peer.clone(),
+            broker.shutdown.clone(),
+        ));
+    }
+    info!(%bound, peers = c.peers.len(), cluster = %c.cluster_name, "cluster links starting");
+    Ok(bound)
 }
 
 async fn reload_off_runtime(

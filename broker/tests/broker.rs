@@ -5,6 +5,8 @@
 #[path = "broker/support.rs"]
 mod support;
 
+#[path = "broker/cluster.rs"]
+mod cluster;
 #[path = "broker/connect.rs"]
 mod connect;
 #[path = "broker/durable.rs"]

@@ -572,7 +572,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
     metrics_port = free_port()
     instance = f"127.0.0.1:{metrics_port}"
-    broker = Broker(tmp / "broker.log", ["--metrics-listen", instance])
+    # Clustered (with no peers), so that the cluster link metric is declared too.
+    broker = Broker(
+        tmp / "broker.log",
+        ["--metrics-listen", instance, "--cluster-listen", "127.0.0.1:0"],
+    )
     prometheus = Prometheus(tmp, instance)
     clients: list[Client] = []
     try:

@@ -203,6 +203,16 @@ impl Snapshot {
             help: "PUBLISH packets sent to clients, by QoS.",
             rows: by_qos(&m.messages_sent_total),
         });
+        counters.push(Family {
+            name: "rookery_payload_bytes_received",
+            help: "PUBLISH payload bytes received from clients, by QoS.",
+            rows: by_qos(&m.payload_bytes_received_total),
+        });
+        counters.push(Family {
+            name: "rookery_payload_bytes_sent",
+            help: "PUBLISH payload bytes sent to clients, by QoS.",
+            rows: by_qos(&m.payload_bytes_sent_total),
+        });
         counters.push(Family::one(
             "rookery_bytes_received",
             "Bytes read from clients.",
@@ -398,6 +408,19 @@ impl Snapshot {
                 "Operations waiting for the next commit.",
                 committer.pending_len() as f64,
             ));
+        }
+
+        // Cluster links.
+        if let Some(cluster) = broker.cluster.get() {
+            gauges.push(Family {
+                name: "rookery_cluster_link_up",
+                help: "1 while the link to a peer is up, by peer (its configured address).",
+                rows: cluster
+                    .status()
+                    .into_iter()
+                    .map(|p| (vec![("peer", p.peer)], if p.up { 1.0 } else { 0.0 }))
+                    .collect(),
+            });
         }
 
         // The process.

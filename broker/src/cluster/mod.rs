@@ -1,0 +1,267 @@
+//! Clustering: membership and one link per peer.
+//!
+//! Every node listens on `cluster_listen` and dials every address in `peers` (the same list on
+//! every node: a node recognises its own address by the node id in the handshake and stops
+//! dialing it). Both sides of a link send a [`frame::Hello`] first (cluster name, node id,
+//! boot epoch); a link to another cluster, or to itself, is closed. When two nodes dial each
+//! other at once the link dialed by the node with the smaller id is kept, on both sides.
+//! Links send heartbeats each [`link::HEARTBEAT`] and are closed after
+//! [`link::DEAD_AFTER`] of silence; dialers reconnect with backoff.
+//!
+//! What rides on the links (routes, forwarded messages, ownership) builds on this module.
+
+pub mod frame;
+pub mod link;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ahash::AHashMap;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use frame::Frame;
+
+/// A live link to a peer, as the registry holds it.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    /// Unique per link, to tell a replaced link from the current one.
+    pub link_id: u64,
+    /// The peer's boot epoch.
+    pub epoch: u64,
+    /// The node id of the side that dialed (decides between two links of one pair).
+    pub dialer: String,
+    /// The peer (`host:port` from `peers`) we dialed, when we did.
+    pub dialed: Option<String>,
+    /// Frames to send.
+    pub tx: mpsc::Sender<Frame>,
+    /// Cancelled to close this link.
+    pub close: CancellationToken,
+}
+
+/// What a peer looks like from here, for metrics and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The label: the configured address, or the node id of a peer that dialed us.
+    pub peer: String,
+    /// A link is up.
+    pub up: bool,
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    /// This node's id.
+    pub node_id: String,
+    /// The cluster's name.
+    pub name: String,
+    /// This node's boot epoch.
+    pub epoch: u64,
+    /// Configured peers, `host:port` (own address included, as in the shared list).
+    pub peers: Vec<String>,
+    links: Mutex<AHashMap<String, PeerLink>>,
+    /// Node id last seen at each dialed peer address.
+    seen_at: Mutex<AHashMap<String, String>>,
+    next_link: AtomicU64,
+}
+
+/// What registering a new link decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The new link is the peer's link now (an older one, if any, was closed).
+    Kept,
+    /// Another link of this pair wins the tie-break: close the new one.
+    Duplicate,
+}
+
+impl Cluster {
+    /// A node with no links yet.
+    pub fn new(node_id: String, name: String, epoch: u64, peers: Vec<String>) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            node_id,
+            name,
+            epoch,
+            peers,
+            links: Mutex::new(AHashMap::new()),
+            seen_at: Mutex::new(AHashMap::new()),
+            next_link: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh link id.
+    pub fn next_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes which node answered at a dialed address.
+    pub fn note_seen(&self, addr: &str, node_id: &str) {
+        self.seen_at
+            .lock()
+            .insert(addr.to_owned(), node_id.to_owned());
+    }
+
+    /// Registers a link to `peer` after its handshake. Of two live links between the same
+    /// pair, the one dialed by the smaller node id is kept; both nodes decide the same way. A
+    /// link from the same dialer, or from a peer with a new epoch, replaces the old one (the
+    /// dialer would not dial again if it thought the old one alive).
+    pub fn register(&self, peer: &str, link: PeerLink) -> Registered {
+        if let Some(addr) = &link.dialed {
+            self.note_seen(addr, peer);
+        }
+        let mut links = self.links.lock();
+        if let Some(old) = links.get(peer)
+            && !old.close.is_cancelled()
+            && old.epoch == link.epoch
+            && old.dialer < link.dialer
+        {
+            return Registered::Duplicate;
+        }
+        if let Some(old) = links.insert(peer.to_owned(), link) {
+            old.close.cancel();
+        }
+        Registered::Kept
+    }
+
+    /// Forgets the link `link_id` to `peer` if it is still the registered one.
+    pub fn unregister(&self, peer: &str, link_id: u64) {
+        let mut links = self.links.lock();
+        if links.get(peer).is_some_and(|l| l.link_id == link_id) {
+            links.remove(peer);
+        }
+    }
+
+    /// The node id last seen at a dialed address.
+    pub fn node_at(&self, addr: &str) -> Option<String> {
+        self.seen_at.lock().get(addr).cloned()
+    }
+
+    /// True while a link to `node_id` is up.
+    pub fn is_up(&self, node_id: &str) -> bool {
+        self.links
+            .lock()
+            .get(node_id)
+            .is_some_and(|l| !l.close.is_cancelled())
+    }
+
+    /// Node ids with a link up.
+    pub fn up_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .links
+            .lock()
+            .iter()
+            .filter(|(_, l)| !l.close.is_cancelled())
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every configured peer (by address, this node's own left out once known) and every
+    /// linked node that is not configured here (by node id), with its link state.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let seen = self.seen_at.lock().clone();
+        let up = self.up_peers();
+        let mut out = Vec::new();
+        let mut covered = Vec::new();
+        for addr in &self.peers {
+            let id = seen.get(addr);
+            if id.is_some_and(|id| *id == self.node_id) {
+                continue;
+            }
+            if let Some(id) = id {
+                covered.push(id.clone());
+            }
+            out.push(PeerStatus {
+                peer: addr.clone(),
+                up: id.is_some_and(|id| up.contains(id)),
+            });
+        }
+        for id in up {
+            if !covered.contains(&id) {
+                out.push(PeerStatus { peer: id, up: true });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(cluster: &Cluster, dialer: &str, epoch: u64) -> PeerLink {
+        let (tx, _rx) = mpsc::channel(1);
+        PeerLink {
+            link_id: cluster.next_link_id(),
+            epoch,
+            dialer: dialer.into(),
+            dialed: None,
+            tx,
+            close: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn of_two_links_the_smaller_dialer_wins_whatever_the_order() {
+        for first_is_a in [true, false] {
+            let c = Cluster::new("b".into(), "x".into(), 1, vec![]);
+            let by_a = link(&c, "a", 7);
+            let by_b = link(&c, "b", 7);
+            let (first, second) = if first_is_a {
+                (by_a.clone(), by_b.clone())
+            } else {
+                (by_b.clone(), by_a.clone())
+            };
+            let r1 = c.register("a", first);
+            let r2 = c.register("a", second);
+            assert_eq!(r1, Registered::Kept);
+            if first_is_a {
+                assert_eq!(r2, Registered::Duplicate);
+            } else {
+                assert_eq!(r2, Registered::Kept);
+                assert!(by_b.close.is_cancelled(), "the loser is closed");
+            }
+            assert!(!by_a.close.is_cancelled());
+            assert!(c.is_up("a"));
+        }
+    }
+
+    #[test]
+    fn a_restarted_peer_replaces_its_old_link() {
+        let c = Cluster::new("b".into(), "x".into(), 1, vec![]);
+        let old = link(&c, "a", 1);
+        assert_eq!(c.register("a", old.clone()), Registered::Kept);
+        let new = link(&c, "b", 2);
+        assert_eq!(c.register("a", new.clone()), Registered::Kept);
+        assert!(old.close.is_cancelled());
+        // The old link's end does not unregister the new one.
+        c.unregister("a", old.link_id);
+        assert!(c.is_up("a"));
+        c.unregister("a", new.link_id);
+        assert!(!c.is_up("a"));
+    }
+
+    #[test]
+    fn status_lists_configured_peers_by_address_and_skips_this_node() {
+        let (me, other) = ("n1.headless:4370".to_owned(), "n2.headless:4370".to_owned());
+        let c = Cluster::new("n1".into(), "x".into(), 1, vec![me.clone(), other.clone()]);
+        c.note_seen(&me, "n1");
+        assert_eq!(
+            c.status(),
+            vec![PeerStatus {
+                peer: other.clone(),
+                up: false
+            }]
+        );
+        let mut l = link(&c, "n1", 5);
+        l.dialed = Some(other.clone());
+        c.register("n2", l);
+        assert_eq!(
+            c.status(),
+            vec![PeerStatus {
+                peer: other,
+                up: true
+            }]
+        );
+    }
+}
