@@ -18,20 +18,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::cluster::frame::Frame;
 use crate::config::Config;
 use crate::limits::LiveLimits;
 use crate::limits::memory::MemoryGate;
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::persist::{Persist, convert};
+use crate::router::local::LocalRouter;
 use crate::router::retained::RetainedIndex;
 use crate::router::topic;
-use crate::router::trie::{Matches, SessionId, Subscriber, Subscription, SubscriptionTrie};
+use crate::router::trie::{Matches, SessionId, Subscriber, Subscription};
 use crate::security::Security;
 use crate::session::{PushOutcome, PushPolicy, Session, Sessions};
 use rookery_store::committer::{Op, Ticket};
 use rookery_store::now_ms;
-use rookery_store::{QueueEntry, QueueOp, RetainedOp};
+use rookery_store::{QueueEntry, QueueOp, RetainedOp, StoredMessage};
 
 /// What routing one message did.
 #[derive(Default)]
@@ -62,7 +64,7 @@ pub struct Broker {
     /// Sessions by client id.
     pub sessions: Sessions,
     /// Subscriptions.
-    pub router: RwLock<SubscriptionTrie<Arc<Session>>>,
+    pub router: RwLock<LocalRouter>,
     /// Retained messages.
     pub retained: RwLock<RetainedIndex>,
     /// Counters.
@@ -109,7 +111,7 @@ impl Broker {
         Arc::new(Broker {
             config,
             sessions: Sessions::default(),
-            router: RwLock::new(SubscriptionTrie::default()),
+            router: RwLock::new(LocalRouter::default()),
             retained: RwLock::new(RetainedIndex::default()),
             metrics: Metrics::default(),
             security,
@@ -143,10 +145,57 @@ impl Broker {
         self.started.elapsed()
     }
 
-    /// Routes a message: stores it if retained, then queues it for every matching session.
+    /// Routes a message published on this node: stores it if retained, queues it for every
+    /// matching session here, and forwards it once to each peer with a matching subscriber
+    /// (a retained message to every linked peer, so that each node's retained index has it).
     /// With a store, QoS 1/2 deliveries to persistent sessions are written to it first (one
     /// submission for the whole message, before any subscriber can see and acknowledge it).
     pub fn route(&self, message: &Arc<Message>) -> Routed {
+        let mut routed = self.route_here(message, true);
+        if !routed.refused {
+            self.forward(message, &mut routed);
+        }
+        routed
+    }
+
+    /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
+    /// again, so no loops), and a retained one into the index without a store write (the
+    /// node it was published on stored it).
+    pub fn route_forwarded(&self, stored: StoredMessage) {
+        let message = Arc::new(convert::message(stored, 0, Instant::now(), now_ms()));
+        self.route_here(&message, false);
+    }
+
+    /// Sends the message to each peer that has a subscriber for it.
+    fn forward(&self, message: &Arc<Message>, routed: &mut Routed) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        if message.topic.starts_with("$SYS") {
+            return; // each node's own
+        }
+        let matched = cluster.remote.read().peers_for(&message.topic);
+        let mut peers = matched.to_vec();
+        if message.retain {
+            for p in cluster.up_peers() {
+                if !peers.contains(&p) {
+                    peers.push(p);
+                }
+            }
+        }
+        if peers.is_empty() {
+            return;
+        }
+        let frame = Frame::Publish(convert::stored_message(message, Instant::now(), now_ms()));
+        for peer in &peers {
+            let sent = cluster.forward(peer, frame.clone());
+            if sent && matched.contains(peer) {
+                routed.receivers += 1;
+            }
+        }
+    }
+
+    fn route_here(&self, message: &Arc<Message>, published_here: bool) -> Routed {
         let durable = self
             .persist
             .as_ref()
@@ -157,7 +206,7 @@ impl Broker {
             let stored = self
                 .persist
                 .as_ref()
-                .filter(|_| !message.topic.starts_with("$SYS"));
+                .filter(|_| published_here && !message.topic.starts_with("$SYS"));
             if let Some(p) = stored {
                 if message.qos != QoS::AtMostOnce && !p.accepts_messages() {
                     routed.refused = true;

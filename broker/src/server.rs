@@ -252,14 +252,17 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
         c.peers.clone(),
     );
     let _ = broker.cluster.set(cluster.clone());
+    broker.router.write().set_cluster(cluster.clone());
     // Links are not the broker's tasks: shutdown cancels them, it does not wait for them.
     tokio::spawn(link::listen(
+        broker.clone(),
         cluster.clone(),
         socket,
         broker.shutdown.clone(),
     ));
     for peer in &c.peers {
         tokio::spawn(link::dial(
+            broker.clone(),
             cluster.clone(),
             peer.clone(),
             broker.shutdown.clone(),

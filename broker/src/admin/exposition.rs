@@ -421,6 +421,23 @@ impl Snapshot {
                     .map(|p| (vec![("peer", p.peer)], if p.up { 1.0 } else { 0.0 }))
                     .collect(),
             });
+            let forwards = cluster.forward_counts();
+            counters.push(Family {
+                name: "rookery_cluster_forwarded_messages",
+                help: "Messages forwarded to a peer (by its node id).",
+                rows: forwards
+                    .iter()
+                    .map(|(p, f, _)| (vec![("peer", p.clone())], *f))
+                    .collect(),
+            });
+            counters.push(Family {
+                name: "rookery_cluster_forward_dropped",
+                help: "Messages not forwarded to a peer: not linked, or its queue was full.",
+                rows: forwards
+                    .iter()
+                    .map(|(p, _, d)| (vec![("peer", p.clone())], *d))
+                    .collect(),
+            });
         }
 
         // The process.

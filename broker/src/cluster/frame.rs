@@ -10,6 +10,7 @@
 //! the bytes are there).
 
 use bytes::{Buf, BufMut, BytesMut};
+use rookery_store::StoredMessage;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this node speaks.
@@ -24,6 +25,16 @@ pub enum Frame {
     Hello(Hello),
     /// Sent when the link is otherwise quiet; its absence for long enough marks the peer down.
     Heartbeat,
+    /// Every filter the sender has subscribers for (sent on link-up; replaces what the
+    /// receiver knew of the sender's routes).
+    Routes(Vec<String>),
+    /// The sender has a first subscriber for this filter.
+    RouteAdd(String),
+    /// The sender has no subscriber for this filter any more.
+    RouteRemove(String),
+    /// A message published on the sender, for the receiver's subscribers (never forwarded
+    /// again).
+    Publish(StoredMessage),
 }
 
 /// Who is at the other end.
@@ -103,6 +114,16 @@ mod tests {
         let mut wire = BytesMut::new();
         encode(&hello(), &mut wire);
         encode(&Frame::Heartbeat, &mut wire);
+        let message = Frame::Publish(StoredMessage {
+            topic: "a/b".into(),
+            payload: bytes::Bytes::from_static(b"21.5"),
+            qos: 1,
+            retain: false,
+            properties: bytes::Bytes::new(),
+            expires_at_ms: Some(7),
+        });
+        encode(&message, &mut wire);
+        encode(&Frame::Routes(vec!["a/+".into(), "#".into()]), &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -112,7 +133,9 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got, vec![hello(), Frame::Heartbeat]);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[..2], [hello(), Frame::Heartbeat]);
+        assert_eq!(got[2], message);
         assert!(buf.is_empty());
     }
 

@@ -12,8 +12,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::frame::{self, Frame, Hello};
 use super::{Cluster, PeerLink, Registered};
+use crate::broker::Broker;
 
 /// Time between heartbeats on a quiet link.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -21,8 +24,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const DEAD_AFTER: Duration = Duration::from_millis(3_500);
 /// Time allowed for the peer's Hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames waiting to be sent to one peer; a full queue is the sender's backpressure.
-pub const SEND_QUEUE: usize = 4096;
 /// Dial backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -58,7 +59,12 @@ pub enum LinkError {
 }
 
 /// Accepts links until `shutdown`.
-pub async fn listen(cluster: Arc<Cluster>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn listen(
+    broker: Arc<Broker>,
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, from) = tokio::select! {
             r = listener.accept() => match r {
@@ -71,9 +77,9 @@ pub async fn listen(cluster: Arc<Cluster>, listener: TcpListener, shutdown: Canc
             },
             _ = shutdown.cancelled() => return,
         };
-        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        let (broker, cluster, shutdown) = (broker.clone(), cluster.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = run(&cluster, stream, None, &shutdown).await {
+            if let Err(e) = run(&broker, &cluster, stream, None, &shutdown).await {
                 debug!(%from, error = %e, "inbound cluster link ended");
             }
         });
@@ -82,7 +88,12 @@ pub async fn listen(cluster: Arc<Cluster>, listener: TcpListener, shutdown: Canc
 
 /// Keeps a link to `addr` up until `shutdown`: dials, runs the link, and dials again with
 /// backoff when it ends. Stops for good when `addr` turns out to be this node.
-pub async fn dial(cluster: Arc<Cluster>, addr: String, shutdown: CancellationToken) {
+pub async fn dial(
+    broker: Arc<Broker>,
+    cluster: Arc<Cluster>,
+    addr: String,
+    shutdown: CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         if shutdown.is_cancelled() {
@@ -100,20 +111,22 @@ pub async fn dial(cluster: Arc<Cluster>, addr: String, shutdown: CancellationTok
         // Resolved on every attempt: in Kubernetes a restarted peer comes back on a new IP.
         let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&addr)).await;
         match connected {
-            Ok(Ok(stream)) => match run(&cluster, stream, Some(addr.clone()), &shutdown).await {
-                Err(LinkError::SelfLink) => {
-                    debug!(%addr, "cluster peer address is this node: not dialed again");
-                    return;
+            Ok(Ok(stream)) => {
+                match run(&broker, &cluster, stream, Some(addr.clone()), &shutdown).await {
+                    Err(LinkError::SelfLink) => {
+                        debug!(%addr, "cluster peer address is this node: not dialed again");
+                        return;
+                    }
+                    Err(LinkError::OtherCluster { .. }) | Err(LinkError::Handshake(_)) => {
+                        backoff = BACKOFF_MAX;
+                    }
+                    Ok(()) => backoff = BACKOFF_MIN,
+                    Err(e) => {
+                        debug!(%addr, error = %e, "cluster link ended");
+                        backoff = BACKOFF_MIN;
+                    }
                 }
-                Err(LinkError::OtherCluster { .. }) | Err(LinkError::Handshake(_)) => {
-                    backoff = BACKOFF_MAX;
-                }
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(e) => {
-                    debug!(%addr, error = %e, "cluster link ended");
-                    backoff = BACKOFF_MIN;
-                }
-            },
+            }
             Ok(Err(e)) => debug!(%addr, error = %e, "cannot reach cluster peer"),
             Err(_) => debug!(%addr, "cluster peer did not answer in time"),
         }
@@ -127,6 +140,7 @@ pub async fn dial(cluster: Arc<Cluster>, addr: String, shutdown: CancellationTok
 
 /// Runs one link: handshake, registration, then frames both ways until it ends.
 async fn run(
+    broker: &Arc<Broker>,
     cluster: &Arc<Cluster>,
     stream: TcpStream,
     dialed: Option<String>,
@@ -176,7 +190,8 @@ async fn run(
         warn!(error = %e, "cluster link refused");
         return Err(e);
     }
-    let (tx, mut rx) = mpsc::channel(SEND_QUEUE);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
     let close = CancellationToken::new();
     let link_id = cluster.next_link_id();
     let peer = hello.node_id.clone();
@@ -189,23 +204,29 @@ async fn run(
             peer.clone()
         },
         dialed,
-        tx,
+        tx: tx.clone(),
+        queued: queued.clone(),
         close: close.clone(),
     };
     if cluster.register(&peer, link) == Registered::Duplicate {
         debug!(peer, "second link to a linked peer closed");
         return Ok(());
     }
+    {
+        // Our routes, queued under the router's lock: every change after this snapshot is
+        // queued after it, every change before it is in it.
+        let router = broker.router.read();
+        let _ = tx.send(Frame::Routes(router.announced()));
+    }
     info!(peer, epoch = hello.epoch, "cluster link up");
-    let ended = serve(
-        &mut reader,
-        &mut writer,
-        &mut buf,
-        &mut rx,
-        &close,
-        shutdown,
-    )
-    .await;
+    let mut ends = Ends {
+        reader: &mut reader,
+        writer: &mut writer,
+        buf: &mut buf,
+        rx: &mut rx,
+        queued: &queued,
+    };
+    let ended = serve(broker, cluster, &peer, &mut ends, &close, shutdown).await;
     cluster.unregister(&peer, link_id);
     close.cancel();
     match &ended {
@@ -215,15 +236,39 @@ async fn run(
     ended
 }
 
+/// A link's socket halves and queue.
+struct Ends<'a> {
+    reader: &'a mut tokio::net::tcp::OwnedReadHalf,
+    writer: &'a mut tokio::net::tcp::OwnedWriteHalf,
+    buf: &'a mut BytesMut,
+    rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+    queued: &'a AtomicUsize,
+}
+
+/// Queues `f` in `out`, counting a forwarded message off the peer's budget.
+fn take(f: &Frame, out: &mut BytesMut, queued: &AtomicUsize) {
+    if matches!(f, Frame::Publish(_)) {
+        queued.fetch_sub(1, Ordering::Relaxed);
+    }
+    frame::encode(f, out);
+}
+
 /// Frames both ways until the link is closed, fails, or falls silent.
 async fn serve(
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    buf: &mut BytesMut,
-    rx: &mut mpsc::Receiver<Frame>,
+    broker: &Broker,
+    cluster: &Cluster,
+    peer: &str,
+    ends: &mut Ends<'_>,
     close: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
+    let Ends {
+        reader,
+        writer,
+        buf,
+        rx,
+        queued,
+    } = ends;
     let mut out = BytesMut::new();
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,9 +287,9 @@ async fn serve(
             f = rx.recv() => {
                 let Some(f) = f else { return Ok(()) };
                 // Everything queued goes out in one write.
-                frame::encode(&f, &mut out);
-                while let Ok(f) = rx.try_recv() {
-                    frame::encode(&f, &mut out);
+                take(&f, &mut out, queued);
+                while out.len() < 1 << 20 && let Ok(f) = rx.try_recv() {
+                    take(&f, &mut out, queued);
                 }
                 writer.write_all(&out).await?;
                 out.clear();
@@ -258,6 +303,13 @@ async fn serve(
                     match f {
                         Frame::Heartbeat => {}
                         Frame::Hello(_) => return Err(LinkError::Handshake("a second Hello")),
+                        Frame::Routes(filters) => {
+                            debug!(peer, routes = filters.len(), "routes from peer");
+                            cluster.remote.write().replace(peer, &filters);
+                        }
+                        Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
+                        Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
+                        Frame::Publish(message) => broker.route_forwarded(message),
                     }
                 }
             }

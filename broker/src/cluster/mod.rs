@@ -14,14 +14,19 @@ pub mod frame;
 pub mod link;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::router::routes::RemoteRoutes;
 use frame::Frame;
+
+/// Forwarded messages queued for one peer above which more are dropped (and counted): the
+/// link is slower than the traffic for it.
+pub const FORWARD_QUEUE: usize = 65_536;
 
 /// A live link to a peer, as the registry holds it.
 #[derive(Debug, Clone)]
@@ -34,8 +39,11 @@ pub struct PeerLink {
     pub dialer: String,
     /// The peer (`host:port` from `peers`) we dialed, when we did.
     pub dialed: Option<String>,
-    /// Frames to send.
-    pub tx: mpsc::Sender<Frame>,
+    /// Frames to send. Unbounded for route changes (which must never be lost); forwarded
+    /// messages are bounded by `queued`.
+    pub tx: mpsc::UnboundedSender<Frame>,
+    /// Forwarded messages waiting in `tx`.
+    pub queued: Arc<AtomicUsize>,
     /// Cancelled to close this link.
     pub close: CancellationToken,
 }
@@ -60,6 +68,10 @@ pub struct Cluster {
     /// Configured peers, `host:port` (own address included, as in the shared list).
     pub peers: Vec<String>,
     links: Mutex<AHashMap<String, PeerLink>>,
+    /// The filters each peer announced.
+    pub remote: parking_lot::RwLock<RemoteRoutes>,
+    /// Messages forwarded to each peer, and dropped because its queue was full.
+    forwarded: Mutex<AHashMap<String, (u64, u64)>>,
     /// Node id last seen at each dialed peer address.
     seen_at: Mutex<AHashMap<String, String>>,
     next_link: AtomicU64,
@@ -83,6 +95,8 @@ impl Cluster {
             epoch,
             peers,
             links: Mutex::new(AHashMap::new()),
+            remote: parking_lot::RwLock::new(RemoteRoutes::default()),
+            forwarded: Mutex::new(AHashMap::new()),
             seen_at: Mutex::new(AHashMap::new()),
             next_link: AtomicU64::new(1),
         })
@@ -122,12 +136,56 @@ impl Cluster {
         Registered::Kept
     }
 
-    /// Forgets the link `link_id` to `peer` if it is still the registered one.
+    /// Forgets the link `link_id` to `peer` if it is still the registered one, and the
+    /// routes the peer announced on it.
     pub fn unregister(&self, peer: &str, link_id: u64) {
         let mut links = self.links.lock();
         if links.get(peer).is_some_and(|l| l.link_id == link_id) {
             links.remove(peer);
+            self.remote.write().drop_peer(peer);
         }
+    }
+
+    /// Sends `frame` to every linked peer (route changes).
+    pub fn broadcast(&self, frame: &Frame) {
+        for link in self.links.lock().values() {
+            let _ = link.tx.send(frame.clone());
+        }
+    }
+
+    /// Queues a forwarded message for `peer`; false when the peer is not linked or its queue
+    /// is full (the message is then not forwarded, and counted).
+    pub fn forward(&self, peer: &str, frame: Frame) -> bool {
+        let sent = {
+            let links = self.links.lock();
+            match links.get(peer) {
+                Some(link) if link.queued.load(Ordering::Relaxed) < FORWARD_QUEUE => {
+                    link.queued.fetch_add(1, Ordering::Relaxed);
+                    link.tx.send(frame).is_ok()
+                }
+                _ => false,
+            }
+        };
+        let mut counts = self.forwarded.lock();
+        let entry = counts.entry(peer.to_owned()).or_default();
+        if sent {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        sent
+    }
+
+    /// (peer, forwarded, dropped) for every peer a message was ever forwarded to.
+    pub fn forward_counts(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = self
+            .forwarded
+            .lock()
+            .iter()
+            .map(|(p, (f, d))| (p.clone(), *f, *d))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The node id last seen at a dialed address.
@@ -190,13 +248,14 @@ mod tests {
     use super::*;
 
     fn link(cluster: &Cluster, dialer: &str, epoch: u64) -> PeerLink {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = mpsc::unbounded_channel();
         PeerLink {
             link_id: cluster.next_link_id(),
             epoch,
             dialer: dialer.into(),
             dialed: None,
             tx,
+            queued: Arc::new(AtomicUsize::new(0)),
             close: CancellationToken::new(),
         }
     }

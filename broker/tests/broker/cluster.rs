@@ -140,3 +140,182 @@ async fn peers_without_a_cluster_listener_or_not_host_port_are_config_errors() {
     };
     assert!(c.validate().unwrap_err().to_string().contains("peers"));
 }
+
+async fn mesh(n: usize) -> (Vec<Server>, Vec<String>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        nodes.push(node(&format!("node-{i}"), "prod", *port, &peers).await);
+    }
+    let all = nodes.len() - 1;
+    let ready = || nodes.iter().all(|s| up(s).len() == all);
+    until("a full mesh", ready).await;
+    (nodes, peers)
+}
+
+/// Waits until `node` routes `topic` to `peers` (route announcements are asynchronous).
+async fn routed(node: &Server, topic: &str, peers: &[&str]) {
+    let cluster = node.broker.cluster.get().unwrap().clone();
+    let want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    until(&format!("routes for {topic}"), || {
+        let mut got = cluster.remote.read().peers_for(topic).to_vec();
+        got.sort();
+        got == want
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_node_gets_what_is_published_on_another_once() {
+    let (nodes, _) = mesh(3).await;
+    let (mut s1, _) = Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V5, "s1", true).await;
+    s1.subscribe("plant/+/temp", rookery_codec::QoS::AtLeastOnce)
+        .await;
+    // Overlapping filters on one node still make one forward.
+    s1.subscribe("plant/#", rookery_codec::QoS::AtLeastOnce)
+        .await;
+    let (mut s2, _) =
+        Raw::connect(nodes[2].addr(), rookery_codec::Protocol::V311, "s2", true).await;
+    s2.subscribe("plant/#", rookery_codec::QoS::AtMostOnce)
+        .await;
+    routed(&nodes[0], "plant/a/temp", &["node-1", "node-2"]).await;
+
+    let (mut p, _) = Raw::connect(nodes[0].addr(), rookery_codec::Protocol::V5, "p", true).await;
+    for i in 1..=20u16 {
+        p.publish(
+            "plant/a/temp",
+            format!("{i}").as_bytes(),
+            rookery_codec::QoS::AtLeastOnce,
+            false,
+            i,
+        )
+        .await;
+    }
+    for i in 1..=20u16 {
+        let m = s1.recv_publish().await;
+        assert_eq!(&m.payload[..], format!("{i}").as_bytes(), "in order");
+        assert_eq!(m.qos, rookery_codec::QoS::AtLeastOnce);
+        s1.send(rookery_codec::Packet::PubAck(rookery_codec::Ack {
+            packet_id: m.packet_id,
+            ..Default::default()
+        }))
+        .await;
+        let m = s2.recv_publish().await;
+        assert_eq!(&m.payload[..], format!("{i}").as_bytes());
+        assert_eq!(
+            m.qos,
+            rookery_codec::QoS::AtMostOnce,
+            "downgraded to the subscription"
+        );
+    }
+    // Once per node: no duplicates, and nothing comes back to node 0 (no loops).
+    s1.expect_silence(Duration::from_millis(300)).await;
+    s2.expect_silence(Duration::from_millis(10)).await;
+    let c0 = nodes[0].broker.cluster.get().unwrap();
+    assert_eq!(
+        c0.forward_counts(),
+        vec![("node-1".into(), 20, 0), ("node-2".into(), 20, 0)]
+    );
+    assert!(
+        nodes[1]
+            .broker
+            .cluster
+            .get()
+            .unwrap()
+            .forward_counts()
+            .is_empty()
+    );
+    let m = scrape(nodes[0].metrics_addr.unwrap()).await;
+    assert_eq!(
+        value(
+            &m,
+            "rookery_cluster_forwarded_messages_total{peer=\"node-1\"}"
+        ),
+        20.0
+    );
+
+    // The last unsubscribe on a node withdraws its route: node 0 stops forwarding there.
+    s2.send(rookery_codec::Packet::Unsubscribe(
+        rookery_codec::Unsubscribe {
+            packet_id: 9,
+            filters: vec!["plant/#".into()],
+            user_properties: Default::default(),
+        },
+    ))
+    .await;
+    routed(&nodes[0], "plant/a/temp", &["node-1"]).await;
+    p.publish(
+        "plant/a/temp",
+        b"21",
+        rookery_codec::QoS::AtLeastOnce,
+        false,
+        21,
+    )
+    .await;
+    assert_eq!(&s1.recv_publish().await.payload[..], b"21");
+    assert_eq!(
+        nodes[0].broker.cluster.get().unwrap().forward_counts(),
+        vec![("node-1".into(), 21, 0), ("node-2".into(), 20, 0)]
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_reach_every_node_and_a_late_subscriber_anywhere_gets_them() {
+    let (nodes, _) = mesh(3).await;
+    let (mut p, _) = Raw::connect(nodes[0].addr(), rookery_codec::Protocol::V5, "p", true).await;
+    p.publish(
+        "status/line-1",
+        b"running",
+        rookery_codec::QoS::AtLeastOnce,
+        true,
+        1,
+    )
+    .await;
+    let b = nodes[2].broker.clone();
+    until("the retained message on node 2", || {
+        b.retained.read().len() == 1
+    })
+    .await;
+    let (mut late, _) =
+        Raw::connect(nodes[2].addr(), rookery_codec::Protocol::V5, "late", true).await;
+    late.subscribe("status/#", rookery_codec::QoS::AtLeastOnce)
+        .await;
+    let m = late.recv_publish().await;
+    assert_eq!(
+        (&m.topic[..], &m.payload[..], m.retain),
+        ("status/line-1", &b"running"[..], true)
+    );
+    // Cleared on node 0, cleared everywhere.
+    p.publish(
+        "status/line-1",
+        b"",
+        rookery_codec::QoS::AtLeastOnce,
+        true,
+        2,
+    )
+    .await;
+    until("the retained message gone on node 2", || {
+        b.retained.read().is_empty()
+    })
+    .await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_away_takes_its_routes_with_it() {
+    let (mut nodes, _) = mesh(2).await;
+    let (mut s, _) = Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V5, "s", true).await;
+    s.subscribe("x/#", rookery_codec::QoS::AtMostOnce).await;
+    routed(&nodes[0], "x/y", &["node-1"]).await;
+    drop(s);
+    let gone = nodes.pop().unwrap();
+    gone.shutdown().await;
+    routed(&nodes[0], "x/y", &[]).await;
+    nodes.pop().unwrap().shutdown().await;
+}
