@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::cluster::Forwarded;
 use crate::cluster::frame::Frame;
 use crate::config::Config;
 use crate::limits::LiveLimits;
@@ -42,6 +43,8 @@ pub struct Routed {
     pub receivers: usize,
     /// A session whose queue is now over its limit: the publisher pauses until it drains.
     pub congested: Option<Arc<Session>>,
+    /// A peer's link queue that is now long: the publisher pauses until it drains.
+    pub peer_congested: Option<Arc<crate::cluster::LinkQueue>>,
     /// The commit that makes this message durable, when it caused store writes.
     pub ticket: Option<Ticket>,
     /// Not routed: it needed the store, and the store cannot take it now.
@@ -160,10 +163,11 @@ impl Broker {
 
     /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
     /// again, so no loops), and a retained one into the index without a store write (the
-    /// node it was published on stored it).
-    pub fn route_forwarded(&self, stored: StoredMessage) {
+    /// node it was published on stored it). Returns a session whose queue it pushed over its
+    /// limit: the link then stops reading until it drains (backpressure to the peer).
+    pub fn route_forwarded(&self, stored: StoredMessage) -> Option<Arc<Session>> {
         let message = Arc::new(convert::message(stored, 0, Instant::now(), now_ms()));
-        self.route_here(&message, false);
+        self.route_here(&message, false).congested
     }
 
     /// Sends the message to each peer that has a subscriber for it.
@@ -188,7 +192,14 @@ impl Broker {
         }
         let frame = Frame::Publish(convert::stored_message(message, Instant::now(), now_ms()));
         for peer in &peers {
-            let sent = cluster.forward(peer, frame.clone());
+            let sent = match cluster.forward(peer, frame.clone()) {
+                Forwarded::Sent => true,
+                Forwarded::Congested(queue) => {
+                    routed.peer_congested = Some(queue);
+                    true
+                }
+                Forwarded::Dropped => false,
+            };
             if sent && matched.contains(peer) {
                 routed.receivers += 1;
             }

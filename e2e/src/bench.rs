@@ -48,6 +48,11 @@ pub struct Options {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: SocketAddr,
+    /// Subscribers connect here instead (another node of a cluster: publish on one node,
+    /// receive on another). The flow scenarios wait half a second after the subscriptions for
+    /// their routes to reach the publishers' node.
+    #[arg(long, value_name = "ADDR")]
+    pub subscriber_broker: Option<SocketAddr>,
     /// Load shape.
     #[arg(long, value_enum, default_value = "fan-in")]
     pub scenario: Scenario,
@@ -815,6 +820,13 @@ async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     });
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subscribers);
     let mut subs = Vec::new();
+    let sub_dialer = match opts.subscriber_broker {
+        Some(addr) => Dialer {
+            addr,
+            tls: dialer.tls.clone(),
+        },
+        None => dialer.clone(),
+    };
     for i in 0..subscribers {
         let filter = match opts.scenario {
             Scenario::FanIn => "bench/in".to_string(),
@@ -824,7 +836,7 @@ async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
         };
         subs.push(tokio::spawn(subscriber(
             opts.clone(),
-            dialer.clone(),
+            sub_dialer.clone(),
             shared.clone(),
             i,
             filter,
@@ -837,6 +849,10 @@ async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
             .recv()
             .await
             .context("a subscriber failed to start")?;
+    }
+    if opts.subscriber_broker.is_some() {
+        // The subscriptions are routed from the publishers' node once announced.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut pubs = Vec::new();
     for i in 0..publishers {

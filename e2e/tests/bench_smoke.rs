@@ -18,6 +18,7 @@ fn broker_binary() -> std::path::PathBuf {
 fn options(broker: &BrokerProcess, scenario: Scenario, qos: u8) -> Options {
     Options {
         broker: broker.addr,
+        subscriber_broker: None,
         scenario,
         clients: 3,
         qos,
@@ -127,5 +128,54 @@ async fn the_tool_speaks_tls() {
         assert_eq!((report.lost, report.duplicated), (0, 0));
         assert!(report.delivered > 0 || report.connects_per_sec.unwrap() > 0.0);
         assert!(report.table().contains("TLS"));
+    }
+}
+
+#[tokio::test]
+async fn across_two_cluster_nodes_nothing_is_lost() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = format!("bench-{i}");
+        let link = format!("127.0.0.1:{port}");
+        let mut node = BrokerProcess::start(
+            &broker_binary(),
+            &[
+                "--log-level",
+                "warn,rookery_broker=info",
+                "--node-id",
+                &id,
+                "--cluster-listen",
+                &link,
+                "--peers",
+                &peers,
+            ],
+        )
+        .unwrap();
+        node.wait_for_log("cluster links starting", std::time::Duration::from_secs(10))
+            .unwrap();
+        nodes.push(node);
+    }
+    nodes[0]
+        .wait_for_log("cluster link up", std::time::Duration::from_secs(10))
+        .unwrap();
+    for (scenario, qos) in [(Scenario::Pairs, 1), (Scenario::FanIn, 2)] {
+        let report = bench::run(Options {
+            subscriber_broker: Some(nodes[1].addr),
+            ..options(&nodes[0], scenario, qos)
+        })
+        .await
+        .unwrap();
+        assert!(report.delivered > 0, "{scenario:?}: nothing delivered");
+        assert_eq!((report.lost, report.duplicated), (0, 0), "{scenario:?}");
     }
 }

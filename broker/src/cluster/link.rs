@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::frame::{self, Frame, Hello};
-use super::{Cluster, PeerLink, Registered};
+use super::{Cluster, LinkQueue, PeerLink, Registered};
 use crate::broker::Broker;
+use crate::connection::{resume_below, wait_for_space};
+use crate::session::Session;
 
 /// Time between heartbeats on a quiet link.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -24,6 +24,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const DEAD_AFTER: Duration = Duration::from_millis(3_500);
 /// Time allowed for the peer's Hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node waits for a peer with a smaller id to dial it before dialing itself.
+pub const PEER_DIALS_GRACE: Duration = Duration::from_secs(3);
 /// Dial backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -53,6 +55,9 @@ pub enum LinkError {
     /// We dialed ourselves (our own address is in the shared peer list).
     #[error("this is our own address")]
     SelfLink,
+    /// The peer's id is smaller: it dials us (one link per pair, never replaced while up).
+    #[error("the peer dials this node")]
+    PeerDials,
     /// Nothing heard for [`DEAD_AFTER`].
     #[error("peer silent for {0:?}")]
     Silent(Duration),
@@ -79,7 +84,7 @@ pub async fn listen(
         };
         let (broker, cluster, shutdown) = (broker.clone(), cluster.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = run(&broker, &cluster, stream, None, &shutdown).await {
+            if let Err(e) = run(&broker, &cluster, stream, None, false, &shutdown).await {
                 debug!(%from, error = %e, "inbound cluster link ended");
             }
         });
@@ -88,6 +93,11 @@ pub async fn listen(
 
 /// Keeps a link to `addr` up until `shutdown`: dials, runs the link, and dials again with
 /// backoff when it ends. Stops for good when `addr` turns out to be this node.
+///
+/// Of two nodes, the one with the smaller id dials: the other hangs up after the handshake
+/// and waits, so a pair has one link and a link carrying messages is never replaced by a
+/// second one (its queued messages would go with it). If the smaller node does not dial
+/// within [`PEER_DIALS_GRACE`] (its peer list lacks this node), this node keeps its own link.
 pub async fn dial(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
@@ -95,27 +105,46 @@ pub async fn dial(
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut waiting_since: Option<tokio::time::Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        // A link the peer dialed may be the one kept: nothing to do while it is up.
+        // Linked (whoever dialed): nothing to do while the link is up.
         if let Some(id) = cluster.node_at(&addr)
             && cluster.is_up(&id)
         {
+            waiting_since = None;
             tokio::select! {
-                _ = tokio::time::sleep(HEARTBEAT) => continue,
+                _ = tokio::time::sleep(HEARTBEAT / 4) => continue,
                 _ = shutdown.cancelled() => return,
             }
         }
+        let insist = waiting_since.is_some_and(|t| t.elapsed() >= PEER_DIALS_GRACE);
         // Resolved on every attempt: in Kubernetes a restarted peer comes back on a new IP.
         let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&addr)).await;
         match connected {
             Ok(Ok(stream)) => {
-                match run(&broker, &cluster, stream, Some(addr.clone()), &shutdown).await {
+                match run(
+                    &broker,
+                    &cluster,
+                    stream,
+                    Some(addr.clone()),
+                    insist,
+                    &shutdown,
+                )
+                .await
+                {
                     Err(LinkError::SelfLink) => {
                         debug!(%addr, "cluster peer address is this node: not dialed again");
                         return;
+                    }
+                    Err(LinkError::PeerDials) => {
+                        waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                        tokio::select! {
+                            _ = tokio::time::sleep(HEARTBEAT / 4) => continue,
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                     Err(LinkError::OtherCluster { .. }) | Err(LinkError::Handshake(_)) => {
                         backoff = BACKOFF_MAX;
@@ -144,6 +173,7 @@ async fn run(
     cluster: &Arc<Cluster>,
     stream: TcpStream,
     dialed: Option<String>,
+    insist: bool,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
@@ -190,8 +220,14 @@ async fn run(
         warn!(error = %e, "cluster link refused");
         return Err(e);
     }
+    if let Some(addr) = &dialed {
+        cluster.note_seen(addr, &hello.node_id);
+        if hello.node_id < cluster.node_id && !insist {
+            return Err(LinkError::PeerDials);
+        }
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queued = Arc::new(LinkQueue::default());
     let close = CancellationToken::new();
     let link_id = cluster.next_link_id();
     let peer = hello.node_id.clone();
@@ -242,13 +278,13 @@ struct Ends<'a> {
     writer: &'a mut tokio::net::tcp::OwnedWriteHalf,
     buf: &'a mut BytesMut,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
-    queued: &'a AtomicUsize,
+    queued: &'a LinkQueue,
 }
 
 /// Queues `f` in `out`, counting a forwarded message off the peer's budget.
-fn take(f: &Frame, out: &mut BytesMut, queued: &AtomicUsize) {
+fn take(f: &Frame, out: &mut BytesMut, queued: &LinkQueue) {
     if matches!(f, Frame::Publish(_)) {
-        queued.fetch_sub(1, Ordering::Relaxed);
+        queued.taken();
     }
     frame::encode(f, out);
 }
@@ -270,6 +306,9 @@ async fn serve(
         queued,
     } = ends;
     let mut out = BytesMut::new();
+    // A session this link's messages pushed over its queue limit: the link is not read until
+    // it drains, so TCP pushes back on the peer, whose publishers then pause.
+    let mut congested: Option<Arc<Session>> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep(DEAD_AFTER);
@@ -278,7 +317,7 @@ async fn serve(
         tokio::select! {
             _ = close.cancelled() => return Ok(()),
             _ = shutdown.cancelled() => return Ok(()),
-            _ = &mut dead => return Err(LinkError::Silent(DEAD_AFTER)),
+            _ = &mut dead, if congested.is_none() => return Err(LinkError::Silent(DEAD_AFTER)),
             _ = beat.tick() => {
                 frame::encode(&Frame::Heartbeat, &mut out);
                 writer.write_all(&out).await?;
@@ -293,26 +332,50 @@ async fn serve(
                 }
                 writer.write_all(&out).await?;
                 out.clear();
+                // The peer took what we wrote: alive, even if it sends nothing while it
+                // holds us back (it is not reading while its subscribers catch up).
+                dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
             }
-            r = reader.read_buf(buf) => {
+            _ = wait_for_space(congested.as_ref(), resume_below(broker)), if congested.is_some() => {
+                // We were the ones not reading: the peer is not silent.
+                dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
+                congested = handle_frames(broker, cluster, peer, buf)?;
+            }
+            r = reader.read_buf(buf), if congested.is_none() => {
                 if r? == 0 {
                     return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
                 }
                 dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
-                while let Some(f) = frame::decode(buf)? {
-                    match f {
-                        Frame::Heartbeat => {}
-                        Frame::Hello(_) => return Err(LinkError::Handshake("a second Hello")),
-                        Frame::Routes(filters) => {
-                            debug!(peer, routes = filters.len(), "routes from peer");
-                            cluster.remote.write().replace(peer, &filters);
-                        }
-                        Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
-                        Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
-                        Frame::Publish(message) => broker.route_forwarded(message),
-                    }
+                congested = handle_frames(broker, cluster, peer, buf)?;
+            }
+        }
+    }
+}
+
+/// Handles every whole frame in `buf`, stopping after a forwarded message that pushed a
+/// session over its queue limit (returned: the caller waits for it before reading on).
+fn handle_frames(
+    broker: &Broker,
+    cluster: &Cluster,
+    peer: &str,
+    buf: &mut BytesMut,
+) -> Result<Option<Arc<Session>>, LinkError> {
+    while let Some(f) = frame::decode(buf)? {
+        match f {
+            Frame::Heartbeat => {}
+            Frame::Hello(_) => return Err(LinkError::Handshake("a second Hello")),
+            Frame::Routes(filters) => {
+                debug!(peer, routes = filters.len(), "routes from peer");
+                cluster.remote.write().replace(peer, &filters);
+            }
+            Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
+            Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
+            Frame::Publish(message) => {
+                if let Some(session) = broker.route_forwarded(message) {
+                    return Ok(Some(session));
                 }
             }
         }
     }
+    Ok(None)
 }

@@ -24,9 +24,69 @@ use tokio_util::sync::CancellationToken;
 use crate::router::routes::RemoteRoutes;
 use frame::Frame;
 
-/// Forwarded messages queued for one peer above which more are dropped (and counted): the
-/// link is slower than the traffic for it.
+/// Forwarded messages queued for one peer above which more are dropped (and counted): a last
+/// resort, publishers are paused long before (see [`FORWARD_HIGH`]).
 pub const FORWARD_QUEUE: usize = 65_536;
+/// Forwarded messages queued for one peer from which each publisher that adds one is paused
+/// until the queue is back under [`FORWARD_LOW`] (backpressure across nodes).
+pub const FORWARD_HIGH: usize = 8_192;
+/// See [`FORWARD_HIGH`].
+pub const FORWARD_LOW: usize = 4_096;
+
+/// The forwarded messages waiting on one link.
+#[derive(Debug, Default)]
+pub struct LinkQueue {
+    count: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl LinkQueue {
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One message taken off to be written.
+    pub fn taken(&self) {
+        if self.count.fetch_sub(1, Ordering::Relaxed) == FORWARD_LOW {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer than [`FORWARD_LOW`] wait, or `limit` passes.
+    pub async fn wait_drained(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.len() < FORWARD_LOW {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = &mut deadline => return,
+            }
+        }
+    }
+}
+
+/// What [`Cluster::forward`] did.
+#[derive(Debug, Clone)]
+pub enum Forwarded {
+    /// Queued for the peer.
+    Sent,
+    /// Queued, and the peer's queue is long: the publisher should wait on it.
+    Congested(Arc<LinkQueue>),
+    /// Not queued: the peer is not linked or its queue is full.
+    Dropped,
+}
 
 /// A live link to a peer, as the registry holds it.
 #[derive(Debug, Clone)]
@@ -43,7 +103,7 @@ pub struct PeerLink {
     /// messages are bounded by `queued`.
     pub tx: mpsc::UnboundedSender<Frame>,
     /// Forwarded messages waiting in `tx`.
-    pub queued: Arc<AtomicUsize>,
+    pub queued: Arc<LinkQueue>,
     /// Cancelled to close this link.
     pub close: CancellationToken,
 }
@@ -153,27 +213,34 @@ impl Cluster {
         }
     }
 
-    /// Queues a forwarded message for `peer`; false when the peer is not linked or its queue
-    /// is full (the message is then not forwarded, and counted).
-    pub fn forward(&self, peer: &str, frame: Frame) -> bool {
-        let sent = {
+    /// Queues a forwarded message for `peer`. Dropped (and counted) only when the peer is not
+    /// linked or its queue is full.
+    pub fn forward(&self, peer: &str, frame: Frame) -> Forwarded {
+        let result = {
             let links = self.links.lock();
             match links.get(peer) {
-                Some(link) if link.queued.load(Ordering::Relaxed) < FORWARD_QUEUE => {
-                    link.queued.fetch_add(1, Ordering::Relaxed);
-                    link.tx.send(frame).is_ok()
+                Some(link) if link.queued.len() < FORWARD_QUEUE => {
+                    let n = link.queued.count.fetch_add(1, Ordering::Relaxed) + 1;
+                    if link.tx.send(frame).is_err() {
+                        link.queued.count.fetch_sub(1, Ordering::Relaxed);
+                        Forwarded::Dropped
+                    } else if n >= FORWARD_HIGH {
+                        Forwarded::Congested(link.queued.clone())
+                    } else {
+                        Forwarded::Sent
+                    }
                 }
-                _ => false,
+                _ => Forwarded::Dropped,
             }
         };
         let mut counts = self.forwarded.lock();
         let entry = counts.entry(peer.to_owned()).or_default();
-        if sent {
-            entry.0 += 1;
-        } else {
+        if matches!(result, Forwarded::Dropped) {
             entry.1 += 1;
+        } else {
+            entry.0 += 1;
         }
-        sent
+        result
     }
 
     /// (peer, forwarded, dropped) for every peer a message was ever forwarded to.
@@ -255,7 +322,7 @@ mod tests {
             dialer: dialer.into(),
             dialed: None,
             tx,
-            queued: Arc::new(AtomicUsize::new(0)),
+            queued: Arc::new(LinkQueue::default()),
             close: CancellationToken::new(),
         }
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use rookery_auth::acl::SubscribeDecision;
 use tracing::{debug, info};
 
-use super::{Close, Conn, hold_for_memory, hold_until};
+use super::{Close, Conn, hold_for_link, hold_for_memory, hold_until};
 use crate::limits::{ClientRate, RateAction};
 use crate::message::Message;
 use crate::metrics::RateLimit;
@@ -186,6 +186,10 @@ impl Conn {
             // A subscriber's queue is over its limit: stop reading from this publisher until
             // it drains, rather than drop what we acknowledge.
             self.congested = Some(session);
+        }
+        if let Some(queue) = routed.peer_congested {
+            // The same for a peer node's link.
+            self.held = Some(hold_for_link(queue));
         }
         // MQTT 5.0: 0x10 tells the publisher nobody subscribed; 3.1.1 acks carry no code.
         let code = if receivers == 0 {

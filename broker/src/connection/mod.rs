@@ -312,13 +312,13 @@ const BACKPRESSURE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Paused publishers resume when the congested queue is below half the depth that paused them:
 /// the gap keeps them from waking for every message drained.
-fn resume_below(broker: &Broker) -> usize {
+pub(crate) fn resume_below(broker: &Broker) -> usize {
     let c = &broker.config;
     c.backpressure_depth.min(c.max_queued_messages).div_ceil(2)
 }
 
 /// Waits until `session`'s queue is below `limit`, it goes offline, or the pause limit passes.
-async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize) {
+pub(crate) async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize) {
     let Some(session) = session else {
         return std::future::pending().await;
     };
@@ -445,6 +445,11 @@ fn hold_until(until: tokio::time::Instant) -> Hold {
 /// A hold until the memory gate opens (or a second passes).
 fn hold_for_memory(broker: Arc<Broker>) -> Hold {
     Box::pin(async move { broker.memory.wait_open().await })
+}
+
+/// A hold until a peer's link queue drains (or the backpressure pause limit passes).
+fn hold_for_link(queue: Arc<crate::cluster::LinkQueue>) -> Hold {
+    Box::pin(async move { queue.wait_drained(BACKPRESSURE_MAX_PAUSE).await })
 }
 
 /// Waits until the hold ends.

@@ -319,3 +319,75 @@ async fn a_node_that_goes_away_takes_its_routes_with_it() {
     routed(&nodes[0], "x/y", &[]).await;
     nodes.pop().unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_on_another_node_slows_the_publisher_and_loses_nothing() {
+    let (nodes, _) = mesh(2).await;
+    let (mut slow, _) =
+        Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V311, "slow", true).await;
+    slow.subscribe("flood", rookery_codec::QoS::AtLeastOnce)
+        .await;
+    routed(&nodes[0], "flood", &["node-1"]).await;
+    // Far more than the subscriber's queue (1000), its backpressure depth (256) and the
+    // link's queue before publishers pause (8192) together.
+    const N: u32 = 20_000;
+    let addr = nodes[0].addr();
+    let publisher = tokio::spawn(async move {
+        let (mut p, _) = Raw::connect(addr, rookery_codec::Protocol::V311, "p", true).await;
+        let mut acked = 0u32;
+        let mut sent = 0u32;
+        // Up to 100 in flight, as a client with a window does.
+        while acked < N {
+            while sent < N && sent - acked < 100 {
+                sent += 1;
+                let id = (sent % 65_000 + 1) as u16;
+                p.send(rookery_codec::Packet::Publish(publish(
+                    "flood",
+                    &sent.to_be_bytes(),
+                    rookery_codec::QoS::AtLeastOnce,
+                    false,
+                    id,
+                )))
+                .await;
+            }
+            match p.recv_within(Duration::from_secs(30)).await {
+                Some(rookery_codec::Packet::PubAck(_)) => acked += 1,
+                other => panic!("publisher got {other:?} after {acked} acks"),
+            }
+        }
+    });
+    // The subscriber reads nothing for a while, then everything.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 1..=N {
+        let m = slow.recv_publish().await;
+        assert_eq!(
+            &m.payload[..],
+            &i.to_be_bytes(),
+            "message {i}; forwarded {:?}; dropped on node 1 {:?}",
+            nodes[0].broker.cluster.get().unwrap().forward_counts(),
+            nodes[1].broker.metrics.dropped_queue_full_total
+        );
+        slow.send(rookery_codec::Packet::PubAck(rookery_codec::Ack {
+            packet_id: m.packet_id,
+            ..Default::default()
+        }))
+        .await;
+    }
+    publisher.await.unwrap();
+    let c0 = nodes[0].broker.cluster.get().unwrap();
+    assert_eq!(
+        c0.forward_counts(),
+        vec![("node-1".into(), u64::from(N), 0)]
+    );
+    for n in &nodes {
+        let m = &n.broker.metrics;
+        assert_eq!(
+            m.dropped_queue_full_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
