@@ -170,6 +170,47 @@ impl Broker {
         self.route_here(&message, false).congested
     }
 
+    /// Tells the other nodes that a connection here took `session`'s client id (at the time
+    /// [`Session::set_claimed`] noted), and closes it at once if another node's newer claim
+    /// came while it was attaching: of concurrent CONNECTs the newest wins, everywhere.
+    pub fn claim(&self, session: &Session) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        cluster.broadcast(&Frame::Claim {
+            client_id: session.client_id.to_string(),
+            at_ms: session.claimed(),
+        });
+        if let Some((at_ms, node)) = cluster.claim_of(&session.client_id) {
+            self.lose_to(session, at_ms, &node);
+        }
+    }
+
+    /// A peer's connection took `client_id` at `at_ms`: ours goes if it is older (0x8E).
+    pub fn remote_claim(&self, peer: &str, client_id: &str, at_ms: u64) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let (at_ms, node) = cluster.note_claim(client_id, at_ms, peer);
+        if let Some(session) = self.sessions.get(client_id) {
+            self.lose_to(&session, at_ms, &node);
+        }
+    }
+
+    /// Closes `session`'s connection if the claim (`at_ms`, `node`) is newer than ours (ties
+    /// to the larger node id).
+    fn lose_to(&self, session: &Session, at_ms: u64, node: &str) {
+        let ours = (session.claimed(), self.config.node_id.as_str());
+        if session.is_attached()
+            && (at_ms, node) > ours
+            && session.kick(rookery_codec::reason::SESSION_TAKEN_OVER)
+        {
+            self.metrics.takeovers_total.fetch_add(1, Ordering::Relaxed);
+            info!(client_id = %session.client_id, node,
+                "session taken over by a connection on another node");
+        }
+    }
+
     /// Sends the message to each peer that has a subscriber for it.
     fn forward(&self, message: &Arc<Message>, routed: &mut Routed) {
         let Some(cluster) = self.cluster.get() else {

@@ -35,6 +35,15 @@ pub enum Frame {
     /// A message published on the sender, for the receiver's subscribers (never forwarded
     /// again).
     Publish(StoredMessage),
+    /// A client connected to the sender with this client id at `at_ms`: the receiver closes
+    /// its own connection of that id if it is older (one client id, one connection in the
+    /// cluster; the newest wins, ties going to the larger node id).
+    Claim {
+        /// The client id.
+        client_id: String,
+        /// When the sender accepted the connection, ms since the Unix epoch.
+        at_ms: u64,
+    },
 }
 
 /// Who is at the other end.

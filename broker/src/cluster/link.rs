@@ -370,6 +370,7 @@ fn handle_frames(
             }
             Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
             Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
+            Frame::Claim { client_id, at_ms } => broker.remote_claim(peer, &client_id, at_ms),
             Frame::Publish(message) => {
                 if let Some(session) = broker.route_forwarded(message) {
                     return Ok(Some(session));

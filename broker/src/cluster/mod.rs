@@ -32,6 +32,10 @@ pub const FORWARD_QUEUE: usize = 65_536;
 pub const FORWARD_HIGH: usize = 8_192;
 /// See [`FORWARD_HIGH`].
 pub const FORWARD_LOW: usize = 4_096;
+/// Remembered claims of client ids by other nodes before old ones are pruned.
+const CLAIMS_KEPT: usize = 10_000;
+/// How long a claim is worth remembering.
+const CLAIM_MEMORY_MS: u64 = 10_000;
 
 /// The forwarded messages waiting on one link.
 #[derive(Debug, Default)]
@@ -132,6 +136,9 @@ pub struct Cluster {
     pub remote: parking_lot::RwLock<RemoteRoutes>,
     /// Messages forwarded to each peer, and dropped because its queue was full.
     forwarded: Mutex<AHashMap<String, (u64, u64)>>,
+    /// The newest claim of each client id by another node: (ms, node id). Kept a while so
+    /// that a connection still attaching here when the claim came can lose to it after.
+    claims: Mutex<AHashMap<String, (u64, String)>>,
     /// Node id last seen at each dialed peer address.
     seen_at: Mutex<AHashMap<String, String>>,
     next_link: AtomicU64,
@@ -157,6 +164,7 @@ impl Cluster {
             links: Mutex::new(AHashMap::new()),
             remote: parking_lot::RwLock::new(RemoteRoutes::default()),
             forwarded: Mutex::new(AHashMap::new()),
+            claims: Mutex::new(AHashMap::new()),
             seen_at: Mutex::new(AHashMap::new()),
             next_link: AtomicU64::new(1),
         })
@@ -241,6 +249,28 @@ impl Cluster {
             entry.0 += 1;
         }
         result
+    }
+
+    /// Records another node's claim of `client_id`; returns the newest claim known.
+    pub fn note_claim(&self, client_id: &str, at_ms: u64, node: &str) -> (u64, String) {
+        let mut claims = self.claims.lock();
+        if claims.len() >= CLAIMS_KEPT {
+            // Claims settle within a link round trip: old ones can go.
+            let horizon = at_ms.saturating_sub(CLAIM_MEMORY_MS);
+            claims.retain(|_, (at, _)| *at >= horizon);
+        }
+        let entry = claims
+            .entry(client_id.to_owned())
+            .or_insert_with(|| (at_ms, node.to_owned()));
+        if (at_ms, node) > (entry.0, entry.1.as_str()) {
+            *entry = (at_ms, node.to_owned());
+        }
+        entry.clone()
+    }
+
+    /// The newest claim of `client_id` by another node, if one is remembered.
+    pub fn claim_of(&self, client_id: &str) -> Option<(u64, String)> {
+        self.claims.lock().get(client_id).cloned()
     }
 
     /// (peer, forwarded, dropped) for every peer a message was ever forwarded to.

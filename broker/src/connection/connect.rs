@@ -219,6 +219,9 @@ pub async fn accept(
     let (session, attachment, old_owner) = loop {
         let session = broker.sessions.get_or_create(&client_id);
         let _guard = session.attach_lock.lock().await;
+        // Claimed before attaching: a claim from another node that arrives meanwhile is
+        // compared with this connection, not with the previous one.
+        session.set_claimed(rookery_store::now_ms());
         // One user cannot take another's session: not its live connection, and not its
         // subscriptions or queued messages (a different user starts clean).
         let other_user = session.owned_by_other(username);
@@ -314,6 +317,7 @@ pub async fn accept(
         code: reason::SUCCESS,
         properties,
     };
+    broker.claim(&session);
     Ok(Accepted {
         session,
         attachment,

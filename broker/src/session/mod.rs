@@ -138,6 +138,9 @@ pub struct Session {
     /// Who the session belongs to: the identity of the connection that last attached.
     owner: Mutex<Owner>,
     takeovers_total: AtomicU64,
+    /// When this node last gave the client id a connection (ms since the epoch), to settle
+    /// claims from other nodes: the newest connection keeps the id.
+    claimed_ms: AtomicU64,
 }
 
 /// What [`Session::push`] did with a delivery.
@@ -212,7 +215,18 @@ impl Session {
             attach_lock: tokio::sync::Mutex::new(()),
             owner: Mutex::new(Owner::default()),
             takeovers_total: AtomicU64::new(0),
+            claimed_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that a connection here took the client id at `ms`.
+    pub fn set_claimed(&self, ms: u64) {
+        self.claimed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When a connection here last took the client id.
+    pub fn claimed(&self) -> u64 {
+        self.claimed_ms.load(Ordering::Relaxed)
     }
 
     /// True while a connection is attached.

@@ -391,3 +391,68 @@ async fn a_slow_subscriber_on_another_node_slows_the_publisher_and_loses_nothing
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_connecting_on_another_node_takes_the_id_over() {
+    let (nodes, _) = mesh(2).await;
+    let (mut first, _) =
+        Raw::connect(nodes[0].addr(), rookery_codec::Protocol::V5, "dev-1", true).await;
+    let (_second, ack) =
+        Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V5, "dev-1", true).await;
+    assert_eq!(ack.code, 0);
+    let d = first.expect_closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason, rookery_codec::reason::SESSION_TAKEN_OVER);
+    let online = |s: &Server| {
+        s.broker
+            .sessions
+            .get("dev-1")
+            .is_some_and(|s| s.is_attached())
+    };
+    until("dev-1 only on node 1", || {
+        !online(&nodes[0]) && online(&nodes[1])
+    })
+    .await;
+    assert_eq!(
+        nodes[0]
+            .broker
+            .metrics
+            .takeovers_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connects_of_one_client_id_on_two_nodes_leave_one_owner() {
+    let (nodes, _) = mesh(2).await;
+    for round in 0..10 {
+        let id = format!("twin-{round}");
+        let (a, b) = (nodes[0].addr(), nodes[1].addr());
+        let (ia, ib) = (id.clone(), id.clone());
+        let (ra, rb) = tokio::join!(
+            Raw::connect(a, rookery_codec::Protocol::V5, &ia, true),
+            Raw::connect(b, rookery_codec::Protocol::V5, &ib, true),
+        );
+        let online = |s: &Server| s.broker.sessions.get(&id).is_some_and(|s| s.is_attached());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while online(&nodes[0]) == online(&nodes[1]) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: online on node 0 {}, on node 1 {}",
+                online(&nodes[0]),
+                online(&nodes[1])
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And it stays so.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(online(&nodes[0]) != online(&nodes[1]), "round {round}");
+        drop((ra, rb));
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
