@@ -172,6 +172,12 @@ pub struct Config {
     /// The other nodes' `cluster_listen` addresses, `host:port` (the same list on every node:
     /// a node finds and skips its own).
     pub peers: Vec<String>,
+    /// CA that every node's link certificate chains to (mutual TLS on cluster links).
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's link certificate (PEM chain), presented both ways.
+    pub cluster_cert: Option<PathBuf>,
+    /// This node's link key.
+    pub cluster_key: Option<PathBuf>,
     /// Address of the HTTP endpoint for `/metrics`, `/healthz`, `/readyz` and the admin API
     /// (none by default).
     pub metrics_listen: Option<SocketAddr>,
@@ -255,6 +261,9 @@ impl Default for Config {
             cluster_name: "rookery".into(),
             cluster_listen: None,
             peers: Vec::new(),
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
             metrics_listen: None,
             admin_token_file: None,
             sys_interval: 10,
@@ -404,6 +413,13 @@ impl Config {
                 .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         }) {
             return invalid("peers", &format!("{bad:?} is not host:port"));
+        }
+        let link_tls = [&self.cluster_ca, &self.cluster_cert, &self.cluster_key];
+        if link_tls.iter().any(|f| f.is_some()) && !link_tls.iter().all(|f| f.is_some()) {
+            return invalid(
+                "cluster_ca",
+                "cluster links need all of cluster_ca, cluster_cert and cluster_key, or none",
+            );
         }
         if !self.peers.is_empty() && self.cluster_listen.is_none() {
             return invalid(
@@ -743,6 +759,15 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub peers: Vec<String>,
+    /// CA of the cluster links' certificates (mutual TLS between nodes).
+    #[arg(long, env = "ROOKERY_CLUSTER_CA", value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate for cluster links.
+    #[arg(long, env = "ROOKERY_CLUSTER_CERT", value_name = "FILE")]
+    pub cluster_cert: Option<PathBuf>,
+    /// This node's key for cluster links.
+    #[arg(long, env = "ROOKERY_CLUSTER_KEY", value_name = "FILE")]
+    pub cluster_key: Option<PathBuf>,
     /// Address for `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[arg(long, env = "ROOKERY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -903,6 +928,15 @@ impl Cli {
         }
         if !cli.peers.is_empty() {
             config.peers = cli.peers;
+        }
+        for (slot, value) in [
+            (&mut config.cluster_ca, cli.cluster_ca),
+            (&mut config.cluster_cert, cli.cluster_cert),
+            (&mut config.cluster_key, cli.cluster_key),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
         }
         if cli.admin_token_file.is_some() {
             config.admin_token_file = cli.admin_token_file;

@@ -251,13 +251,33 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
         rookery_store::now_ms(),
         c.peers.clone(),
     );
+    let tls = match (&c.cluster_ca, &c.cluster_cert, &c.cluster_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = crate::listener::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: Some(ca.clone()),
+                require_client_cert: true,
+            };
+            let acceptor = ReloadingTls::load(files).map_err(invalid)?;
+            let connector =
+                crate::listener::tls::client_connector(cert, key, ca).map_err(invalid)?;
+            Some(Arc::new(link::LinkTls {
+                acceptor: Arc::new(acceptor),
+                connector,
+            }))
+        }
+        _ => None,
+    };
     let _ = broker.cluster.set(cluster.clone());
     broker.router.write().set_cluster(cluster.clone());
     // Links are not the broker's tasks: shutdown cancels them, it does not wait for them.
+    let mtls = tls.is_some();
     tokio::spawn(link::listen(
         broker.clone(),
         cluster.clone(),
         socket,
+        tls.clone(),
         broker.shutdown.clone(),
     ));
     for peer in &c.peers {
@@ -265,10 +285,12 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
             broker.clone(),
             cluster.clone(),
             peer.clone(),
+            tls.clone(),
             broker.shutdown.clone(),
         ));
     }
-    info!(%bound, peers = c.peers.len(), cluster = %c.cluster_name, "cluster links starting");
+    info!(%bound, peers = c.peers.len(), cluster = %c.cluster_name, mtls,
+        "cluster links starting");
     Ok(bound)
 }
 

@@ -5,6 +5,10 @@
 #[path = "broker/support.rs"]
 mod support;
 
+#[path = "security/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
 #[path = "broker/cluster.rs"]
 mod cluster;
 #[path = "broker/connect.rs"]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -63,11 +63,26 @@ pub enum LinkError {
     Silent(Duration),
 }
 
+/// A link's byte stream: TCP, or TLS over it.
+pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> LinkIo for T {}
+type Stream = Box<dyn LinkIo>;
+
+/// Mutual TLS on links: the acceptor for links dialed to us (client certificates required,
+/// from the cluster CA) and the connector for ours.
+pub struct LinkTls {
+    /// Accepts links (the node's certificate; client certificates checked).
+    pub acceptor: Arc<crate::listener::tls::ReloadingTls>,
+    /// Dials links (the same certificate as client; the cluster CA as the only root).
+    pub connector: tokio_rustls::TlsConnector,
+}
+
 /// Accepts links until `shutdown`.
 pub async fn listen(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    tls: Option<Arc<LinkTls>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -83,7 +98,23 @@ pub async fn listen(
             _ = shutdown.cancelled() => return,
         };
         let (broker, cluster, shutdown) = (broker.clone(), cluster.clone(), shutdown.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let stream: Stream = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let accept = tls.acceptor.acceptor().accept(stream);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            warn!(%from, error = %e, "cluster link refused: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
             if let Err(e) = run(&broker, &cluster, stream, None, false, &shutdown).await {
                 debug!(%from, error = %e, "inbound cluster link ended");
             }
@@ -102,6 +133,7 @@ pub async fn dial(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
     addr: String,
+    tls: Option<Arc<LinkTls>>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -122,7 +154,8 @@ pub async fn dial(
         }
         let insist = waiting_since.is_some_and(|t| t.elapsed() >= PEER_DIALS_GRACE);
         // Resolved on every attempt: in Kubernetes a restarted peer comes back on a new IP.
-        let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&addr)).await;
+        let connected =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(&addr, tls.as_deref())).await;
         match connected {
             Ok(Ok(stream)) => {
                 match run(
@@ -167,17 +200,31 @@ pub async fn dial(
     }
 }
 
+/// Connects to a peer, with TLS when configured (the peer's certificate must name the host
+/// part of `addr`).
+async fn connect(addr: &str, tls: Option<&LinkTls>) -> io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(Box::new(tls.connector.connect(name, tcp).await?))
+}
+
 /// Runs one link: handshake, registration, then frames both ways until it ends.
 async fn run(
     broker: &Arc<Broker>,
     cluster: &Arc<Cluster>,
-    stream: TcpStream,
+    stream: Stream,
     dialed: Option<String>,
     insist: bool,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     frame::encode(
         &Frame::Hello(Hello {
@@ -274,8 +321,8 @@ async fn run(
 
 /// A link's socket halves and queue.
 struct Ends<'a> {
-    reader: &'a mut tokio::net::tcp::OwnedReadHalf,
-    writer: &'a mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &'a mut ReadHalf<Stream>,
+    writer: &'a mut WriteHalf<Stream>,
     buf: &'a mut BytesMut,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     queued: &'a LinkQueue,

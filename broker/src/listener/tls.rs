@@ -206,3 +206,40 @@ fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError>
         .map_err(|e| config_error(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// A TLS client configuration for cluster links: the node's own certificate (mutual TLS) and
+/// the cluster CA as the only trust root.
+pub fn client_connector(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let chain = certificates("certificate", cert, &read("certificate", cert)?)?;
+    let key_pem = read("key", key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
+        what: "key",
+        path: key.into(),
+        message: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+    })?;
+    let mut roots = RootCertStore::empty();
+    for c in certificates("CA", ca, &read("CA", ca)?)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            what: "CA",
+            path: ca.into(),
+            message: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config_error = |message: String| TlsError::Config {
+        cert: cert.into(),
+        key: key.into(),
+        message,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13])
+        .map_err(|e| config_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private)
+        .map_err(|e| config_error(e.to_string()))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}

@@ -456,3 +456,63 @@ async fn concurrent_connects_of_one_client_id_on_two_nodes_leave_one_owner() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_with_mutual_tls_admit_only_certificates_of_the_cluster_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::ca("cluster CA");
+    let other = crate::pki::ca("someone else");
+    let ca_file = crate::pki::write(dir.path(), "ca.pem", &ca.pem);
+    let files = |name: &str, leaf: &crate::pki::Leaf| {
+        (
+            crate::pki::write(dir.path(), &format!("{name}.crt"), &leaf.cert_pem),
+            crate::pki::write(dir.path(), &format!("{name}.key"), &leaf.key_pem),
+        )
+    };
+    let good = [
+        files("n0", &ca.server(&rcgen::PKCS_ECDSA_P256_SHA256)),
+        files("n1", &ca.server(&rcgen::PKCS_ECDSA_P256_SHA256)),
+    ];
+    let rogue = files("rogue", &other.server(&rcgen::PKCS_ECDSA_P256_SHA256));
+    let ports = [free_port(), free_port()];
+    // Peers by name, checked against the certificates' SAN (localhost).
+    let peers: Vec<String> = ports.iter().map(|p| format!("localhost:{p}")).collect();
+    let start_node = |i: usize, (cert, key): (std::path::PathBuf, std::path::PathBuf)| {
+        let (peers, ca_file, port) = (peers.clone(), ca_file.clone(), ports[i]);
+        async move {
+            start(move |c| {
+                c.node_id = format!("node-{i}");
+                c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+                c.peers = peers;
+                c.cluster_ca = Some(ca_file);
+                c.cluster_cert = Some(cert);
+                c.cluster_key = Some(key);
+            })
+            .await
+        }
+    };
+    let n0 = start_node(0, good[0].clone()).await;
+    let n1 = start_node(1, good[1].clone()).await;
+    until("a TLS link", || {
+        up(&n0) == ["node-1"] && up(&n1) == ["node-0"]
+    })
+    .await;
+    // Messages cross it.
+    let (mut s, _) = Raw::connect(n1.addr(), rookery_codec::Protocol::V5, "s", true).await;
+    s.subscribe("t", rookery_codec::QoS::AtLeastOnce).await;
+    routed(&n0, "t", &["node-1"]).await;
+    let (mut p, _) = Raw::connect(n0.addr(), rookery_codec::Protocol::V5, "p", true).await;
+    p.publish("t", b"over TLS", rookery_codec::QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"over TLS");
+    n1.shutdown().await;
+    until("node-1 gone", || up(&n0).is_empty()).await;
+
+    // A node whose certificate another CA signed cannot link, whichever side dials.
+    let intruder = start_node(1, rogue).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(up(&n0).is_empty());
+    assert!(up(&intruder).is_empty());
+    n0.shutdown().await;
+    intruder.shutdown().await;
+}
