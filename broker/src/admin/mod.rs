@@ -93,6 +93,9 @@ pub fn readiness(broker: &Broker) -> Result<(), &'static str> {
     {
         return Err("store unavailable");
     }
+    if broker.cluster.get().is_some_and(|c| !c.joined()) {
+        return Err("joining the cluster");
+    }
     Ok(())
 }
 

@@ -180,17 +180,25 @@ pub async fn dial(
                         }
                     }
                     Err(LinkError::OtherCluster { .. }) | Err(LinkError::Handshake(_)) => {
+                        cluster.note_unreachable(&addr);
                         backoff = BACKOFF_MAX;
                     }
                     Ok(()) => backoff = BACKOFF_MIN,
                     Err(e) => {
                         debug!(%addr, error = %e, "cluster link ended");
+                        cluster.note_unreachable(&addr);
                         backoff = BACKOFF_MIN;
                     }
                 }
             }
-            Ok(Err(e)) => debug!(%addr, error = %e, "cannot reach cluster peer"),
-            Err(_) => debug!(%addr, "cluster peer did not answer in time"),
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "cannot reach cluster peer");
+                cluster.note_unreachable(&addr);
+            }
+            Err(_) => {
+                debug!(%addr, "cluster peer did not answer in time");
+                cluster.note_unreachable(&addr);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}

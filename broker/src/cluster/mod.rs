@@ -142,6 +142,8 @@ pub struct Cluster {
     /// Node id last seen at each dialed peer address.
     seen_at: Mutex<AHashMap<String, String>>,
     next_link: AtomicU64,
+    /// Configured peers that could not be reached at least once.
+    unreachable: Mutex<ahash::AHashSet<String>>,
 }
 
 /// What registering a new link decided.
@@ -167,6 +169,25 @@ impl Cluster {
             claims: Mutex::new(AHashMap::new()),
             seen_at: Mutex::new(AHashMap::new()),
             next_link: AtomicU64::new(1),
+            unreachable: Mutex::new(ahash::AHashSet::new()),
+        })
+    }
+
+    /// Notes that a configured peer could not be reached (or refused the link).
+    pub fn note_unreachable(&self, addr: &str) {
+        self.unreachable.lock().insert(addr.to_owned());
+    }
+
+    /// True once every configured peer is this node, linked, or was found unreachable: the
+    /// node has joined what it could of the cluster (readiness waits for it, so that clients
+    /// come once the routes of the reachable peers are known).
+    pub fn joined(&self) -> bool {
+        let unreachable = self.unreachable.lock();
+        self.peers.iter().all(|addr| {
+            unreachable.contains(addr)
+                || self
+                    .node_at(addr)
+                    .is_some_and(|id| id == self.node_id || self.is_up(&id))
         })
     }
 
@@ -419,5 +440,24 @@ mod tests {
                 up: true
             }]
         );
+    }
+
+    #[test]
+    fn joined_once_every_peer_is_this_node_linked_or_unreachable() {
+        let peers = vec!["a:1".to_owned(), "b:1".to_owned(), "c:1".to_owned()];
+        let c = Cluster::new("na".into(), "x".into(), 1, peers);
+        assert!(!c.joined());
+        c.note_seen("a:1", "na");
+        assert!(!c.joined());
+        let mut l = link(&c, "na", 3);
+        l.dialed = Some("b:1".into());
+        c.register("nb", l);
+        assert!(!c.joined(), "c:1 not tried yet");
+        c.note_unreachable("c:1");
+        assert!(c.joined());
+        // Linked but not yet matched to its address does not count.
+        let c2 = Cluster::new("na".into(), "x".into(), 1, vec!["b:1".to_owned()]);
+        c2.register("nb", link(&c2, "nb", 3));
+        assert!(!c2.joined());
     }
 }

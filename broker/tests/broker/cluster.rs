@@ -516,3 +516,19 @@ async fn links_with_mutual_tls_admit_only_certificates_of_the_cluster_ca() {
     n0.shutdown().await;
     intruder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_until_every_peer_is_linked_or_found_unreachable() {
+    let ports = [free_port(), free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    // Node 2 never starts: node 0 is ready once node 1 is linked and node 2 found unreachable.
+    let a = node("node-0", "prod", ports[0], &peers).await;
+    let b = node("node-1", "prod", ports[1], &peers).await;
+    let ready = |s: &Server| rookery_broker::admin::readiness(&s.broker).is_ok();
+    until("both ready", || ready(&a) && ready(&b)).await;
+    assert_eq!(up(&a), ["node-1"]);
+    let (status, body) = http(a.metrics_addr.unwrap(), "GET", "/readyz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
