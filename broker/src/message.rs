@@ -119,11 +119,11 @@ impl Message {
         self.topic.len() + self.payload.len() + props + 64
     }
 
-    #[cfg(test)]
-    pub(crate) fn test(topic: &str, payload: &str) -> Message {
+    /// A retained QoS 0 message from the broker itself (`$SYS`).
+    pub fn from_broker(topic: &str, payload: Bytes) -> Message {
         Message {
             topic: topic.into(),
-            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            payload,
             qos: QoS::AtMostOnce,
             retain: true,
             properties: PublishProperties::default(),
@@ -131,6 +131,11 @@ impl Message {
             origin: 0,
             received: Instant::now(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test(topic: &str, payload: &str) -> Message {
+        Message::from_broker(topic, Bytes::copy_from_slice(payload.as_bytes()))
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use rookery_codec::{PublishProperties, QoS};
 
 use crate::broker::Broker;
 use crate::message::Message;
@@ -228,16 +227,7 @@ fn dropped(m: &Metrics) -> u64 {
 
 /// Publishes one retained QoS 0 value from the broker itself.
 fn publish(broker: &Broker, topic: &str, value: String) {
-    let message = Arc::new(Message {
-        topic: topic.into(),
-        payload: Bytes::from(value),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: PublishProperties::default(),
-        expires_at: None,
-        origin: 0,
-        received: Instant::now(),
-    });
+    let message = Arc::new(Message::from_broker(topic, Bytes::from(value)));
     broker.route(&message);
     broker
         .metrics

@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-from compare import RELEASE, bench, free_port, wait_port
+from compare import RELEASE, bench, free_port, stop, wait_port
 
 SCENARIOS = [
     ("fan-in QoS 1, 10 publishers", ["--scenario", "fan-in", "--clients", "10", "--qos", "1"]),
@@ -61,11 +61,7 @@ def main() -> None:
                 try:
                     r = bench(port, proc.pid, args, a.duration)
                 finally:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                    stop(proc)
                 if r:
                     runs[label].append(r)
         if not runs["A"] or not runs["B"]:

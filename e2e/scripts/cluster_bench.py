@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from compare import RELEASE, free_port, wait_port
+from compare import RELEASE, free_port, stop, wait_port
 
 SCENARIOS = [
     ("pairs QoS 1, 10 pairs at 1k msg/s each", ["--scenario", "pairs", "--clients", "10", "--qos", "1", "--rate", "1000"]),
@@ -71,8 +71,7 @@ def main() -> None:
                         runs[label].append(r)
             finally:
                 for n in nodes:
-                    n.terminate()
-                    n.wait(10)
+                    stop(n)
         for label, rs in runs.items():
             if not rs:
                 print(f"| {name} | {label} | failed | | | | |")

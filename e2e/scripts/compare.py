@@ -101,6 +101,15 @@ next_connection_delay_ms = 0
     return proc
 
 
+def stop(proc):
+    """Terminates a broker, killing it if it does not go within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def bench(port, pid, args, duration):
     cmd = ["taskset", "-c", "1", os.path.join(RELEASE, "rookery-bench"), "--broker", f"127.0.0.1:{port}",
            "--broker-pid", str(pid), "--duration", str(duration), "--warmup", "1", "--json", *args]
@@ -134,11 +143,7 @@ def main():
                     try:
                         r = bench(port, proc.pid, args, a.duration)
                     finally:
-                        proc.terminate()
-                        try:
-                            proc.wait(timeout=10)
-                        except subprocess.TimeoutExpired:
-                            proc.kill()
+                        stop(proc)
                     if r:
                         results[b].append(r)
             print(f"\n## {name}\n")

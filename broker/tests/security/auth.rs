@@ -22,6 +22,18 @@ fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     path
 }
 
+/// `n` CONNECTs as `alice` with a wrong password, each refused as such.
+async fn fail_logins(addr: std::net::SocketAddr, n: usize) {
+    for i in 0..n {
+        let (_r, ack) = Raw::try_connect(
+            addr,
+            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
+        )
+        .await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "attempt {i}");
+    }
+}
+
 fn login(protocol: Protocol, id: &str, user: Option<&str>, password: Option<&str>) -> Connect {
     let mut c = connect_packet(protocol, id, true);
     c.username = user.map(Into::into);
@@ -109,14 +121,7 @@ async fn repeated_failures_ban_the_address_and_the_ban_can_be_lifted() {
     })
     .await;
     let addr = server.addr();
-    for i in 0..3 {
-        let (_r, ack) = Raw::try_connect(
-            addr,
-            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
-        )
-        .await;
-        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
-    }
+    fail_logins(addr, 3).await;
     // Banned now, even with the right password.
     let (_r, ack) = Raw::try_connect(
         addr,
@@ -307,14 +312,7 @@ async fn bans_are_counted_listed_and_lifted_through_the_admin_api() {
     })
     .await;
     let (addr, admin) = (server.addr(), server.metrics_addr.unwrap());
-    for i in 0..3 {
-        let (_r, ack) = Raw::try_connect(
-            addr,
-            login(Protocol::V5, &format!("x{i}"), Some("alice"), Some("guess")),
-        )
-        .await;
-        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
-    }
+    fail_logins(addr, 3).await;
     let (_r, ack) = Raw::try_connect(
         addr,
         login(Protocol::V311, "ok", Some("alice"), Some("wonderland")),
