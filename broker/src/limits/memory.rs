@@ -102,7 +102,12 @@ pub async fn watch(broker: Arc<Broker>) {
         let queued = if mark == 0 {
             0
         } else {
-            survey::queued_bytes(&broker)
+            // A walk over every session: off the runtime's worker threads.
+            let b = broker.clone();
+            match tokio::task::spawn_blocking(move || survey::queued_bytes(&b)).await {
+                Ok(q) => q,
+                Err(_) => continue,
+            }
         };
         match broker.memory.update(queued, mark) {
             Some(true) => warn!(
