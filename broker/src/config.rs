@@ -172,6 +172,9 @@ pub struct Config {
     /// The other nodes' `cluster_listen` addresses, `host:port` (the same list on every node:
     /// a node finds and skips its own).
     pub peers: Vec<String>,
+    /// A DNS name (`host:port`) whose addresses are the peers, re-resolved every 5 s: the
+    /// StatefulSet's headless Service.
+    pub peers_dns: Option<String>,
     /// CA that every node's link certificate chains to (mutual TLS on cluster links).
     pub cluster_ca: Option<PathBuf>,
     /// This node's link certificate (PEM chain), presented both ways.
@@ -261,6 +264,7 @@ impl Default for Config {
             cluster_name: "rookery".into(),
             cluster_listen: None,
             peers: Vec::new(),
+            peers_dns: None,
             cluster_ca: None,
             cluster_cert: None,
             cluster_key: None,
@@ -408,7 +412,7 @@ impl Config {
         if self.node_id.is_empty() {
             return invalid("node_id", "must not be empty");
         }
-        if let Some(bad) = self.peers.iter().find(|p| {
+        if let Some(bad) = self.peers.iter().chain(&self.peers_dns).find(|p| {
             p.rsplit_once(':')
                 .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         }) {
@@ -421,7 +425,7 @@ impl Config {
                 "cluster links need all of cluster_ca, cluster_cert and cluster_key, or none",
             );
         }
-        if !self.peers.is_empty() && self.cluster_listen.is_none() {
+        if (!self.peers.is_empty() || self.peers_dns.is_some()) && self.cluster_listen.is_none() {
             return invalid(
                 "cluster_listen",
                 "peers are set: the other nodes need an address to link to",
@@ -759,6 +763,9 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub peers: Vec<String>,
+    /// A DNS name, `host:port`, whose addresses are the peers (re-resolved every 5 s).
+    #[arg(long, env = "ROOKERY_PEERS_DNS", value_name = "HOST:PORT")]
+    pub peers_dns: Option<String>,
     /// CA of the cluster links' certificates (mutual TLS between nodes).
     #[arg(long, env = "ROOKERY_CLUSTER_CA", value_name = "FILE")]
     pub cluster_ca: Option<PathBuf>,
@@ -928,6 +935,9 @@ impl Cli {
         }
         if !cli.peers.is_empty() {
             config.peers = cli.peers;
+        }
+        if cli.peers_dns.is_some() {
+            config.peers_dns = cli.peers_dns;
         }
         for (slot, value) in [
             (&mut config.cluster_ca, cli.cluster_ca),

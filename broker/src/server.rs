@@ -289,6 +289,16 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
             broker.shutdown.clone(),
         ));
     }
+    if let Some(name) = &c.peers_dns {
+        cluster.expect_dns();
+        tokio::spawn(crate::cluster::discovery::run(
+            broker.clone(),
+            cluster.clone(),
+            name.clone(),
+            tls.clone(),
+            broker.shutdown.clone(),
+        ));
+    }
     info!(%bound, peers = c.peers.len(), cluster = %c.cluster_name, mtls,
         "cluster links starting");
     Ok(bound)

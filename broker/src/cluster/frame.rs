@@ -56,6 +56,10 @@ pub struct Hello {
     /// The sender's boot epoch (milliseconds since the Unix epoch at start): a restarted peer
     /// has a new one, so state learned from its previous life is dropped.
     pub epoch: u64,
+    /// Set by a dialer whose id is the larger one and that keeps the link anyway (the other
+    /// node did not dial it in time). Without it, such a dialer hangs up after the handshake,
+    /// and the accepting side does not take the link up at all.
+    pub insist: bool,
 }
 
 /// Why bytes are not a frame.
@@ -115,6 +119,7 @@ mod tests {
             cluster: "prod".into(),
             node_id: "rookery-1".into(),
             epoch: 1_795_000_000_000,
+            insist: false,
         })
     }
 

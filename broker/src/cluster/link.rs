@@ -239,6 +239,7 @@ async fn run(
             cluster: cluster.name.clone(),
             node_id: cluster.node_id.clone(),
             epoch: cluster.epoch,
+            insist,
         }),
         &mut out,
     );
@@ -280,6 +281,9 @@ async fn run(
         if hello.node_id < cluster.node_id && !insist {
             return Err(LinkError::PeerDials);
         }
+    } else if hello.node_id > cluster.node_id && !hello.insist {
+        // The dialer has the larger id: it hangs up now and waits for us to dial it.
+        return Err(LinkError::PeerDials);
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let queued = Arc::new(LinkQueue::default());

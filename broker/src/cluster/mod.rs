@@ -10,6 +10,7 @@
 //!
 //! What rides on the links (routes, forwarded messages, ownership) builds on this module.
 
+pub mod discovery;
 pub mod frame;
 pub mod link;
 
@@ -129,8 +130,9 @@ pub struct Cluster {
     pub name: String,
     /// This node's boot epoch.
     pub epoch: u64,
-    /// Configured peers, `host:port` (own address included, as in the shared list).
-    pub peers: Vec<String>,
+    /// Peers, `host:port`: the configured list (own address included, as in the shared
+    /// list) and what `peers_dns` resolves to.
+    peers: parking_lot::RwLock<Vec<String>>,
     links: Mutex<AHashMap<String, PeerLink>>,
     /// The filters each peer announced.
     pub remote: parking_lot::RwLock<RemoteRoutes>,
@@ -144,6 +146,8 @@ pub struct Cluster {
     next_link: AtomicU64,
     /// Configured peers that could not be reached at least once.
     unreachable: Mutex<ahash::AHashSet<String>>,
+    /// `peers_dns` is set and has not been resolved yet.
+    awaiting_dns: std::sync::atomic::AtomicBool,
 }
 
 /// What registering a new link decided.
@@ -162,7 +166,7 @@ impl Cluster {
             node_id,
             name,
             epoch,
-            peers,
+            peers: parking_lot::RwLock::new(peers),
             links: Mutex::new(AHashMap::new()),
             remote: parking_lot::RwLock::new(RemoteRoutes::default()),
             forwarded: Mutex::new(AHashMap::new()),
@@ -170,6 +174,7 @@ impl Cluster {
             seen_at: Mutex::new(AHashMap::new()),
             next_link: AtomicU64::new(1),
             unreachable: Mutex::new(ahash::AHashSet::new()),
+            awaiting_dns: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -182,13 +187,47 @@ impl Cluster {
     /// node has joined what it could of the cluster (readiness waits for it, so that clients
     /// come once the routes of the reachable peers are known).
     pub fn joined(&self) -> bool {
+        if self.awaiting_dns.load(Ordering::Relaxed) {
+            return false;
+        }
         let unreachable = self.unreachable.lock();
-        self.peers.iter().all(|addr| {
+        self.peers.read().iter().all(|addr| {
             unreachable.contains(addr)
                 || self
                     .node_at(addr)
                     .is_some_and(|id| id == self.node_id || self.is_up(&id))
         })
+    }
+
+    /// Peers come from DNS too: not joined before the first answer ([`Cluster::dns_resolved`]).
+    pub fn expect_dns(&self) {
+        self.awaiting_dns.store(true, Ordering::Relaxed);
+    }
+
+    /// `peers_dns` answered (or failed) once.
+    pub fn dns_resolved(&self) {
+        self.awaiting_dns.store(false, Ordering::Relaxed);
+    }
+
+    /// The peers now.
+    pub fn peers(&self) -> Vec<String> {
+        self.peers.read().clone()
+    }
+
+    /// Adds a peer (found by DNS); false when it was known.
+    pub fn add_peer(&self, addr: &str) -> bool {
+        let mut peers = self.peers.write();
+        if peers.iter().any(|p| p == addr) {
+            return false;
+        }
+        peers.push(addr.to_owned());
+        true
+    }
+
+    /// Removes a peer (gone from DNS).
+    pub fn remove_peer(&self, addr: &str) {
+        self.peers.write().retain(|p| p != addr);
+        self.unreachable.lock().remove(addr);
     }
 
     /// A fresh link id.
@@ -339,7 +378,7 @@ impl Cluster {
         let up = self.up_peers();
         let mut out = Vec::new();
         let mut covered = Vec::new();
-        for addr in &self.peers {
+        for addr in self.peers.read().iter() {
             let id = seen.get(addr);
             if id.is_some_and(|id| *id == self.node_id) {
                 continue;

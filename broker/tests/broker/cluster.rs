@@ -532,3 +532,34 @@ async fn readiness_waits_until_every_peer_is_linked_or_found_unreachable() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_found_by_dns_are_dialed() {
+    let ports = [free_port(), free_port()];
+    let b_addr = format!("127.0.0.1:{}", ports[1]);
+    let a = {
+        let dns = format!("localhost:{}", ports[1]);
+        let port = ports[0];
+        start(move |c| {
+            c.node_id = "node-a".into();
+            c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+            c.peers_dns = Some(dns);
+        })
+        .await
+    };
+    // B knows nobody: only A's discovery can link them (A has the smaller id, so A dials).
+    let b = node("node-b", "rookery", ports[1], &[]).await;
+    until("linked through DNS", || {
+        up(&a) == ["node-b"] && up(&b) == ["node-a"]
+    })
+    .await;
+    let ready = |s: &Server| rookery_broker::admin::readiness(&s.broker).is_ok();
+    until("A ready", || ready(&a)).await;
+    let status = a.broker.cluster.get().unwrap().status();
+    assert!(
+        status.iter().any(|p| p.peer == b_addr && p.up),
+        "{status:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
