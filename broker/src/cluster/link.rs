@@ -22,6 +22,8 @@ use crate::session::Session;
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which a peer counts as gone and its link is closed.
 pub const DEAD_AFTER: Duration = Duration::from_millis(3_500);
+/// A write that took this long waited for the peer to read (see `serve`).
+const WRITE_PROVES_LIFE: Duration = Duration::from_millis(50);
 /// Time allowed for the peer's Hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node waits for a peer with a smaller id to dial it before dialing itself.
@@ -367,11 +369,14 @@ async fn serve(
     let mut out = BytesMut::new();
     // A session this link's messages pushed over its queue limit: the link is not read until
     // it drains, so TCP pushes back on the peer, whose publishers then pause.
-    let mut congested: Option<Arc<Session>> = None;
+    let mut congested: Option<Arc<Session>>;
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep(DEAD_AFTER);
     tokio::pin!(dead);
+    // Frames that came with the peer's Hello (its route snapshot, often) are handled now, not
+    // at the next read.
+    congested = handle_frames(broker, cluster, peer, buf)?;
     loop {
         tokio::select! {
             _ = close.cancelled() => return Ok(()),
@@ -389,11 +394,15 @@ async fn serve(
                 while out.len() < 1 << 20 && let Ok(f) = rx.try_recv() {
                     take(&f, &mut out, queued);
                 }
+                let started = tokio::time::Instant::now();
                 writer.write_all(&out).await?;
                 out.clear();
-                // The peer took what we wrote: alive, even if it sends nothing while it
-                // holds us back (it is not reading while its subscribers catch up).
-                dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
+                // A write that had to wait ended because the peer read: it is alive, even if
+                // its heartbeats wait unread behind the write. (A write that went straight
+                // into the socket buffer proves nothing: a vanished peer takes those too.)
+                if started.elapsed() >= WRITE_PROVES_LIFE {
+                    dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
+                }
             }
             _ = wait_for_space(congested.as_ref(), resume_below(broker)), if congested.is_some() => {
                 // We were the ones not reading: the peer is not silent.

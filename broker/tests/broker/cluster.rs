@@ -7,12 +7,18 @@ use rookery_broker::Server;
 
 use crate::support::*;
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that no test binding
+/// port 0 meanwhile can take it before the node does.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 async fn node(id: &str, cluster: &str, port: u16, peers: &[String]) -> Server {
@@ -562,4 +568,49 @@ async fn peers_found_by_dns_are_dialed() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_falls_silent_is_declared_down_even_while_messages_flow_to_it() {
+    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use tokio::io::AsyncWriteExt;
+    let port = free_port();
+    let a = node("node-a", "prod", port, &[]).await;
+    // A "node" that links, asks for a topic, then neither reads nor writes again: a peer cut
+    // off without a reset.
+    let mut ghost = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    frame::encode(
+        &Frame::Hello(Hello {
+            cluster: "prod".into(),
+            node_id: "node-z".into(),
+            epoch: 1,
+            insist: true,
+        }),
+        &mut out,
+    );
+    frame::encode(&Frame::Routes(vec!["t".into()]), &mut out);
+    ghost.write_all(&out).await.unwrap();
+    until("the ghost linked", || up(&a) == ["node-z"]).await;
+    routed(&a, "t", &["node-z"]).await;
+    let (mut p, _) = Raw::connect(a.addr(), rookery_codec::Protocol::V5, "p", true).await;
+    let started = Instant::now();
+    // A trickle that the socket buffers would take for hours.
+    while !up(&a).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the ghost still counts as up"
+        );
+        p.publish("t", b"x", rookery_codec::QoS::AtMostOnce, false, 0)
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "down only after the detector's 3.5 s"
+    );
+    drop(ghost);
+    a.shutdown().await;
 }
