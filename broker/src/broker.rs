@@ -220,11 +220,11 @@ impl Broker {
             return; // each node's own
         }
         let matched = cluster.remote.read().peers_for(&message.topic);
-        let mut peers = matched.to_vec();
+        let mut peers = matched.clone();
         if message.retain {
             for p in cluster.up_peers() {
-                if !peers.contains(&p) {
-                    peers.push(p);
+                if !peers.iter().any(|q| **q == *p) {
+                    peers.push(p.into());
                 }
             }
         }

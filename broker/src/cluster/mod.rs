@@ -302,7 +302,13 @@ impl Cluster {
             }
         };
         let mut counts = self.forwarded.lock();
-        let entry = counts.entry(peer.to_owned()).or_default();
+        // Allocates the peer's name once, not per message.
+        if !counts.contains_key(peer) {
+            counts.insert(peer.to_owned(), (0, 0));
+        }
+        let Some(entry) = counts.get_mut(peer) else {
+            return result;
+        };
         if matches!(result, Forwarded::Dropped) {
             entry.1 += 1;
         } else {

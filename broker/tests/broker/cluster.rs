@@ -165,7 +165,13 @@ async fn routed(node: &Server, topic: &str, peers: &[&str]) {
     let cluster = node.broker.cluster.get().unwrap().clone();
     let want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     until(&format!("routes for {topic}"), || {
-        let mut got = cluster.remote.read().peers_for(topic).to_vec();
+        let mut got: Vec<String> = cluster
+            .remote
+            .read()
+            .peers_for(topic)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         got.sort();
         got == want
     })
