@@ -78,6 +78,10 @@ pub struct Broker {
     pub persist: Option<Arc<Persist>>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when a drain starts (and at shutdown): listeners stop accepting.
+    pub drain: CancellationToken,
+    /// Cancelled when a drain has disconnected every client: the process may exit.
+    pub drained: CancellationToken,
     /// Background tasks (connections, timers) to wait for at shutdown.
     pub tasks: TaskTracker,
     /// Rate limits and the memory mark in force (swapped with [`Broker::set_limits`]).
@@ -111,6 +115,7 @@ impl Broker {
             queue_qos0_offline: config.queue_qos0_offline,
         };
         let limits = ArcSwap::from_pointee(LiveLimits::from_config(&config));
+        let shutdown = CancellationToken::new();
         Arc::new(Broker {
             config,
             sessions: Sessions::default(),
@@ -119,7 +124,9 @@ impl Broker {
             metrics: Metrics::default(),
             security,
             persist,
-            shutdown: CancellationToken::new(),
+            drain: shutdown.child_token(),
+            drained: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             publish_limits: AtomicBool::new(limits.load().limits_publishers()),
             limits,
@@ -129,6 +136,11 @@ impl Broker {
             push_policy,
             started: Instant::now(),
         })
+    }
+
+    /// True once a drain has started: new connections are refused.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled() && !self.shutdown.is_cancelled()
     }
 
     /// Puts new limits in force (a reload).

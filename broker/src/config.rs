@@ -92,6 +92,13 @@ pub struct Config {
     pub takeover_window_secs: u64,
     /// Seconds to wait for connections to close at shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Connections per second a drain (SIGTERM, `POST /admin/drain`) disconnects, at least.
+    pub drain_rate: u32,
+    /// Seconds a drain may take: past `drain_rate`, it speeds up to finish within them.
+    pub drain_timeout_secs: u64,
+    /// Where a drain sends MQTT 5.0 clients (Server Reference of DISCONNECT 0x9C), for
+    /// example the load balancer's address (none by default).
+    pub server_reference: Option<String>,
 
     /// MQTT over TLS listeners.
     pub tls_listen: Vec<SocketAddr>,
@@ -229,6 +236,9 @@ impl Default for Config {
             takeover_warn_count: 3,
             takeover_window_secs: 60,
             shutdown_timeout_secs: 10,
+            drain_rate: 500,
+            drain_timeout_secs: 60,
+            server_reference: None,
             tls_listen: Vec::new(),
             ws_listen: Vec::new(),
             wss_listen: Vec::new(),
@@ -405,6 +415,16 @@ impl Config {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.drain_rate == 0 {
+            return invalid("drain_rate", "must be at least 1 connection per second");
+        }
+        if self
+            .server_reference
+            .as_deref()
+            .is_some_and(|r| r.is_empty() || r.len() > 65_535)
+        {
+            return invalid("server_reference", "must be a non-empty address");
         }
         if self.connect_timeout_secs == 0 {
             return invalid("connect_timeout_secs", "must be at least 1");
@@ -633,6 +653,15 @@ pub struct Cli {
     /// Seconds to wait for connections at shutdown.
     #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Connections per second a drain disconnects, at least.
+    #[arg(long, env = "ROOKERY_DRAIN_RATE")]
+    pub drain_rate: Option<u32>,
+    /// Seconds a drain may take.
+    #[arg(long, env = "ROOKERY_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Where a drain sends MQTT 5.0 clients (Server Reference), e.g. the load balancer.
+    #[arg(long, env = "ROOKERY_SERVER_REFERENCE", value_name = "HOST[:PORT]")]
+    pub server_reference: Option<String>,
     /// MQTT over TLS listener; repeat for several.
     #[arg(
         long,
@@ -819,6 +848,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = HashScheme::Argon2id)]
         hash: HashScheme,
     },
+    /// Asks a broker's HTTP endpoint whether it is alive (for a container's HEALTHCHECK, which
+    /// has no curl): exits 0 on HTTP 200, 1 otherwise.
+    Healthcheck {
+        /// The URL to GET (plain HTTP).
+        #[arg(
+            long,
+            env = "ROOKERY_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:9100/healthz"
+        )]
+        url: String,
+    },
 }
 
 /// Hash scheme for new password entries.
@@ -902,6 +942,8 @@ impl Cli {
             takeover_warn_count,
             takeover_window_secs,
             shutdown_timeout_secs,
+            drain_rate,
+            drain_timeout_secs,
             ws_path,
             require_client_cert,
             cert_identity_as_client_id,
@@ -927,6 +969,9 @@ impl Cli {
             max_connection_rate,
             memory_high_watermark,
         );
+        if cli.server_reference.is_some() {
+            config.server_reference = cli.server_reference;
+        }
         if cli.metrics_listen.is_some() {
             config.metrics_listen = cli.metrics_listen;
         }

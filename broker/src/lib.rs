@@ -15,6 +15,7 @@
 //! - [`sys`]: the `$SYS/broker/...` publisher.
 //! - [`limits`]: publish and connection rate limits, the memory high-water mark.
 //! - [`server`]: binds listeners, runs and shuts the broker down.
+//! - [`drain`]: empties a node before it stops (SIGTERM, `POST /admin/drain`).
 //!
 //! The wire codec is the `rookery-codec` crate.
 
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod limits;
 pub mod listener;
 pub mod message;

@@ -1,5 +1,5 @@
-//! `rookery-broker`: parses the configuration and runs the broker until SIGTERM or SIGINT;
-//! SIGHUP reloads certificates, password and ACL files. `rookery-broker passwd` edits a
+//! `rookery-broker`: parses the configuration and runs the broker until SIGTERM (which drains
+//! the node first), SIGINT or a drain asked over the admin API; SIGHUP reloads certificates, password and ACL files. `rookery-broker passwd` edits a
 //! password file.
 
 use std::io::IsTerminal;
@@ -7,17 +7,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rookery_broker::Server;
-use rookery_broker::config::{Cli, Config, LogFormat};
+use rookery_broker::config::{Cli, Command, Config, LogFormat};
 use rookery_broker::server::SetLogLevel;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+mod healthcheck;
 mod passwd;
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Some(command) = cli.command.take() {
-        return passwd::run(command);
+    match cli.command.take() {
+        Some(Command::Healthcheck { url }) => return healthcheck::run(&url),
+        Some(command) => return passwd::run(command),
+        None => {}
     }
     let config = match cli.into_config() {
         Ok(c) => c,
@@ -98,14 +101,26 @@ async fn run(config: Config, threads: usize, set_log_level: SetLogLevel) -> Exit
             |p| p.describe()
         )
     );
-    wait_for_signal(&server).await;
+    if wait_for_signal(&server).await == Stop::Drain {
+        server.drain().await;
+    }
     server.shutdown().await;
     info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal(server: &Server) {
+/// How the process ends.
+#[derive(PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM (what Kubernetes sends) or a drain asked over the admin API: drain, then stop.
+    Drain,
+    /// SIGINT: stop now (clients get DISCONNECT 0x8B).
+    Now,
+}
+
+async fn wait_for_signal(server: &Server) -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
+    let drained = server.broker.drained.clone();
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -113,8 +128,15 @@ async fn wait_for_signal(server: &Server) {
     ) {
         (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
             tokio::select! {
-                _ = term.recv() => return info!("SIGTERM received"),
-                _ = int.recv() => return info!("SIGINT received"),
+                _ = term.recv() => {
+                    info!("SIGTERM received: draining, then stopping");
+                    return Stop::Drain;
+                }
+                _ = int.recv() => {
+                    info!("SIGINT received");
+                    return Stop::Now;
+                }
+                _ = drained.cancelled() => return Stop::Now,
                 _ = hup.recv() => {
                     info!("SIGHUP received: reloading the configuration, certificate, password and ACL files");
                     server.reload().await;
@@ -123,6 +145,7 @@ async fn wait_for_signal(server: &Server) {
         },
         _ => {
             let _ = tokio::signal::ctrl_c().await;
+            Stop::Now
         }
     }
 }

@@ -30,7 +30,10 @@ fn passwd(command: Command) -> anyhow::Result<()> {
         user,
         delete,
         hash,
-    } = command;
+    } = command
+    else {
+        anyhow::bail!("not a passwd command");
+    };
     let mut passwords = match std::fs::read_to_string(&file) {
         Ok(text) => {
             PasswordFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?

@@ -211,6 +211,12 @@ impl Server {
         });
     }
 
+    /// Drains the node (see [`crate::drain`]): returns once every client is gone. The caller
+    /// then shuts down.
+    pub async fn drain(&self) {
+        crate::drain::drain(&self.broker).await;
+    }
+
     /// Graceful shutdown: stop accepting, disconnect clients, wait up to the configured timeout.
     pub async fn shutdown(self) {
         let broker = self.broker;

@@ -13,6 +13,8 @@ mod pki;
 mod cluster;
 #[path = "broker/connect.rs"]
 mod connect;
+#[path = "broker/drain.rs"]
+mod drain;
 #[path = "broker/durable.rs"]
 mod durable;
 #[path = "broker/malformed.rs"]

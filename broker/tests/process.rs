@@ -97,6 +97,58 @@ async fn sigterm_sends_0x8b_to_v5_clients_and_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn sigterm_drains_clients_to_the_server_reference_then_exits() {
+    let mut broker = BrokerProcess::start(
+        binary(),
+        &["--server-reference", "lb.example:1883", "--drain-rate", "5"],
+    )
+    .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(connect_v5(broker.addr, &format!("c{i}")).await);
+    }
+    broker.signal(15).unwrap();
+    for (s, buf, _) in &mut clients {
+        let packets = read_until_closed(s, buf).await;
+        assert!(
+            matches!(packets.last(), Some(Packet::Disconnect(d))
+                if d.reason == reason::USE_ANOTHER_SERVER
+                    && d.properties.server_reference.as_deref() == Some("lb.example:1883")),
+            "{packets:?}"
+        );
+    }
+    let status = broker.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn the_healthcheck_command_asks_the_http_endpoint() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics = format!("127.0.0.1:{port}");
+    let broker = BrokerProcess::start(binary(), &["--metrics-listen", &metrics]).unwrap();
+    let check = |url: &str| {
+        std::process::Command::new(binary())
+            .args(["healthcheck", "--url", url])
+            .output()
+            .unwrap()
+    };
+    let ok = check(&format!("http://{metrics}/healthz"));
+    assert!(ok.status.success(), "{ok:?}");
+    let missing = check(&format!("http://{metrics}/nothing"));
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("answered 404"),
+        "{missing:?}"
+    );
+    drop(broker);
+    let down = check(&format!("http://{metrics}/healthz"));
+    assert!(!down.status.success());
+}
+
+#[tokio::test]
 async fn environment_variables_set_keys_and_flags_win_over_them() {
     let broker =
         BrokerProcess::start_with_env(binary(), &[], &[("ROOKERY_RECEIVE_MAXIMUM", "7")]).unwrap();

@@ -1,5 +1,5 @@
 //! The HTTP endpoint on `metrics_listen`: `/metrics` for Prometheus, `/healthz` and `/readyz`
-//! for Kubernetes probes, and a small admin API under `/admin/` (bans), which answers only
+//! for Kubernetes probes, and a small admin API under `/admin/` (bans, drain), which answers only
 //! requests bearing the token from `admin_token_file`.
 //!
 //! It runs on the broker's runtime but does its walking (the metrics survey) on a blocking
@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, token: Option<Arc
 
 /// Why the broker is not ready, if it is not: starting, draining, or a store failing.
 pub fn readiness(broker: &Broker) -> Result<(), &'static str> {
-    if broker.shutdown.is_cancelled() {
+    if broker.drain.is_cancelled() {
         return Err("draining");
     }
     if !broker.ready.load(Ordering::Relaxed) {
@@ -178,7 +178,7 @@ fn authorize(
     }
 }
 
-async fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Bytes>> {
+async fn api(method: &Method, path: &str, broker: &Arc<Broker>) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match (method, path) {
         (&Method::GET, "/admin/bans") => {
@@ -194,6 +194,18 @@ async fn api(method: &Method, path: &str, broker: &Broker) -> Response<Full<Byte
                 })
                 .collect();
             json(StatusCode::OK, &serde_json::Value::Array(bans))
+        }
+        (&Method::POST, "/admin/drain") => {
+            let started = crate::drain::start(broker);
+            if started {
+                info!("drain asked through the admin API");
+            }
+            let body = serde_json::json!({
+                "draining": true,
+                "started": started,
+                "connections": broker.metrics.connections.load(Ordering::Relaxed),
+            });
+            json(StatusCode::ACCEPTED, &body)
         }
         (&Method::DELETE, p) if p.starts_with("/admin/bans/") => {
             let key = percent_decode(&p["/admin/bans/".len()..]);

@@ -128,6 +128,14 @@ pub struct Accepted {
 /// Checks a CONNECT before any session is touched.
 pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
     let c = &broker.config;
+    if broker.drain.is_cancelled() {
+        // Accepted just before the drain began: this node takes no new sessions.
+        return Err(Refusal {
+            code: reason::USE_ANOTHER_SERVER,
+            connack_for_v3: true,
+            why: "the node is draining",
+        });
+    }
     if connect.client_id.len() > c.max_client_id_len {
         return Err(Refusal {
             code: reason::CLIENT_IDENTIFIER_NOT_VALID,

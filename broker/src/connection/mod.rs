@@ -67,6 +67,8 @@ enum Close {
     Kicked(u8),
     /// The broker is shutting down.
     Shutdown,
+    /// The node is draining: the client should use another server.
+    Drained,
 }
 
 /// Where a connection comes from, as the listener saw it.
@@ -509,6 +511,7 @@ impl Conn {
                 ctl = &mut control => match ctl {
                     Ok(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
                     Ok(Control::Kick(code)) => return Close::Kicked(code),
+                    Ok(Control::Drain) => return Close::Drained,
                     Err(_) => return Close::Kicked(reason::UNSPECIFIED_ERROR),
                 },
                 _ = shutdown.cancelled() => return Close::Shutdown,
@@ -648,6 +651,7 @@ impl Conn {
                 Some(*code)
             }
             Close::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Close::Drained => Some(crate::drain::disconnect_reason(&broker)),
             Close::ClientDisconnect { .. } => {
                 debug!("client disconnected");
                 None
@@ -660,10 +664,15 @@ impl Conn {
         if let Some(code) = server_reason
             && self.protocol.is_v5()
         {
-            self.write_packet(&Packet::Disconnect(Disconnect {
+            let mut disconnect = Disconnect {
                 reason: code,
                 ..Default::default()
-            }));
+            };
+            if code == reason::USE_ANOTHER_SERVER {
+                disconnect.properties.server_reference =
+                    broker.config.server_reference.as_deref().map(Into::into);
+            }
+            self.write_packet(&Packet::Disconnect(disconnect));
         }
         if !matches!(close, Close::Gone) {
             // Also when nothing is left to write: TLS and WebSocket writers may still hold
@@ -695,7 +704,7 @@ impl Conn {
             // A client closed because its user was deleted speaks for nobody any more.
             Close::ClientDisconnect { with_will: false }
             | Close::Kicked(reason::NOT_AUTHORIZED) => {}
-            Close::Shutdown => {
+            Close::Shutdown | Close::Drained => {
                 // Not published now (decision 0003), but a stored session keeps it: after the
                 // restart it follows the usual rules (its delay, unless the client returns).
                 if self.expiry_secs > 0 && broker.persist.is_some() {
@@ -748,7 +757,10 @@ impl Conn {
                 if self.expiry_secs == 0 {
                     broker.end_session(&self.session, self.generation);
                 } else {
-                    let delay = (will_delay > 0).then_some(will_delay);
+                    // A drained client is reconnecting elsewhere: its will waits with the
+                    // stored session rather than firing here while the node winds down.
+                    let delay =
+                        (will_delay > 0 && !matches!(close, Close::Drained)).then_some(will_delay);
                     broker.schedule_after_disconnect(
                         self.session.clone(),
                         self.generation,

@@ -160,7 +160,8 @@ pub struct ListenerContext {
 pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext) {
     let broker = ctx.broker.clone();
     let limit = Arc::new(Semaphore::new(broker.config.max_connections));
-    let shutdown = broker.shutdown.clone();
+    // A drain (or the shutdown) closes the listening socket: new clients go elsewhere.
+    let shutdown = broker.drain.clone();
     let burst = f64::from(broker.limits.load().max_connection_rate);
     let mut rate = TokenBucket::new(burst, std::time::Instant::now());
     loop {

@@ -53,6 +53,9 @@ pub enum Control {
     },
     /// Close with this MQTT 5.0 reason code (for example 0x97 when the queue overflowed).
     Kick(u8),
+    /// The node is draining: close, telling the client to use another server, and keep the
+    /// will as a shutdown does.
+    Drain,
 }
 
 /// The live connection of a session.
@@ -499,6 +502,15 @@ impl Session {
         let mut inner = self.inner.lock();
         match inner.attached.as_mut().and_then(|a| a.control.take()) {
             Some(control) => control.send(Control::Kick(code)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tells the live connection, if any, that the node is draining. True when one was told.
+    pub fn drain(&self) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.attached.as_mut().and_then(|a| a.control.take()) {
+            Some(control) => control.send(Control::Drain).is_ok(),
             None => false,
         }
     }

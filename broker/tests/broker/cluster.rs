@@ -29,6 +29,8 @@ async fn node(id: &str, cluster: &str, port: u16, peers: &[String]) -> Server {
         c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
         c.peers = peers;
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // A drain lets one client go per second: the tests see it under way.
+        c.drain_rate = 1;
     })
     .await
 }
@@ -619,4 +621,58 @@ async fn a_peer_that_falls_silent_is_declared_down_even_while_messages_flow_to_i
     );
     drop(ghost);
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_clients_to_another_server_and_keeps_serving_until_they_go() {
+    use rookery_codec::{Protocol, QoS, reason};
+    let (mut nodes, _) = mesh(2).await;
+    // A subscriber on the node that stays, two publishers on the node that drains.
+    let (mut s, _) = Raw::connect(nodes[1].addr(), Protocol::V5, "stays", true).await;
+    s.subscribe("d/#", QoS::AtLeastOnce).await;
+    routed(&nodes[0], "d/x", &["node-1"]).await;
+    let (p1, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "p1", true).await;
+    let (p2, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "p2", true).await;
+    let mut publishers = vec![("p1", p1), ("p2", p2)];
+    let drained = nodes.remove(0);
+    assert!(rookery_broker::drain::start(&drained.broker));
+    assert_eq!(
+        rookery_broker::admin::readiness(&drained.broker),
+        Err("draining")
+    );
+    // One client goes at once, the other a second later (drain_rate 1).
+    let attached = |id: &str| {
+        drained
+            .broker
+            .sessions
+            .get(id)
+            .is_some_and(|s| s.is_attached())
+    };
+    until("the first client drained", || {
+        !attached("p1") || !attached("p2")
+    })
+    .await;
+    let first = if attached("p1") { 1 } else { 0 };
+    let (_, mut gone) = publishers.remove(first);
+    let (_, mut remaining) = publishers.remove(0);
+    let d = gone.expect_closed().await.unwrap();
+    assert_eq!(d.reason, reason::USE_ANOTHER_SERVER);
+    assert_eq!(d.properties.server_reference, None);
+    // The node still forwards what its remaining client publishes.
+    remaining
+        .publish("d/x", b"during", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"during");
+    let d = remaining.expect_closed().await.unwrap();
+    assert_eq!(d.reason, reason::USE_ANOTHER_SERVER);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        drained.broker.drained.cancelled(),
+    )
+    .await
+    .unwrap();
+    // The clients come back on the other node.
+    let (_p, ack) = Raw::connect(nodes[0].addr(), Protocol::V5, "p1", true).await;
+    assert_eq!(ack.code, 0);
+    drained.shutdown().await;
 }
