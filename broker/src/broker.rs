@@ -28,6 +28,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::persist::{Persist, convert};
 use crate::router::local::LocalRouter;
 use crate::router::retained::RetainedIndex;
+use crate::router::routes::SharedMatches;
 use crate::router::topic;
 use crate::router::trie::{Matches, SessionId, Subscriber, Subscription};
 use crate::security::Security;
@@ -49,6 +50,17 @@ pub struct Routed {
     pub ticket: Option<Ticket>,
     /// Not routed: it needed the store, and the store cannot take it now.
     pub refused: bool,
+}
+
+/// Which of this node's shared groups a routing may deliver to.
+enum Groups<'a> {
+    /// Every group (no other node has members of a matching group).
+    All,
+    /// Decide per group: keep those with an online member here, and remove them from the
+    /// list; the groups left in it go to other nodes.
+    Decide(&'a mut SharedMatches),
+    /// A forwarded message: only these groups (`$share/{group}/{filter}`).
+    Only(&'a [String]),
 }
 
 /// One session a message goes to, with what is particular to it.
@@ -166,20 +178,44 @@ impl Broker {
     /// With a store, QoS 1/2 deliveries to persistent sessions are written to it first (one
     /// submission for the whole message, before any subscriber can see and acknowledge it).
     pub fn route(&self, message: &Arc<Message>) -> Routed {
-        let mut routed = self.route_here(message, true);
+        let mut remote_groups = self.remote_groups(message);
+        let groups = match &mut remote_groups {
+            Some(remote) => Groups::Decide(remote),
+            None => Groups::All,
+        };
+        let mut routed = self.route_here(message, true, groups);
         if !routed.refused {
-            self.forward(message, &mut routed);
+            self.forward(message, &mut routed, remote_groups);
         }
         routed
+    }
+
+    /// The shared groups matching `message` that have members on other nodes, when any.
+    fn remote_groups(&self, message: &Message) -> Option<SharedMatches> {
+        let cluster = self.cluster.get()?;
+        if message.topic.starts_with("$SYS") {
+            return None;
+        }
+        let remote = cluster.remote.read();
+        if !remote.has_shared() {
+            return None;
+        }
+        let groups = remote.shared_for(&message.topic);
+        (!groups.is_empty()).then_some(groups)
     }
 
     /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
     /// again, so no loops), and a retained one into the index without a store write (the
     /// node it was published on stored it). Returns a session whose queue it pushed over its
     /// limit: the link then stops reading until it drains (backpressure to the peer).
-    pub fn route_forwarded(&self, stored: StoredMessage) -> Option<Arc<Session>> {
+    pub fn route_forwarded(
+        &self,
+        stored: StoredMessage,
+        groups: &[String],
+    ) -> Option<Arc<Session>> {
         let message = Arc::new(convert::message(stored, 0, Instant::now(), now_ms()));
-        self.route_here(&message, false).congested
+        self.route_here(&message, false, Groups::Only(groups))
+            .congested
     }
 
     /// Tells the other nodes that a connection here took `session`'s client id (at the time
@@ -223,16 +259,38 @@ impl Broker {
         }
     }
 
-    /// Sends the message to each peer that has a subscriber for it.
-    fn forward(&self, message: &Arc<Message>, routed: &mut Routed) {
+    /// Sends the message to each peer that has a subscriber for it, and to the peer picked
+    /// for each shared group in `remote_groups` (those left to other nodes).
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        routed: &mut Routed,
+        remote_groups: Option<SharedMatches>,
+    ) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
         if message.topic.starts_with("$SYS") {
             return; // each node's own
         }
-        let matched = cluster.remote.read().peers_for(&message.topic);
+        let remote = cluster.remote.read();
+        let matched = remote.peers_for(&message.topic);
         let mut peers = matched.clone();
+        // Each group's node, in turn among those with members.
+        let mut picked: SmallVec<[(Arc<str>, Vec<String>); 2]> = SmallVec::new();
+        for (key, candidates) in remote_groups.iter().flatten() {
+            let Some(peer) = remote.pick(candidates) else {
+                continue;
+            };
+            match picked.iter_mut().find(|(p, _)| p == peer) {
+                Some((_, keys)) => keys.push(key.to_string()),
+                None => picked.push((peer.clone(), vec![key.to_string()])),
+            }
+            if !peers.contains(peer) {
+                peers.push(peer.clone());
+            }
+        }
+        drop(remote);
         if message.retain {
             for p in cluster.up_peers() {
                 if !peers.iter().any(|q| **q == *p) {
@@ -243,9 +301,19 @@ impl Broker {
         if peers.is_empty() {
             return;
         }
-        let frame = Frame::Publish(convert::stored_message(message, Instant::now(), now_ms()));
+        let stored = convert::stored_message(message, Instant::now(), now_ms());
         for peer in &peers {
-            let sent = match cluster.forward(peer, frame.clone()) {
+            let groups = picked
+                .iter_mut()
+                .find(|(p, _)| p == peer)
+                .map(|(_, keys)| std::mem::take(keys))
+                .unwrap_or_default();
+            let wanted = !groups.is_empty() || matched.contains(peer);
+            let frame = Frame::Publish {
+                message: stored.clone(),
+                groups,
+            };
+            let sent = match cluster.forward(peer, frame) {
                 Forwarded::Sent => true,
                 Forwarded::Congested(queue) => {
                     routed.peer_congested = Some(queue);
@@ -253,13 +321,18 @@ impl Broker {
                 }
                 Forwarded::Dropped => false,
             };
-            if sent && matched.contains(peer) {
+            if sent && wanted {
                 routed.receivers += 1;
             }
         }
     }
 
-    fn route_here(&self, message: &Arc<Message>, published_here: bool) -> Routed {
+    fn route_here(
+        &self,
+        message: &Arc<Message>,
+        published_here: bool,
+        groups: Groups<'_>,
+    ) -> Routed {
         let durable = self
             .persist
             .as_ref()
@@ -314,6 +387,30 @@ impl Broker {
         }
         // No Local: never back to the publisher's own session. MQTT 5.0 [MQTT-3.8.3-3].
         matches.retain(|m| !(m.sub.options.no_local && m.handle.id == message.origin));
+        match groups {
+            Groups::All => {}
+            // Forwarded: only the groups the publishing node picked this node for.
+            Groups::Only(keys) => {
+                matches.retain(|m| m.group.is_none_or(|k| keys.iter().any(|g| g == k)));
+            }
+            // Published here, with members of some groups elsewhere too: a group with an
+            // online member here keeps the message; one without leaves it to another node.
+            Groups::Decide(remote) => matches.retain(|m| {
+                let Some(key) = m.group else { return true };
+                let Some(i) = remote.iter().position(|(k, _)| &**k == key) else {
+                    return true;
+                };
+                if m.handle.is_online() {
+                    remote.swap_remove(i);
+                    true
+                } else {
+                    false
+                }
+            }),
+        }
+        if matches.is_empty() {
+            return routed;
+        }
         // One delivery per session for overlapping subscriptions: highest QoS and every
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.

@@ -14,7 +14,7 @@ use rookery_store::StoredMessage;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this node speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
 pub const MAX_FRAME: usize = 268_435_460 + 4096;
 
@@ -33,8 +33,14 @@ pub enum Frame {
     /// The sender has no subscriber for this filter any more.
     RouteRemove(String),
     /// A message published on the sender, for the receiver's subscribers (never forwarded
-    /// again).
-    Publish(StoredMessage),
+    /// again). The receiver delivers it to its shared groups named in `groups` only
+    /// (`$share/{group}/{filter}`): the sender picked one node per group.
+    Publish {
+        /// The message.
+        message: StoredMessage,
+        /// Shared groups the receiver was picked for.
+        groups: Vec<String>,
+    },
     /// A client connected to the sender with this client id at `at_ms`: the receiver closes
     /// its own connection of that id if it is older (one client id, one connection in the
     /// cluster; the newest wins, ties going to the larger node id).
@@ -128,14 +134,17 @@ mod tests {
         let mut wire = BytesMut::new();
         encode(&hello(), &mut wire);
         encode(&Frame::Heartbeat, &mut wire);
-        let message = Frame::Publish(StoredMessage {
-            topic: "a/b".into(),
-            payload: bytes::Bytes::from_static(b"21.5"),
-            qos: 1,
-            retain: false,
-            properties: bytes::Bytes::new(),
-            expires_at_ms: Some(7),
-        });
+        let message = Frame::Publish {
+            message: StoredMessage {
+                topic: "a/b".into(),
+                payload: bytes::Bytes::from_static(b"21.5"),
+                qos: 1,
+                retain: false,
+                properties: bytes::Bytes::new(),
+                expires_at_ms: Some(7),
+            },
+            groups: vec!["$share/g/a/+".into()],
+        };
         encode(&message, &mut wire);
         encode(&Frame::Routes(vec!["a/+".into(), "#".into()]), &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.

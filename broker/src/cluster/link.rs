@@ -344,7 +344,7 @@ struct Ends<'a> {
 
 /// Queues `f` in `out`, counting a forwarded message off the peer's budget.
 fn take(f: &Frame, out: &mut BytesMut, queued: &LinkQueue) {
-    if matches!(f, Frame::Publish(_)) {
+    if matches!(f, Frame::Publish { .. }) {
         queued.taken();
     }
     frame::encode(f, out);
@@ -439,8 +439,8 @@ fn handle_frames(
             Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
             Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
             Frame::Claim { client_id, at_ms } => broker.remote_claim(peer, &client_id, at_ms),
-            Frame::Publish(message) => {
-                if let Some(session) = broker.route_forwarded(message) {
+            Frame::Publish { message, groups } => {
+                if let Some(session) = broker.route_forwarded(message, &groups) {
                     return Ok(Some(session));
                 }
             }

@@ -1,5 +1,6 @@
-//! This node's subscriptions: the trie, plus the count of subscriptions per filter that
-//! decides which filters the node announces to its peers ([`super::routes`]). Every change of
+//! This node's subscriptions: the trie, plus the count of subscriptions per filter (and of
+//! members per shared group) that decides what the node announces to its peers
+//! ([`super::routes`]). Every change of
 //! subscriptions goes through here, under the router's write lock, so the announcements are
 //! sent in the order the changes happen.
 
@@ -48,8 +49,11 @@ impl LocalRouter {
         sub: Subscription,
     ) -> bool {
         let new = self.trie.subscribe(handle, filter, group, sub);
-        if new && group.is_none() && self.routes.add(filter) {
-            self.announce(Frame::RouteAdd(filter.to_owned()));
+        if new {
+            let announced = announced_as(filter, group);
+            if self.routes.add(&announced) {
+                self.announce(Frame::RouteAdd(announced));
+            }
         }
         new
     }
@@ -57,8 +61,11 @@ impl LocalRouter {
     /// [`SubscriptionTrie::unsubscribe`], withdrawing a filter's last subscriber.
     pub fn unsubscribe(&mut self, id: SessionId, filter: &str, group: Option<&str>) -> bool {
         let removed = self.trie.unsubscribe(id, filter, group);
-        if removed && group.is_none() && self.routes.remove(filter) {
-            self.announce(Frame::RouteRemove(filter.to_owned()));
+        if removed {
+            let announced = announced_as(filter, group);
+            if self.routes.remove(&announced) {
+                self.announce(Frame::RouteRemove(announced));
+            }
         }
         removed
     }
@@ -71,8 +78,8 @@ impl LocalRouter {
         let mut removed: Vec<String> = Vec::new();
         self.trie.retain(|s, filter, group, sub| {
             let kept = keep(s, filter, group, sub);
-            if !kept && group.is_none() {
-                removed.push(filter.to_owned());
+            if !kept {
+                removed.push(announced_as(filter, group));
             }
             kept
         });
@@ -87,5 +94,13 @@ impl LocalRouter {
         if let Some(c) = &self.cluster {
             c.broadcast(&frame);
         }
+    }
+}
+
+/// How a subscription is announced to the peers: its filter, or `$share/{group}/{filter}`.
+fn announced_as(filter: &str, group: Option<&str>) -> String {
+    match group {
+        None => filter.to_owned(),
+        Some(g) => format!("$share/{g}/{filter}"),
     }
 }

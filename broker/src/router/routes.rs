@@ -2,10 +2,14 @@
 //! peer announced, so that a message goes to a peer only when the peer has a subscriber for it.
 //!
 //! A node announces a filter while at least one of its sessions subscribes to it (counted
-//! here: the first subscription announces it, the last unsubscription withdraws it). Shared
-//! subscriptions are not announced: their groups are served by the node they live on.
+//! here: the first subscription announces it, the last unsubscription withdraws it). A shared
+//! group is announced as `$share/{group}/{filter}` while the node has a member: the node a
+//! message is published on then picks one node per group (itself when it has an online
+//! member, else one of the announcing peers in turn), and tells that node which groups it
+//! was picked for, so each message reaches one member cluster-wide.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -70,11 +74,26 @@ impl Subscriber for PeerRoute {
     }
 }
 
+/// Splits `$share/{group}/{filter}` into the group and the filter.
+pub fn split_shared(announced: &str) -> Option<(&str, &str)> {
+    let rest = announced.strip_prefix("$share/")?;
+    let (group, filter) = rest.split_once('/')?;
+    (!group.is_empty() && !filter.is_empty()).then_some((group, filter))
+}
+
+/// The shared groups a message matches on other nodes: for each group's key
+/// (`$share/{group}/{filter}`), the peers with a member.
+pub type SharedMatches = SmallVec<[(Box<str>, SmallVec<[Arc<str>; 4]>); 2]>;
+
 /// The filters each peer announced.
 #[derive(Default)]
 pub struct RemoteRoutes {
     /// Names are shared: matching a message hands out `Arc` clones, no allocation.
     peers: AHashMap<Arc<str>, SubscriptionTrie<PeerRoute>>,
+    /// Each peer's shared groups, one member (the peer) per group.
+    shared: AHashMap<Arc<str>, SubscriptionTrie<PeerRoute>>,
+    /// Turns among the peers of a group.
+    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for RemoteRoutes {
@@ -88,33 +107,75 @@ impl std::fmt::Debug for RemoteRoutes {
 impl RemoteRoutes {
     /// Replaces everything `peer` announced (its snapshot on link-up).
     pub fn replace(&mut self, peer: &str, filters: &[String]) {
-        let mut trie = SubscriptionTrie::default();
+        self.peers.insert(peer.into(), SubscriptionTrie::default());
+        self.shared.remove(peer);
         for f in filters {
-            trie.subscribe(&PeerRoute, f, None, Subscription::default());
+            self.add(peer, f);
         }
-        self.peers.insert(peer.into(), trie);
     }
 
-    /// `peer` has a subscriber for `filter` now.
+    /// `peer` has a subscriber for `filter` (or a member of the shared group) now.
     pub fn add(&mut self, peer: &str, filter: &str) {
-        self.peers.entry(peer.into()).or_default().subscribe(
+        let (tries, group, filter) = match split_shared(filter) {
+            Some((group, filter)) => (&mut self.shared, Some(group), filter),
+            None => (&mut self.peers, None, filter),
+        };
+        tries.entry(peer.into()).or_default().subscribe(
             &PeerRoute,
             filter,
-            None,
+            group,
             Subscription::default(),
         );
     }
 
-    /// `peer` has no subscriber for `filter` any more.
+    /// `peer` has no subscriber for `filter` (or no member of the group) any more.
     pub fn remove(&mut self, peer: &str, filter: &str) {
-        if let Some(t) = self.peers.get_mut(peer) {
-            t.unsubscribe(0, filter, None);
+        let (tries, group, filter) = match split_shared(filter) {
+            Some((group, filter)) => (&mut self.shared, Some(group), filter),
+            None => (&mut self.peers, None, filter),
+        };
+        if let Some(t) = tries.get_mut(peer) {
+            t.unsubscribe(0, filter, group);
         }
     }
 
     /// Forgets `peer`'s routes (its link went down).
     pub fn drop_peer(&mut self, peer: &str) {
         self.peers.remove(peer);
+        self.shared.remove(peer);
+    }
+
+    /// True when some peer has a member of some shared group.
+    pub fn has_shared(&self) -> bool {
+        self.shared.values().any(|t| !t.is_empty())
+    }
+
+    /// The shared groups matching `topic` on other nodes, with the peers that have members.
+    pub fn shared_for(&self, topic: &str) -> SharedMatches {
+        let mut out = SharedMatches::new();
+        for (peer, trie) in &self.shared {
+            if trie.is_empty() {
+                continue;
+            }
+            let mut matches = super::trie::Matches::new();
+            trie.collect(topic, &mut matches);
+            for m in matches {
+                let Some(key) = m.group else { continue };
+                match out.iter_mut().find(|(k, _)| &**k == key) {
+                    Some((_, peers)) => peers.push(peer.clone()),
+                    None => out.push((key.into(), smallvec::smallvec![peer.clone()])),
+                }
+            }
+        }
+        out
+    }
+
+    /// One of `peers`, in turn.
+    pub fn pick<'p>(&self, peers: &'p [Arc<str>]) -> Option<&'p Arc<str>> {
+        if peers.is_empty() {
+            return None;
+        }
+        peers.get(self.next.fetch_add(1, Ordering::Relaxed) % peers.len())
     }
 
     /// The peers with a subscriber for `topic`, each once.
@@ -126,9 +187,9 @@ impl RemoteRoutes {
             .collect()
     }
 
-    /// Filters announced by `peer`.
+    /// Filters and shared groups announced by `peer`.
     pub fn count(&self, peer: &str) -> usize {
-        self.peers.get(peer).map_or(0, |t| t.len())
+        self.peers.get(peer).map_or(0, |t| t.len()) + self.shared.get(peer).map_or(0, |t| t.len())
     }
 }
 
@@ -170,5 +231,63 @@ mod tests {
         r.drop_peer("n4");
         assert!(r.peers_for("x/y").is_empty());
         assert_eq!(r.count("n2"), 0);
+    }
+
+    #[test]
+    fn shared_groups_are_kept_apart_from_plain_routes() {
+        let mut r = RemoteRoutes::default();
+        r.replace("n2", &["$share/g/a/+".into(), "b/#".into()]);
+        r.add("n3", "$share/g/a/+");
+        r.add("n3", "$share/h/a/#");
+        assert!(r.has_shared());
+        // A shared group alone makes no plain route.
+        assert!(r.peers_for("a/x").is_empty());
+        let mut got: Vec<(String, Vec<String>)> = r
+            .shared_for("a/x")
+            .into_iter()
+            .map(|(k, p)| {
+                let mut p: Vec<String> = p.iter().map(|x| x.to_string()).collect();
+                p.sort();
+                (k.to_string(), p)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "$share/g/a/+".to_string(),
+                    vec!["n2".to_string(), "n3".to_string()]
+                ),
+                ("$share/h/a/#".to_string(), vec!["n3".to_string()]),
+            ]
+        );
+        r.remove("n3", "$share/g/a/+");
+        assert_eq!(r.shared_for("a/x").len(), 2);
+        assert_eq!(r.count("n2"), 2);
+        r.drop_peer("n2");
+        r.remove("n3", "$share/h/a/#");
+        assert!(r.shared_for("a/x").is_empty());
+        assert!(!r.has_shared());
+    }
+
+    #[test]
+    fn peers_of_a_group_take_turns() {
+        let r = RemoteRoutes::default();
+        let peers: Vec<Arc<str>> = vec!["a".into(), "b".into(), "c".into()];
+        let picks: Vec<String> = (0..6)
+            .map(|_| r.pick(&peers).unwrap().to_string())
+            .collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+        assert!(r.pick(&[]).is_none());
+    }
+
+    #[test]
+    fn announced_shared_keys_split_into_group_and_filter() {
+        assert_eq!(split_shared("$share/g/a/b"), Some(("g", "a/b")));
+        assert_eq!(split_shared("$share/g/#"), Some(("g", "#")));
+        assert_eq!(split_shared("$share//a"), None);
+        assert_eq!(split_shared("$share/g"), None);
+        assert_eq!(split_shared("a/b"), None);
     }
 }

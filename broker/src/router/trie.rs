@@ -43,6 +43,8 @@ struct Entry<S> {
 
 struct Group<S> {
     name: Box<str>,
+    /// `$share/{name}/{filter}`: the group's name cluster-wide.
+    key: Box<str>,
     members: FastIndexMap<SessionId, Entry<S>>,
     /// Round-robin cursor; atomic so that matching needs only the read lock.
     next: AtomicUsize,
@@ -105,6 +107,8 @@ pub struct Match<'a, S> {
     pub sub: Subscription,
     /// True when this delivery comes from a shared group (never merged with others).
     pub shared: bool,
+    /// The shared group's key, `$share/{group}/{filter}`, for a shared delivery.
+    pub group: Option<&'a str>,
 }
 
 /// The result of [`SubscriptionTrie::collect`], inline for the common few-subscriber case.
@@ -158,6 +162,7 @@ impl<S: Subscriber> SubscriptionTrie<S> {
                 None => {
                     bucket.groups.push(Group {
                         name: name.into(),
+                        key: format!("$share/{name}/{filter}").into(),
                         members: FastIndexMap::default(),
                         next: AtomicUsize::new(0),
                     });
@@ -387,6 +392,7 @@ fn collect_bucket<'a, S: Subscriber>(
             handle: &entry.handle,
             sub: entry.sub,
             shared: false,
+            group: None,
         });
     }
     for group in &bucket.groups {
@@ -395,6 +401,7 @@ fn collect_bucket<'a, S: Subscriber>(
                 handle: &entry.handle,
                 sub: entry.sub,
                 shared: true,
+                group: Some(&group.key),
             });
         }
     }

@@ -676,3 +676,103 @@ async fn a_draining_node_sends_clients_to_another_server_and_keeps_serving_until
     assert_eq!(ack.code, 0);
     drained.shutdown().await;
 }
+
+/// Waits until `node` knows the peers with members of groups matching `topic`.
+async fn shared_routed(node: &Server, topic: &str, peers: &[&str]) {
+    let cluster = node.broker.cluster.get().unwrap().clone();
+    let want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    until(&format!("shared routes for {topic}"), || {
+        let mut got: Vec<String> = cluster
+            .remote
+            .read()
+            .shared_for(topic)
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.to_string()))
+            .collect();
+        got.sort();
+        got == want
+    })
+    .await;
+}
+
+/// Reads what arrives within `wait`; the payloads.
+async fn drain_publishes(c: &mut Raw, wait: std::time::Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(p) = c.recv_within(wait).await {
+        if let rookery_codec::Packet::Publish(p) = p {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once_preferring_a_local_member() {
+    use rookery_codec::{Protocol, QoS};
+    use std::time::Duration;
+    let (nodes, _) = mesh(3).await;
+    let (mut m1, _) = Raw::connect(nodes[1].addr(), Protocol::V5, "m1", true).await;
+    m1.subscribe("$share/workers/jobs/#", QoS::AtMostOnce).await;
+    let (mut m2, _) = Raw::connect(nodes[2].addr(), Protocol::V5, "m2", true).await;
+    m2.subscribe("$share/workers/jobs/#", QoS::AtMostOnce).await;
+    // A plain subscriber on node 2 as well: it gets everything, and its forwards must not
+    // reach node 2's group member unless node 2 was picked.
+    let (mut plain, _) = Raw::connect(nodes[2].addr(), Protocol::V5, "plain", true).await;
+    plain.subscribe("jobs/#", QoS::AtMostOnce).await;
+    shared_routed(&nodes[0], "jobs/a", &["node-1", "node-2"]).await;
+    routed(&nodes[0], "jobs/a", &["node-2"]).await;
+
+    // Published where the group has no member: each message to one member, in turn.
+    let (mut p, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "p", true).await;
+    for i in 0..60 {
+        p.publish(
+            &format!("jobs/{i}"),
+            format!("{i}").as_bytes(),
+            QoS::AtMostOnce,
+            false,
+            0,
+        )
+        .await;
+    }
+    let wait = Duration::from_millis(500);
+    let (a, b) = (
+        drain_publishes(&mut m1, wait).await,
+        drain_publishes(&mut m2, wait).await,
+    );
+    let mut all: Vec<String> = a.iter().chain(b.iter()).cloned().collect();
+    all.sort_by_key(|s| s.parse::<u32>().unwrap());
+    let want: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    assert_eq!(all, want, "each message once across the group");
+    assert_eq!((a.len(), b.len()), (30, 30), "in turn");
+    assert_eq!(drain_publishes(&mut plain, wait).await.len(), 60);
+
+    // Published on node 1: its own member takes everything.
+    let (mut p1, _) = Raw::connect(nodes[1].addr(), Protocol::V5, "p1", true).await;
+    for i in 0..20 {
+        p1.publish(
+            "jobs/local",
+            format!("{i}").as_bytes(),
+            QoS::AtMostOnce,
+            false,
+            0,
+        )
+        .await;
+    }
+    assert_eq!(drain_publishes(&mut m1, wait).await.len(), 20);
+    assert!(drain_publishes(&mut m2, wait).await.is_empty());
+
+    // A member that leaves gets no more: the group is node 1's alone.
+    m2.disconnect().await;
+    shared_routed(&nodes[0], "jobs/a", &["node-1"]).await;
+    for i in 0..10 {
+        p.publish(
+            "jobs/after",
+            format!("{i}").as_bytes(),
+            QoS::AtMostOnce,
+            false,
+            0,
+        )
+        .await;
+    }
+    assert_eq!(drain_publishes(&mut m1, wait).await.len(), 10);
+}
