@@ -14,11 +14,11 @@
 //! PUBREL, SUBACK, UNSUBACK) waits for its commit; see `connection::durable`.
 
 pub mod convert;
+pub mod ids;
 pub mod restore;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ahash::AHashMap;
@@ -38,7 +38,7 @@ use crate::router::trie::Subscription;
 /// The broker's handle on its stores.
 pub struct Persist {
     committer: Arc<Committer>,
-    next_id: AtomicU64,
+    ids: ids::IdGen,
     node_id: String,
     stop: CancellationToken,
     writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -106,11 +106,11 @@ impl Persist {
         );
         let stop = CancellationToken::new();
         let writer = tokio::spawn(committer.clone().run(stop.clone().cancelled_owned()));
-        // Ids ascend across restarts: sixteen per microsecond of wall clock at start.
-        let seed = now_ms().saturating_mul(16_000);
+        // Ids ascend across restarts: four per microsecond of wall clock at start.
+        let seed = now_ms().saturating_mul(4_000);
         Ok(Some(Arc::new(Persist {
             committer,
-            next_id: AtomicU64::new(seed),
+            ids: ids::IdGen::new(&config.node_id, seed),
             node_id: config.node_id.clone(),
             stop,
             writer: parking_lot::Mutex::new(Some(writer)),
@@ -141,12 +141,12 @@ impl Persist {
 
     /// A fresh id for a message or a queue entry (ascending).
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+        self.ids.next()
     }
 
     /// Makes later ids exceed `id` (one read back from a store).
     pub fn saw_id(&self, id: u64) {
-        self.next_id.fetch_max(id, Ordering::Relaxed);
+        self.ids.saw(id);
     }
 
     /// Queues writes for the next commit.
