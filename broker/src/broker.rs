@@ -219,9 +219,10 @@ impl Broker {
     }
 
     /// Tells the other nodes that a connection here took `session`'s client id (at the time
-    /// [`Session::set_claimed`] noted), and closes it at once if another node's newer claim
-    /// came while it was attaching: of concurrent CONNECTs the newest wins, everywhere.
-    pub fn claim(&self, session: &Session) {
+    /// [`Session::set_claimed`] noted), and gives the session up at once if another node's
+    /// newer claim came while it was attaching: of concurrent CONNECTs the newest wins,
+    /// everywhere.
+    pub fn claim(self: &Arc<Self>, session: &Session) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -234,8 +235,10 @@ impl Broker {
         }
     }
 
-    /// A peer's connection took `client_id` at `at_ms`: ours goes if it is older (0x8E).
-    pub fn remote_claim(&self, peer: &str, client_id: &str, at_ms: u64) {
+    /// A peer's connection took `client_id` at `at_ms`: our connection, if older, is closed
+    /// (0x8E), and our copy of the session goes (the newer connection started clean or
+    /// fetched it already).
+    pub fn remote_claim(self: &Arc<Self>, peer: &str, client_id: &str, at_ms: u64) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -245,18 +248,23 @@ impl Broker {
         }
     }
 
-    /// Closes `session`'s connection if the claim (`at_ms`, `node`) is newer than ours (ties
-    /// to the larger node id).
-    fn lose_to(&self, session: &Session, at_ms: u64, node: &str) {
+    /// Gives `session` up if the claim (`at_ms`, `node`) is newer than ours (ties to the
+    /// larger node id): its connection is closed and the session removed here.
+    fn lose_to(self: &Arc<Self>, session: &Session, at_ms: u64, node: &str) {
         let ours = (session.claimed(), self.config.node_id.as_str());
-        if session.is_attached()
-            && (at_ms, node) > ours
-            && session.kick(rookery_codec::reason::SESSION_TAKEN_OVER)
-        {
-            self.metrics.takeovers_total.fetch_add(1, Ordering::Relaxed);
-            info!(client_id = %session.client_id, node,
-                "session taken over by a connection on another node");
+        if (at_ms, node) <= ours {
+            return;
         }
+        let (broker, client_id, node) =
+            (self.clone(), session.client_id.to_string(), node.to_owned());
+        tokio::spawn(async move {
+            if broker.discard_for_peer(&client_id, at_ms).await {
+                info!(
+                    client_id,
+                    node, "session taken over by a connection on another node"
+                );
+            }
+        });
     }
 
     /// Sends the message to each peer that has a subscriber for it, and to the peer picked

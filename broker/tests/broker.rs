@@ -17,6 +17,8 @@ mod connect;
 mod drain;
 #[path = "broker/durable.rs"]
 mod durable;
+#[path = "broker/handover.rs"]
+mod handover;
 #[path = "broker/malformed.rs"]
 mod malformed;
 #[path = "broker/operations.rs"]

@@ -26,7 +26,8 @@ use crate::{
     SessionStore, StoreError, StoreFuture, StoreResult, StoredMessage, now_ms,
 };
 
-const NAME: &str = "embedded";
+/// The name these stores report (`SessionStore::name` and the others).
+pub const NAME: &str = "embedded";
 /// The database directory inside the data directory.
 pub const STORE_DIR: &str = "rookery-store";
 

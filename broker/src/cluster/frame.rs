@@ -41,6 +41,23 @@ pub enum Frame {
         /// Shared groups the receiver was picked for.
         groups: Vec<String>,
     },
+    /// A client resumes its session on the sender: the receiver, if it holds the session,
+    /// closes its connection, takes the session out and answers with it.
+    HandoverAsk {
+        /// The client id.
+        client_id: String,
+        /// When the sender asked (ms since the Unix epoch): identifies the ask.
+        at_ms: u64,
+    },
+    /// The answer to a `HandoverAsk`: the session, if the sender held it.
+    HandoverReply {
+        /// The client id.
+        client_id: String,
+        /// The ask's `at_ms`.
+        at_ms: u64,
+        /// The session, now the asker's.
+        transfer: Option<Box<super::handover::Transfer>>,
+    },
     /// A client connected to the sender with this client id at `at_ms`: the receiver closes
     /// its own connection of that id if it is older (one client id, one connection in the
     /// cluster; the newest wins, ties going to the larger node id).

@@ -352,8 +352,8 @@ fn take(f: &Frame, out: &mut BytesMut, queued: &LinkQueue) {
 
 /// Frames both ways until the link is closed, fails, or falls silent.
 async fn serve(
-    broker: &Broker,
-    cluster: &Cluster,
+    broker: &Arc<Broker>,
+    cluster: &Arc<Cluster>,
     peer: &str,
     ends: &mut Ends<'_>,
     close: &CancellationToken,
@@ -423,8 +423,8 @@ async fn serve(
 /// Handles every whole frame in `buf`, stopping after a forwarded message that pushed a
 /// session over its queue limit (returned: the caller waits for it before reading on).
 fn handle_frames(
-    broker: &Broker,
-    cluster: &Cluster,
+    broker: &Arc<Broker>,
+    cluster: &Arc<Cluster>,
     peer: &str,
     buf: &mut BytesMut,
 ) -> Result<Option<Arc<Session>>, LinkError> {
@@ -439,6 +439,26 @@ fn handle_frames(
             Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
             Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
             Frame::Claim { client_id, at_ms } => broker.remote_claim(peer, &client_id, at_ms),
+            Frame::HandoverAsk { client_id, at_ms } => {
+                // Waits for the connection to hand the session back: off the link's loop.
+                let (broker, cluster, peer) = (broker.clone(), cluster.clone(), peer.to_owned());
+                tokio::spawn(async move {
+                    let transfer = broker.give_session(&client_id, at_ms).await.map(Box::new);
+                    cluster.send_to(
+                        &peer,
+                        Frame::HandoverReply {
+                            client_id,
+                            at_ms,
+                            transfer,
+                        },
+                    );
+                });
+            }
+            Frame::HandoverReply {
+                client_id,
+                at_ms,
+                transfer,
+            } => cluster.asks.answer(peer, &client_id, at_ms, transfer),
             Frame::Publish { message, groups } => {
                 if let Some(session) = broker.route_forwarded(message, &groups) {
                     return Ok(Some(session));

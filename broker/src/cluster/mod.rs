@@ -12,6 +12,7 @@
 
 pub mod discovery;
 pub mod frame;
+pub mod handover;
 pub mod link;
 
 use std::sync::Arc;
@@ -148,6 +149,8 @@ pub struct Cluster {
     unreachable: Mutex<ahash::AHashSet<String>>,
     /// `peers_dns` is set and has not been resolved yet.
     awaiting_dns: std::sync::atomic::AtomicBool,
+    /// Sessions this node asked its peers for.
+    pub asks: handover::Asks,
 }
 
 /// What registering a new link decided.
@@ -175,6 +178,7 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             unreachable: Mutex::new(ahash::AHashSet::new()),
             awaiting_dns: std::sync::atomic::AtomicBool::new(false),
+            asks: handover::Asks::default(),
         })
     }
 
@@ -279,6 +283,15 @@ impl Cluster {
         for link in self.links.lock().values() {
             let _ = link.tx.send(frame.clone());
         }
+    }
+
+    /// Queues a control frame for `peer` (outside the forwarding budget). False when the peer
+    /// is not linked.
+    pub fn send_to(&self, peer: &str, frame: Frame) -> bool {
+        let links = self.links.lock();
+        links
+            .get(peer)
+            .is_some_and(|link| !link.close.is_cancelled() && link.tx.send(frame).is_ok())
     }
 
     /// Queues a forwarded message for `peer`. Dropped (and counted) only when the peer is not

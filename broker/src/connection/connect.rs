@@ -224,6 +224,10 @@ pub async fn accept(
     let expiry_secs = requested_expiry.min(c.max_session_expiry_secs);
 
     let username = identity.username.as_deref();
+    if !connect.clean_start && broker.sessions.get(&client_id).is_none() {
+        // Resuming here a session another node may hold: it is handed over first.
+        broker.fetch_session(&client_id).await;
+    }
     let (session, attachment, old_owner) = loop {
         let session = broker.sessions.get_or_create(&client_id);
         let _guard = session.attach_lock.lock().await;

@@ -139,6 +139,16 @@ impl Persist {
         self.committer.is_sync()
     }
 
+    /// True when sessions are in a store every node shares (Redis), not on this node's disk.
+    pub fn sessions_shared(&self) -> bool {
+        self.committer.stores().sessions.name() != rookery_store::embedded::NAME
+    }
+
+    /// True when queued messages are in a store every node shares (PostgreSQL).
+    pub fn queues_shared(&self) -> bool {
+        self.committer.stores().queue.name() != rookery_store::embedded::NAME
+    }
+
     /// A fresh id for a message or a queue entry (ascending).
     pub fn next_id(&self) -> u64 {
         self.ids.next()

@@ -54,12 +54,24 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
 
     let mut known: AHashSet<String> = AHashSet::new();
     let mut timers = Vec::new();
+    // In a cluster sharing Redis, each node brings back the sessions it owned; another
+    // node's are fetched when their clients come back (crate::cluster::handover).
+    let own_only = p.sessions_shared() && broker.config.cluster_listen.is_some();
     for record in stores.sessions.load().await? {
         known.insert(record.client_id.clone());
+        if own_only && record.owner_node != broker.config.node_id {
+            continue;
+        }
         let (entries, incoming) = stores.queue.load(&record.client_id).await?;
         restored.messages += entries.len();
         timers.push(restore_session(
-            broker, &p, record, entries, incoming, now, wall,
+            broker,
+            Some(&p),
+            record,
+            entries,
+            incoming,
+            now,
+            wall,
         ));
     }
     // Only once every session is back: a will published now reaches all its subscribers.
@@ -100,7 +112,7 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
 }
 
 /// What a restored session's timers need.
-enum Timers {
+pub(crate) enum Timers {
     /// It expired while the broker was down: end it (publishing its will).
     Expired(Arc<crate::session::Session>),
     /// Arm its will-delay and expiry timers with what is left of them.
@@ -111,10 +123,11 @@ enum Timers {
     },
 }
 
-/// Registers one session (offline, subscriptions in the trie, queue filled).
-fn restore_session(
+/// Registers one session (offline, subscriptions in the trie, queue filled). Also installs
+/// a session handed over by another node ([`crate::cluster::handover`]).
+pub(crate) fn restore_session(
     broker: &Arc<Broker>,
-    p: &super::Persist,
+    p: Option<&super::Persist>,
     record: SessionRecord,
     entries: Vec<rookery_store::QueueEntry>,
     incoming: Vec<u16>,
@@ -154,8 +167,15 @@ fn restore_session(
     let mut messages: AHashMap<u64, Arc<Message>> = AHashMap::new();
     let mut queued = Vec::new();
     for e in entries {
-        p.saw_id(e.id);
-        p.saw_id(e.message_id);
+        if let Some(p) = p {
+            p.saw_id(e.id);
+            p.saw_id(e.message_id);
+        }
+        if let (Some(pid), true) = (e.packet_id, e.released) {
+            // Only PUBCOMP is awaited: the message itself is not needed.
+            state.outgoing.restore(pid, OutState::Released(e.id));
+            continue;
+        }
         let Some(stored) = e.message else { continue };
         let message = messages
             .entry(e.message_id)

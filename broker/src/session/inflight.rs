@@ -215,6 +215,11 @@ impl Incoming {
         self.ids.len()
     }
 
+    /// The packet ids received and not yet released.
+    pub fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ids.iter().copied()
+    }
+
     /// True when none is pending.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()

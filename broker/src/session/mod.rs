@@ -77,6 +77,23 @@ struct Owner {
     by_password: bool,
 }
 
+/// A parked session taken out for another node ([`Session::extract`]).
+#[derive(Debug)]
+pub struct Extracted {
+    /// Subscriptions and QoS 1/2 state both ways.
+    pub state: SessionState,
+    /// The will still pending.
+    pub will: Option<LastWill>,
+    /// Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// When its last connection ended.
+    pub disconnected_ms: Option<u64>,
+    /// The last attach generation.
+    pub generation: u64,
+    /// Deliveries waiting to be sent, in order.
+    pub queued: Vec<Delivery>,
+}
+
 /// A will waiting for its delay (or the session's end) before it is published.
 #[derive(Debug)]
 pub struct PendingWill {
@@ -467,6 +484,44 @@ impl Session {
         drop(inner);
         self.queue.lock().clear();
         Some((subs, will))
+    }
+
+    /// Tells the live connection, if any, that another node takes the session over (v5
+    /// DISCONNECT 0x8E; `resumes` when the newcomer keeps the session, which keeps a delayed
+    /// will from firing): answered on the returned receiver once it has handed the state back.
+    pub fn take_over_for_peer(&self, resumes: bool) -> Option<oneshot::Receiver<()>> {
+        let mut inner = self.inner.lock();
+        let control = inner.attached.as_mut()?.control.take()?;
+        let (done, handed_back) = oneshot::channel();
+        control.send(Control::TakeOver { resumes, done }).ok()?;
+        self.takeovers_total.fetch_add(1, Ordering::Relaxed);
+        Some(handed_back)
+    }
+
+    /// Takes everything out of a parked session for another node and marks it removed (its
+    /// timers stop). `None` while a connection holds it, or once removed.
+    pub fn extract(&self) -> Option<Extracted> {
+        let mut inner = self.inner.lock();
+        if inner.attached.is_some() || inner.removed {
+            return None;
+        }
+        inner.removed = true;
+        if let Some(timers) = inner.timers.take() {
+            timers.cancel();
+        }
+        let extracted = Extracted {
+            state: inner.state.take().map(|b| *b).unwrap_or_default(),
+            will: inner.pending_will.take().map(|p| p.will),
+            expiry_secs: inner.expiry_secs,
+            disconnected_ms: inner.disconnected_ms,
+            generation: inner.generation,
+            queued: Vec::new(),
+        };
+        drop(inner);
+        let mut extracted = extracted;
+        extracted.queued = self.queue.lock().take_all();
+        self.space.notify_waiters();
+        Some(extracted)
     }
 
     /// Records who the attached connection authenticated as.

@@ -169,6 +169,12 @@ impl Queue {
         before - self.items.len()
     }
 
+    /// Takes every delivery out, in order.
+    pub fn take_all(&mut self) -> Vec<Delivery> {
+        self.bytes = 0;
+        self.items.drain(..).collect()
+    }
+
     /// Empties the queue.
     pub fn clear(&mut self) {
         self.items.clear();

@@ -9,7 +9,7 @@ use crate::support::*;
 
 /// A free port below the kernel's ephemeral range (32768 and up), so that no test binding
 /// port 0 meanwhile can take it before the node does.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 500) as u16 * 20;
@@ -22,6 +22,17 @@ fn free_port() -> u16 {
 }
 
 async fn node(id: &str, cluster: &str, port: u16, peers: &[String]) -> Server {
+    node_with(id, cluster, port, peers, |_| {}).await
+}
+
+/// A node of `cluster` with `tweak` applied after the cluster settings.
+pub(crate) async fn node_with(
+    id: &str,
+    cluster: &str,
+    port: u16,
+    peers: &[String],
+    tweak: impl FnOnce(&mut rookery_broker::Config),
+) -> Server {
     let (id, cluster, peers) = (id.to_owned(), cluster.to_owned(), peers.to_vec());
     start(move |c| {
         c.node_id = id;
@@ -31,15 +42,16 @@ async fn node(id: &str, cluster: &str, port: u16, peers: &[String]) -> Server {
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         // A drain lets one client go per second: the tests see it under way.
         c.drain_rate = 1;
+        tweak(c);
     })
     .await
 }
 
-fn up(s: &Server) -> Vec<String> {
+pub(crate) fn up(s: &Server) -> Vec<String> {
     s.broker.cluster.get().unwrap().up_peers()
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -163,7 +175,7 @@ async fn mesh(n: usize) -> (Vec<Server>, Vec<String>) {
 }
 
 /// Waits until `node` routes `topic` to `peers` (route announcements are asynchronous).
-async fn routed(node: &Server, topic: &str, peers: &[&str]) {
+pub(crate) async fn routed(node: &Server, topic: &str, peers: &[&str]) {
     let cluster = node.broker.cluster.get().unwrap().clone();
     let want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     until(&format!("routes for {topic}"), || {

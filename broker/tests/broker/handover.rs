@@ -1,0 +1,219 @@
+//! Sessions moving between nodes: a client that resumes on another node finds its
+//! subscriptions, queued messages and QoS state there, the old node lets go of everything,
+//! and with per-node disks or shared stores the session lives where its client is.
+
+use rookery_broker::Server;
+use rookery_codec::{ConnectProperties, Packet, Protocol, QoS, reason};
+
+use crate::cluster::{free_port, node_with, routed, until, up};
+use crate::support::*;
+
+fn persistent(id: &str) -> rookery_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, id, false);
+    c.properties = ConnectProperties {
+        session_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    c
+}
+
+async fn pair(tweak: impl Fn(usize, &mut rookery_broker::Config)) -> (Vec<Server>, Vec<String>) {
+    let ports = [free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        nodes.push(node_with(&format!("node-{i}"), "ho", *port, &peers, |c| tweak(i, c)).await);
+    }
+    until("linked", || nodes.iter().all(|n| up(n).len() == 1)).await;
+    (nodes, peers)
+}
+
+async fn publish_all(addr: std::net::SocketAddr, topic: &str, n: u16) {
+    let (mut p, _) = Raw::connect(addr, Protocol::V5, "publisher", true).await;
+    for i in 1..=n {
+        p.publish(topic, format!("{i}").as_bytes(), QoS::AtLeastOnce, false, i)
+            .await;
+    }
+    p.disconnect().await;
+}
+
+async fn payloads(c: &mut Raw, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv().await {
+            Packet::Publish(p) => {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                if p.qos != QoS::AtMostOnce {
+                    c.send(Packet::PubAck(rookery_codec::Ack {
+                        packet_id: p.packet_id,
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    got
+}
+
+fn numbers(n: usize) -> Vec<String> {
+    (1..=n).map(|i| i.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_resumes_on_another_node_with_its_queue_and_subscriptions() {
+    let (nodes, _) = pair(|_, _| {}).await;
+    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("mover")).await;
+    c.subscribe("m/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    publish_all(nodes[0].addr(), "m/1", 5).await;
+
+    let (mut c, ack) = Raw::connect_with(nodes[1].addr(), persistent("mover")).await;
+    assert!(ack.session_present, "the session came along");
+    assert_eq!(payloads(&mut c, 5).await, numbers(5));
+    // Node 0 let go: no session, no route of its own; node 1 routes for it now.
+    assert!(nodes[0].broker.sessions.get("mover").is_none());
+    routed(&nodes[0], "m/x", &["node-1"]).await;
+    // Its subscription works from anywhere.
+    publish_all(nodes[0].addr(), "m/2", 3).await;
+    assert_eq!(payloads(&mut c, 3).await, numbers(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_session_is_taken_over_across_nodes_with_what_was_in_flight() {
+    let (nodes, _) = pair(|_, _| {}).await;
+    let (mut old, _) = Raw::connect_with(nodes[0].addr(), persistent("dev")).await;
+    old.subscribe("f/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "p", true).await;
+    p.publish("f/a", b"unacked", QoS::AtLeastOnce, false, 1)
+        .await;
+    // Received, never acknowledged.
+    assert_eq!(&old.recv_publish().await.payload[..], b"unacked");
+
+    let (mut new, ack) = Raw::connect_with(nodes[1].addr(), persistent("dev")).await;
+    assert!(ack.session_present);
+    let d = old.expect_closed().await.unwrap();
+    assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
+    let again = new.recv_publish().await;
+    assert_eq!(&again.payload[..], b"unacked");
+    assert!(again.dup, "a resend of what was in flight");
+    assert_eq!(
+        nodes[0]
+            .broker
+            .metrics
+            .takeovers_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_elsewhere_ends_the_old_session_and_publishes_its_will() {
+    let (nodes, _) = pair(|_, _| {}).await;
+    let (mut watcher, _) = Raw::connect(nodes[1].addr(), Protocol::V5, "w", true).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    routed(&nodes[0], "wills/x", &["node-1"]).await;
+    let mut c = persistent("dev");
+    c.will = Some(rookery_codec::LastWill {
+        topic: "wills/dev".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: rookery_codec::WillProperties {
+            will_delay_interval: Some(600),
+            ..Default::default()
+        },
+    });
+    let (mut old, _) = Raw::connect_with(nodes[0].addr(), c).await;
+    old.subscribe("x/#", QoS::AtLeastOnce).await;
+    drop(old); // dropped: the will waits for its delay, the session stays parked
+    until("parked", || {
+        nodes[0]
+            .broker
+            .sessions
+            .get("dev")
+            .is_some_and(|s| !s.is_attached())
+    })
+    .await;
+    let (_new, ack) = Raw::connect(nodes[1].addr(), Protocol::V5, "dev", true).await;
+    assert!(!ack.session_present);
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"gone");
+    until("node 0 let go", || {
+        nodes[0].broker.sessions.get("dev").is_none()
+    })
+    .await;
+    routed(&nodes[1], "x/y", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_disk_each_the_session_lives_on_the_node_its_client_is_on_after_restarts() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let paths: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.path().to_owned()).collect();
+    let store = |i: usize, c: &mut rookery_broker::Config| {
+        c.durability = rookery_broker::config::DurabilityMode::Sync;
+        c.data_dir = paths[i].clone();
+    };
+    let (nodes, peers) = pair(store).await;
+    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("d")).await;
+    c.subscribe("q/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    publish_all(nodes[0].addr(), "q/1", 4).await;
+    let (mut c, ack) = Raw::connect_with(nodes[1].addr(), persistent("d")).await;
+    assert!(ack.session_present);
+    assert_eq!(payloads(&mut c, 4).await, numbers(4));
+    c.disconnect().await;
+    publish_all(nodes[1].addr(), "q/2", 2).await;
+    // Both restart on their disks: only node 1 brings the session back.
+    let ports: Vec<u16> = peers
+        .iter()
+        .map(|p| p.rsplit_once(':').unwrap().1.parse().unwrap())
+        .collect();
+    for n in nodes {
+        n.shutdown().await;
+    }
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        nodes.push(node_with(&format!("node-{i}"), "ho", *port, &peers, |c| store(i, c)).await);
+    }
+    assert!(nodes[0].broker.sessions.get("d").is_none());
+    assert!(nodes[1].broker.sessions.get("d").is_some());
+    until("linked", || nodes.iter().all(|n| up(n).len() == 1)).await;
+    let (mut c, ack) = Raw::connect_with(nodes[0].addr(), persistent("d")).await;
+    assert!(ack.session_present);
+    assert_eq!(payloads(&mut c, 2).await, numbers(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_stores_a_session_whose_node_is_gone_resumes_from_them() {
+    let redis = rookery_testkit::RedisServer::start_private();
+    let pg = rookery_testkit::PostgresServer::start_private();
+    let (redis_url, pg_url) = (redis.url().to_owned(), pg.database());
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let paths: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.path().to_owned()).collect();
+    let prefix = format!("ho{}", std::process::id());
+    let store = |i: usize, c: &mut rookery_broker::Config| {
+        c.durability = rookery_broker::config::DurabilityMode::Sync;
+        c.data_dir = paths[i].clone();
+        c.redis_url = Some(redis_url.clone());
+        c.postgres_url = Some(pg_url.clone());
+        c.cluster_name = prefix.clone();
+    };
+    let (mut nodes, _) = pair(store).await;
+    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("s")).await;
+    c.subscribe("s/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    publish_all(nodes[0].addr(), "s/1", 3).await;
+    // Moves to node 1 over the link; the shared rows are node 1's now.
+    let (mut c, ack) = Raw::connect_with(nodes[1].addr(), persistent("s")).await;
+    assert!(ack.session_present);
+    assert_eq!(payloads(&mut c, 3).await, numbers(3));
+    c.disconnect().await;
+    publish_all(nodes[1].addr(), "s/2", 2).await;
+    // Node 1 goes for good; the client comes back to node 0, which reads Redis and PostgreSQL.
+    nodes.pop().unwrap().shutdown().await;
+    until("alone", || up(&nodes[0]).is_empty()).await;
+    let (mut c, ack) = Raw::connect_with(nodes[0].addr(), persistent("s")).await;
+    assert!(ack.session_present);
+    assert_eq!(payloads(&mut c, 2).await, numbers(2));
+}
