@@ -64,12 +64,14 @@ enum Groups<'a> {
 }
 
 /// One session a message goes to, with what is particular to it.
-struct Target<'a> {
-    session: &'a Arc<Session>,
-    granted: QoS,
-    retain_as_published: bool,
-    subscription_ids: SmallVec<[u32; 2]>,
-    stored: u64,
+pub(crate) struct Target<'a> {
+    pub(crate) session: &'a Arc<Session>,
+    /// From a shared group.
+    pub(crate) shared: bool,
+    pub(crate) granted: QoS,
+    pub(crate) retain_as_published: bool,
+    pub(crate) subscription_ids: SmallVec<[u32; 2]>,
+    pub(crate) stored: u64,
 }
 
 /// Everything connections share.
@@ -210,10 +212,15 @@ impl Broker {
     /// limit: the link then stops reading until it drains (backpressure to the peer).
     pub fn route_forwarded(
         &self,
+        id: u64,
         stored: StoredMessage,
         groups: &[String],
     ) -> Option<Arc<Session>> {
-        let message = Arc::new(convert::message(stored, 0, Instant::now(), now_ms()));
+        let mut message = convert::message(stored, 0, Instant::now(), now_ms());
+        // The publishing node's id: the same message reaching a moving session twice is
+        // delivered once.
+        message.id = id;
+        let message = Arc::new(message);
         self.route_here(&message, false, Groups::Only(groups))
             .congested
     }
@@ -318,6 +325,7 @@ impl Broker {
                 .unwrap_or_default();
             let wanted = !groups.is_empty() || matched.contains(peer);
             let frame = Frame::Publish {
+                id: message.id,
                 message: stored.clone(),
                 groups,
             };
@@ -446,17 +454,22 @@ impl Broker {
             }
             let target = Target {
                 session: first.handle,
+                shared: first.shared,
                 granted: qos,
                 retain_as_published: rap,
                 subscription_ids: ids,
                 stored: 0,
             };
+            i = j;
+            // A session moving between nodes: relayed to its new node, or delivered once.
+            if target.session.is_moving() && !self.moving_target(&target, message) {
+                continue;
+            }
             if durable.is_some() {
                 gathered.push(target);
             } else {
                 self.push_target(target, message, &mut routed);
             }
-            i = j;
         }
         if let Some(p) = durable {
             if !self.store_deliveries(p, message, &mut gathered, &mut routed) {
@@ -482,7 +495,7 @@ impl Broker {
 
     /// Writes the message once and an entry for each persistent session among `targets`.
     /// False (and `routed.refused`) when the store cannot take them.
-    fn store_deliveries(
+    pub(crate) fn store_deliveries(
         &self,
         p: &Persist,
         message: &Message,
@@ -527,7 +540,7 @@ impl Broker {
         true
     }
 
-    fn push_target(&self, t: Target<'_>, message: &Arc<Message>, routed: &mut Routed) {
+    pub(crate) fn push_target(&self, t: Target<'_>, message: &Arc<Message>, routed: &mut Routed) {
         let session = t.session;
         let delivery = Delivery {
             message: message.clone(),
@@ -619,6 +632,7 @@ impl Broker {
             }
             let mut target = [Target {
                 session,
+                shared: false,
                 granted,
                 // Retained messages sent for a new subscription keep RETAIN set. [MQTT-3.3.1-8]
                 retain_as_published: true,

@@ -31,6 +31,28 @@ pub struct Message {
     pub origin: SessionId,
     /// When the broker read it (or restored it): the start of its delivery latency.
     pub received: Instant,
+    /// Unique in the cluster (see [`next_id`]): a node receiving one message along two paths
+    /// while a session moves between nodes delivers it once.
+    pub id: u64,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static NODE_TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets the low bits of this process's message ids from the node id (the first call wins;
+/// several nodes in one process share the counter, so their ids differ too).
+pub fn set_node(node_id: &str) {
+    if NODE_TAG.set(crate::persist::ids::node_tag(node_id)).is_ok() {
+        // Ascending across restarts: four per microsecond of wall clock at start.
+        let seed = rookery_store::now_ms().saturating_mul(4_000);
+        NEXT_ID.fetch_max(seed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A message id unique in the cluster: a per-process counter and the node's tag.
+pub fn next_id() -> u64 {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    (n << crate::persist::ids::NODE_BITS) | NODE_TAG.get().copied().unwrap_or(0)
 }
 
 impl Message {
@@ -57,6 +79,7 @@ impl Message {
             expires_at,
             origin,
             received: now,
+            id: next_id(),
         }
     }
 
@@ -84,6 +107,7 @@ impl Message {
             expires_at,
             origin,
             received: now,
+            id: next_id(),
         }
     }
 
@@ -130,6 +154,7 @@ impl Message {
             expires_at: None,
             origin: 0,
             received: Instant::now(),
+            id: next_id(),
         }
     }
 

@@ -57,6 +57,7 @@ impl Server {
     /// Loads certificates, password and ACL files, binds every listener and starts accepting.
     /// Errors name the file or address at fault.
     pub async fn start(config: Config) -> io::Result<Server> {
+        crate::message::set_node(&config.node_id);
         let security = Security::load(&config).map_err(invalid)?;
         let tls = match config.tls_files() {
             Some(files) => Some(Arc::new(ReloadingTls::load(files).map_err(invalid)?)),

@@ -36,6 +36,8 @@ pub enum Frame {
     /// again). The receiver delivers it to its shared groups named in `groups` only
     /// (`$share/{group}/{filter}`): the sender picked one node per group.
     Publish {
+        /// The message's cluster-wide id.
+        id: u64,
         /// The message.
         message: StoredMessage,
         /// Shared groups the receiver was picked for.
@@ -57,6 +59,50 @@ pub enum Frame {
         at_ms: u64,
         /// The session, now the asker's.
         transfer: Option<Box<super::handover::Transfer>>,
+    },
+    /// The receiver installed the session the sender handed it and announced its routes: the
+    /// sender may stop relaying once every node knows those routes.
+    HandoverInstalled {
+        /// The client id.
+        client_id: String,
+    },
+    /// A delivery for a session the sender handed to the receiver, matched by the sender's
+    /// routes while the other nodes may not know the new ones yet.
+    Deliver {
+        /// The client id.
+        client_id: String,
+        /// The message's cluster-wide id (the receiver delivers each id once).
+        id: u64,
+        /// The message.
+        message: StoredMessage,
+        /// QoS of the delivery.
+        qos: u8,
+        /// RETAIN flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: Vec<u32>,
+        /// From a shared group.
+        shared: bool,
+    },
+    /// Answer `RouteFenceAck { id }` once `node`'s routes include every one of `filters`
+    /// (or `node` is not linked): from then on the receiver sends their messages to `node`.
+    RouteFence {
+        /// Identifies the fence.
+        id: u64,
+        /// The node whose routes are awaited.
+        node: String,
+        /// Filters as announced.
+        filters: Vec<String>,
+    },
+    /// The answer to `RouteFence`.
+    RouteFenceAck {
+        /// The fence.
+        id: u64,
+    },
+    /// The sender relays nothing more for this session.
+    HandoverFinished {
+        /// The client id.
+        client_id: String,
     },
     /// A client connected to the sender with this client id at `at_ms`: the receiver closes
     /// its own connection of that id if it is older (one client id, one connection in the
@@ -152,6 +198,7 @@ mod tests {
         encode(&hello(), &mut wire);
         encode(&Frame::Heartbeat, &mut wire);
         let message = Frame::Publish {
+            id: 77,
             message: StoredMessage {
                 topic: "a/b".into(),
                 payload: bytes::Bytes::from_static(b"21.5"),

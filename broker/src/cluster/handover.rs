@@ -21,12 +21,13 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use rookery_store::{QueueEntry, QueueOp, SessionRecord, StoredMessage, now_ms};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use super::frame::Frame;
 use crate::broker::Broker;
 use crate::persist::convert;
+use crate::router::trie::SessionId;
 use crate::session::Extracted;
 use crate::session::inflight::OutState;
 
@@ -54,6 +55,9 @@ pub struct TransferEntry {
     pub entry: QueueEntry,
     /// The message; `None` for a QoS 2 delivery already released (only PUBCOMP is awaited).
     pub message: Option<StoredMessage>,
+    /// The message's cluster-wide id: a copy relayed or forwarded later is not delivered
+    /// again.
+    pub id: u64,
 }
 
 /// Builds the transfer of an extracted session. Pure but for the clock.
@@ -87,6 +91,7 @@ pub fn build(
                     message: None,
                 },
                 message: Some(convert::stored_message(&d.message, now, wall)),
+                id: d.message.id,
             }),
             OutState::Released(stored) => entries.push(TransferEntry {
                 entry: QueueEntry {
@@ -100,6 +105,7 @@ pub fn build(
                     message: None,
                 },
                 message: None,
+                id: 0,
             }),
         }
     }
@@ -116,6 +122,7 @@ pub fn build(
                 message: None,
             },
             message: Some(convert::stored_message(&d.message, now, wall)),
+            id: d.message.id,
         });
     }
     let mut incoming: Vec<u16> = x.state.incoming.ids().collect();
@@ -137,10 +144,18 @@ pub fn build(
     }
 }
 
+/// An ask under way.
+struct OpenAsk {
+    at_ms: u64,
+    tx: mpsc::UnboundedSender<Answer>,
+    /// Relayed deliveries that came before the session was installed.
+    stash: Vec<Frame>,
+}
+
 /// This node's open asks, by client id.
 #[derive(Default)]
 pub struct Asks {
-    open: Mutex<AHashMap<String, (u64, mpsc::UnboundedSender<Answer>)>>,
+    open: Mutex<AHashMap<String, OpenAsk>>,
     /// One fetch per client id at a time on this node.
     fetching: Mutex<AHashMap<ByteString, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -155,16 +170,125 @@ pub struct Answer {
 }
 
 impl Asks {
-    /// Delivers a peer's answer to the ask it belongs to (dropped when that ask is over).
-    pub fn answer(&self, peer: &str, client_id: &str, at_ms: u64, transfer: Option<Box<Transfer>>) {
+    /// Delivers a peer's answer to the ask it belongs to; hands the session back when that
+    /// ask is over (it came too late: the caller installs it if the id is still free).
+    pub fn answer(
+        &self,
+        peer: &str,
+        client_id: &str,
+        at_ms: u64,
+        transfer: Option<Box<Transfer>>,
+    ) -> Option<Box<Transfer>> {
         let open = self.open.lock();
-        if let Some((at, tx)) = open.get(client_id)
-            && *at == at_ms
+        match open.get(client_id) {
+            Some(ask) if ask.at_ms == at_ms => {
+                let _ = ask.tx.send(Answer {
+                    peer: peer.to_owned(),
+                    transfer,
+                });
+                None
+            }
+            _ => transfer,
+        }
+    }
+
+    /// Keeps a relayed delivery for a session being fetched; gives it back when none is.
+    fn stash(&self, client_id: &str, frame: Frame) -> Option<Frame> {
+        match self.open.lock().get_mut(client_id) {
+            Some(ask) => {
+                ask.stash.push(frame);
+                None
+            }
+            None => Some(frame),
+        }
+    }
+
+    /// Closes the ask of `client_id`; returns what was stashed for it.
+    fn close(&self, client_id: &str) -> Vec<Frame> {
+        self.open
+            .lock()
+            .remove(client_id)
+            .map(|a| a.stash)
+            .unwrap_or_default()
+    }
+}
+
+/// How long a node that gave a session away relays for it at most, waiting for the new node
+/// to say it installed it.
+const RELAY_LIMIT: Duration = Duration::from_secs(30);
+/// How long a fence waits for the other nodes to learn the new node's routes.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the new node keeps checking for duplicates once the old one stopped relaying
+/// (a copy sent straight to it may still be on its way).
+const DEDUP_AFTER: Duration = Duration::from_secs(10);
+/// Most message ids remembered per moving session.
+const DEDUP_IDS: usize = 65_536;
+
+/// Sessions in the middle of a move on this node.
+#[derive(Default)]
+pub struct Moves {
+    /// Given away and still subscribed here: where their deliveries go, by session id.
+    relays: Mutex<AHashMap<SessionId, Relay>>,
+    /// Received: the deliveries made since, by session id.
+    received: Mutex<AHashMap<SessionId, Seen>>,
+    /// Our fences: the peers still to answer.
+    fences: Mutex<AHashMap<u64, Fence>>,
+    next_fence: std::sync::atomic::AtomicU64,
+    /// Fences peers asked of us that wait for routes.
+    asked: Mutex<Vec<AskedFence>>,
+}
+
+/// One of our fences: the peers still to answer.
+struct Fence {
+    waiting: ahash::AHashSet<String>,
+    notify: Arc<Notify>,
+}
+
+struct Relay {
+    to: Arc<str>,
+    client_id: String,
+    filters: Vec<ByteString>,
+    fencing: bool,
+}
+
+struct AskedFence {
+    from: String,
+    id: u64,
+    node: String,
+    filters: Vec<String>,
+    since: Instant,
+}
+
+/// Deliveries made to a session that just arrived: (message id, from a shared group).
+#[derive(Default)]
+struct Seen {
+    ids: ahash::AHashSet<(u64, bool)>,
+    order: std::collections::VecDeque<(u64, bool)>,
+    until: Option<Instant>,
+}
+
+impl Seen {
+    /// True the first time.
+    fn first(&mut self, key: (u64, bool)) -> bool {
+        if !self.ids.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DEDUP_IDS
+            && let Some(old) = self.order.pop_front()
         {
-            let _ = tx.send(Answer {
-                peer: peer.to_owned(),
-                transfer,
-            });
+            self.ids.remove(&old);
+        }
+        true
+    }
+}
+
+impl Moves {
+    /// A peer answered our fence `id`.
+    pub fn fence_ack(&self, peer: &str, id: u64) {
+        if let Some(f) = self.fences.lock().get_mut(&id) {
+            f.waiting.remove(peer);
+            f.notify.notify_one();
         }
     }
 }
@@ -208,11 +332,14 @@ impl Broker {
         if !peers.is_empty() {
             let at_ms = now_ms();
             let (tx, mut rx) = mpsc::unbounded_channel();
-            cluster
-                .asks
-                .open
-                .lock()
-                .insert(client_id.to_owned(), (at_ms, tx));
+            cluster.asks.open.lock().insert(
+                client_id.to_owned(),
+                OpenAsk {
+                    at_ms,
+                    tx,
+                    stash: Vec::new(),
+                },
+            );
             let ask = Frame::HandoverAsk {
                 client_id: client_id.to_owned(),
                 at_ms,
@@ -247,21 +374,60 @@ impl Broker {
                     transfer = Some((*t, answer.peer));
                 }
             }
-            cluster.asks.open.lock().remove(client_id);
         }
-        match transfer {
-            Some((t, _)) => {
-                self.install_transfer(t);
+        let installed = match transfer {
+            Some((t, from)) => {
+                // Deliveries relayed by the old node and sent here directly are made once;
+                // it relays until the other nodes know our routes.
+                if self.install_transfer(t).is_some() {
+                    cluster.send_to(
+                        &from,
+                        Frame::HandoverInstalled {
+                            client_id: client_id.to_owned(),
+                        },
+                    );
+                }
                 true
             }
             None => self.install_from_store(client_id).await,
+        };
+        for frame in cluster.asks.close(client_id) {
+            self.deliver_relayed(frame);
+        }
+        installed
+    }
+
+    /// A session handed over after its ask had timed out: installed if the id is still free
+    /// here (it would be lost otherwise).
+    pub fn install_late(self: &Arc<Self>, from: &str, t: Transfer) {
+        let client_id = t.record.client_id.clone();
+        if self.sessions.get(&client_id).is_some() {
+            warn!(
+                client_id,
+                from, "a session handed over too late: this node has one of that id"
+            );
+            return;
+        }
+        warn!(
+            client_id,
+            from, "a session handed over after its ask timed out: installed"
+        );
+        if self.install_transfer(t).is_some()
+            && let Some(cluster) = self.cluster.get()
+        {
+            cluster.send_to(from, Frame::HandoverInstalled { client_id });
         }
     }
 
     /// A peer asks for `client_id`'s session: closes our connection of it (if older than the
     /// ask), takes the session out and removes it here. `None` when we do not hold it.
-    pub async fn give_session(self: &Arc<Self>, client_id: &str, at_ms: u64) -> Option<Transfer> {
-        let (x, username, by_password) = self.take_session(client_id, at_ms, true).await?;
+    pub async fn give_session(
+        self: &Arc<Self>,
+        peer: &str,
+        client_id: &str,
+        at_ms: u64,
+    ) -> Option<Transfer> {
+        let (x, username, by_password) = self.take_session(client_id, at_ms, Some(peer)).await?;
         let transfer = build(
             client_id,
             username.as_ref(),
@@ -280,7 +446,7 @@ impl Broker {
     /// A newer connection of `client_id` started clean on another node: ours (if older) is
     /// closed and the session ends here, its will published. True when it was here.
     pub async fn discard_for_peer(self: &Arc<Self>, client_id: &str, at_ms: u64) -> bool {
-        let Some((x, username, _)) = self.take_session(client_id, at_ms, false).await else {
+        let Some((x, username, _)) = self.take_session(client_id, at_ms, None).await else {
             return false;
         };
         if let Some(will) = x.will {
@@ -290,14 +456,17 @@ impl Broker {
     }
 
     /// Closes our connection of `client_id` unless it is newer than `at_ms` (telling it
-    /// whether the newcomer `resumes`), then takes the session out: routes withdrawn, our own
-    /// disk's copy deleted (a shared copy is the new owner's), our writes for it landed.
+    /// whether the newcomer resumes: it does when the session goes `to` a node), then takes
+    /// the session out: our own disk's copy deleted (a shared copy is the new owner's), our
+    /// writes for it landed. Its routes stay, relaying to `to` until the other nodes know the
+    /// new ones ([`Broker::finish_relay`]); without `to` they are withdrawn at once.
     async fn take_session(
         self: &Arc<Self>,
         client_id: &str,
         at_ms: u64,
-        resumes: bool,
+        to: Option<&str>,
     ) -> Option<(Extracted, Option<ByteString>, bool)> {
+        let resumes = to.is_some();
         let session = self.sessions.get(client_id)?;
         let _guard = session.attach_lock.lock().await;
         if session.claimed() > at_ms {
@@ -318,9 +487,43 @@ impl Broker {
         }
         let username = session.username();
         let by_password = session.password_user().is_some();
-        let extracted = session.extract()?;
-        let subs: Vec<ByteString> = extracted.state.subscriptions.keys().cloned().collect();
-        self.unsubscribe_all(session.id, &subs);
+        let extracted = {
+            // No publish is being routed meanwhile: each one either reaches the queue taken
+            // out now, or sees the relay.
+            let _routing = self.router.write();
+            let x = session.extract()?;
+            if let (Some(to), Some(cluster)) = (to, self.cluster.get()) {
+                let filters = x.state.subscriptions.keys().cloned().collect();
+                cluster.moves.relays.lock().insert(
+                    session.id,
+                    Relay {
+                        to: to.into(),
+                        client_id: client_id.to_owned(),
+                        filters,
+                        fencing: false,
+                    },
+                );
+                session.set_moving(true);
+            }
+            x
+        };
+        if to.is_none() || self.cluster.get().is_none() {
+            let subs: Vec<ByteString> = extracted.state.subscriptions.keys().cloned().collect();
+            self.unsubscribe_all(session.id, &subs);
+        } else {
+            // Should the new node never say it installed the session, stop relaying anyway.
+            let (broker, session) = (Arc::downgrade(self), session.clone());
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(RELAY_LIMIT) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if let Some(broker) = broker.upgrade() {
+                    broker.withdraw_relay(&session);
+                }
+            });
+        }
         self.sessions.remove(&session);
         if let Some(p) = &self.persist {
             let mut ops = Vec::new();
@@ -346,7 +549,7 @@ impl Broker {
     }
 
     /// Installs a session handed over by a peer, and stores it as ours.
-    fn install_transfer(self: &Arc<Self>, t: Transfer) {
+    fn install_transfer(self: &Arc<Self>, t: Transfer) -> Option<Arc<crate::session::Session>> {
         let Transfer {
             record,
             entries,
@@ -357,7 +560,11 @@ impl Broker {
         let mut restored = Vec::with_capacity(entries.len());
         let mut ops = Vec::new();
         let mut new_message_ids: AHashMap<u64, u64> = AHashMap::new();
-        for TransferEntry { mut entry, message } in entries {
+        let delivered: Vec<u64> = entries.iter().map(|e| e.id).filter(|id| *id != 0).collect();
+        for TransferEntry {
+            mut entry, message, ..
+        } in entries
+        {
             match (&self.persist, queues_shared) {
                 // Shared queue store: the entries are there already, under these ids.
                 (Some(p), true) => p.saw_id(entry.id),
@@ -394,7 +601,7 @@ impl Broker {
         {
             p.submit(ops);
         }
-        self.install(record, restored, incoming);
+        self.install(record, restored, incoming, Some(&delivered))
     }
 
     /// Reads `client_id`'s session from a shared session store (its owner left the cluster).
@@ -423,8 +630,7 @@ impl Broker {
         };
         info!(client_id, from = %record.owner_node, entries = entries.len(),
             "session read from the store (its node is gone)");
-        self.install(record, entries, incoming);
-        true
+        self.install(record, entries, incoming, None).is_some()
     }
 
     /// Registers a session (parked) with its timers, and writes its record as ours.
@@ -433,20 +639,36 @@ impl Broker {
         record: SessionRecord,
         entries: Vec<QueueEntry>,
         incoming: Vec<u16>,
-    ) {
+        moving: Option<&[u64]>,
+    ) -> Option<Arc<crate::session::Session>> {
+        // A session arriving from a node that relays for it checks for duplicates from its
+        // first delivery here, before its routes exist; what it brought counts as delivered.
+        let cluster = self.cluster.get().filter(|_| moving.is_some());
+        let hook = |session: &Arc<crate::session::Session>| {
+            if let Some(cluster) = cluster {
+                let mut seen = Seen::default();
+                for id in moving.into_iter().flatten() {
+                    // Not knowing which way it came, both.
+                    seen.first((*id, false));
+                    seen.first((*id, true));
+                }
+                cluster.moves.received.lock().insert(session.id, seen);
+                session.set_moving(true);
+            }
+        };
         let timers = crate::persist::restore::restore_session(
             self,
             self.persist.as_deref(),
+            Some(&hook),
             record,
             entries,
             incoming,
-            Instant::now(),
-            now_ms(),
+            (Instant::now(), now_ms()),
         );
         let session = match timers {
             crate::persist::restore::Timers::Expired(session) => {
                 self.end_session(&session, 1);
-                return;
+                return None;
             }
             crate::persist::restore::Timers::Arm {
                 session,
@@ -461,6 +683,274 @@ impl Broker {
             session.set_durable(false);
         }
         self.store_parked_session(&session);
+        Some(session)
+    }
+
+    /// Whether a delivery to a moving `t.session` is made here: false when it is relayed to
+    /// the session's new node, or was made already (the same message by another path).
+    pub(crate) fn moving_target(
+        &self,
+        t: &crate::broker::Target<'_>,
+        message: &Arc<crate::message::Message>,
+    ) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            t.session.set_moving(false);
+            return true;
+        };
+        let relay = cluster
+            .moves
+            .relays
+            .lock()
+            .get(&t.session.id)
+            .map(|r| (r.to.clone(), r.client_id.clone()));
+        if let Some((to, client_id)) = relay {
+            let frame = Frame::Deliver {
+                client_id,
+                id: message.id,
+                message: convert::stored_message(message, Instant::now(), now_ms()),
+                qos: message.qos.min(t.granted) as u8,
+                retain: t.retain_as_published && message.retain,
+                subscription_ids: t.subscription_ids.to_vec(),
+                shared: t.shared,
+            };
+            if !cluster.send_to(&to, frame) {
+                warn!(node = %to, "a delivery for a session handed over could not be relayed: link down");
+            }
+            return false;
+        }
+        let mut received = cluster.moves.received.lock();
+        let Some(seen) = received.get_mut(&t.session.id) else {
+            t.session.set_moving(false);
+            return true;
+        };
+        if seen.until.is_some_and(|u| Instant::now() >= u) {
+            received.remove(&t.session.id);
+            t.session.set_moving(false);
+            return true;
+        }
+        seen.first((message.id, t.shared))
+    }
+
+    /// A delivery relayed by the node that gave us a session (kept until the session is
+    /// installed when it comes first).
+    pub fn deliver_relayed(self: &Arc<Self>, frame: Frame) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let client_id = match &frame {
+            Frame::Deliver { client_id, .. } => client_id.clone(),
+            _ => return,
+        };
+        let Some(Frame::Deliver {
+            id,
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            shared,
+            ..
+        }) = cluster.asks.stash(&client_id, frame)
+        else {
+            return;
+        };
+        let Some(session) = self.sessions.get(&client_id) else {
+            debug!(
+                client_id,
+                "a relayed delivery for a session not here: dropped"
+            );
+            return;
+        };
+        let mut m = convert::message(message, 0, Instant::now(), now_ms());
+        m.id = id;
+        let message = Arc::new(m);
+        let granted = rookery_codec::QoS::from_u8(qos).unwrap_or(rookery_codec::QoS::AtLeastOnce);
+        let target = crate::broker::Target {
+            session: &session,
+            shared,
+            granted,
+            retain_as_published: retain,
+            subscription_ids: subscription_ids.into_iter().collect(),
+            stored: 0,
+        };
+        if session.is_moving() && !self.moving_target(&target, &message) {
+            return;
+        }
+        let mut routed = crate::broker::Routed::default();
+        let mut targets = [target];
+        if let Some(p) = self
+            .persist
+            .as_ref()
+            .filter(|_| granted != rookery_codec::QoS::AtMostOnce)
+            && !self.store_deliveries(p, &message, &mut targets, &mut routed)
+        {
+            warn!(client_id, "a relayed delivery could not be stored: dropped");
+            return;
+        }
+        let [target] = targets;
+        self.push_target(target, &message, &mut routed);
+    }
+
+    /// The new node installed `client_id`'s session: once every other node knows its routes,
+    /// stop relaying and withdraw ours.
+    pub fn finish_relay(self: &Arc<Self>, to: &str, client_id: &str) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let found = {
+            let mut relays = cluster.moves.relays.lock();
+            relays
+                .iter_mut()
+                .find(|(_, r)| r.client_id == client_id && &*r.to == to && !r.fencing)
+                .map(|(id, r)| {
+                    r.fencing = true;
+                    (*id, r.filters.clone())
+                })
+        };
+        let Some((session_id, filters)) = found else {
+            return;
+        };
+        let (broker, cluster, to) = (self.clone(), cluster.clone(), to.to_owned());
+        tokio::spawn(async move {
+            let id = cluster
+                .moves
+                .next_fence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            let notify = Arc::new(Notify::new());
+            let waiting: ahash::AHashSet<String> = cluster
+                .up_peers()
+                .into_iter()
+                .filter(|p| *p != to)
+                .collect();
+            cluster.moves.fences.lock().insert(
+                id,
+                Fence {
+                    waiting: waiting.clone(),
+                    notify: notify.clone(),
+                },
+            );
+            let fence = Frame::RouteFence {
+                id,
+                node: to.clone(),
+                filters: filters.iter().map(|f| f.to_string()).collect(),
+            };
+            for p in &waiting {
+                cluster.send_to(p, fence.clone());
+            }
+            let deadline = tokio::time::Instant::now() + FENCE_TIMEOUT;
+            loop {
+                let left = {
+                    let mut fences = cluster.moves.fences.lock();
+                    match fences.get_mut(&id) {
+                        Some(f) => {
+                            f.waiting.retain(|p| cluster.is_up(p));
+                            f.waiting.len()
+                        }
+                        None => 0,
+                    }
+                };
+                if left == 0 {
+                    break;
+                }
+                if broker.shutdown.is_cancelled() {
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(node = %to, "route fence timed out: some nodes may miss messages for a moved session");
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), notify.notified()).await;
+            }
+            cluster.moves.fences.lock().remove(&id);
+            broker.withdraw_relay_by_id(session_id, &filters);
+        });
+    }
+
+    fn withdraw_relay(&self, session: &crate::session::Session) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let filters = cluster
+            .moves
+            .relays
+            .lock()
+            .get(&session.id)
+            .filter(|r| !r.fencing)
+            .map(|r| r.filters.clone());
+        if let Some(filters) = filters {
+            warn!(client_id = %session.client_id, "the new node never confirmed a handed-over session: relay withdrawn");
+            self.withdraw_relay_by_id(session.id, &filters);
+        }
+    }
+
+    fn withdraw_relay_by_id(&self, session_id: SessionId, filters: &[ByteString]) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let relay = {
+            // Under the router's lock: a publish routed now is relayed or not seen at all.
+            let _routing = self.router.write();
+            cluster.moves.relays.lock().remove(&session_id)
+        };
+        let Some(relay) = relay else {
+            return;
+        };
+        self.unsubscribe_all(session_id, filters);
+        cluster.send_to(
+            &relay.to,
+            Frame::HandoverFinished {
+                client_id: relay.client_id,
+            },
+        );
+    }
+
+    /// The old node relays nothing more for `client_id`: duplicates are checked a little
+    /// longer (copies sent here directly may still be on their way), then not at all.
+    pub fn relay_finished(&self, client_id: &str) {
+        let (Some(cluster), Some(session)) = (self.cluster.get(), self.sessions.get(client_id))
+        else {
+            return;
+        };
+        if let Some(seen) = cluster.moves.received.lock().get_mut(&session.id) {
+            seen.until = Some(Instant::now() + DEDUP_AFTER);
+        }
+    }
+
+    /// A peer asks to be told once `node`'s routes include `filters`.
+    pub fn route_fence(&self, from: &str, id: u64, node: String, filters: Vec<String>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        cluster.moves.asked.lock().push(AskedFence {
+            from: from.to_owned(),
+            id,
+            node,
+            filters,
+            since: Instant::now(),
+        });
+        self.recheck_fences();
+    }
+
+    /// Answers the fences whose routes have arrived (or whose node is gone, or that waited
+    /// too long). Called when routes change.
+    pub fn recheck_fences(&self) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let mut asked = cluster.moves.asked.lock();
+        if asked.is_empty() {
+            return;
+        }
+        let remote = cluster.remote.read();
+        asked.retain(|f| {
+            let done = !cluster.is_up(&f.node)
+                || f.since.elapsed() >= FENCE_TIMEOUT
+                || f.filters.iter().all(|x| remote.announced(&f.node, x));
+            if done {
+                cluster.send_to(&f.from, Frame::RouteFenceAck { id: f.id });
+            }
+            !done
+        });
     }
 }
 

@@ -435,15 +435,22 @@ fn handle_frames(
             Frame::Routes(filters) => {
                 debug!(peer, routes = filters.len(), "routes from peer");
                 cluster.remote.write().replace(peer, &filters);
+                broker.recheck_fences();
             }
-            Frame::RouteAdd(filter) => cluster.remote.write().add(peer, &filter),
+            Frame::RouteAdd(filter) => {
+                cluster.remote.write().add(peer, &filter);
+                broker.recheck_fences();
+            }
             Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
             Frame::Claim { client_id, at_ms } => broker.remote_claim(peer, &client_id, at_ms),
             Frame::HandoverAsk { client_id, at_ms } => {
                 // Waits for the connection to hand the session back: off the link's loop.
                 let (broker, cluster, peer) = (broker.clone(), cluster.clone(), peer.to_owned());
                 tokio::spawn(async move {
-                    let transfer = broker.give_session(&client_id, at_ms).await.map(Box::new);
+                    let transfer = broker
+                        .give_session(&peer, &client_id, at_ms)
+                        .await
+                        .map(Box::new);
                     cluster.send_to(
                         &peer,
                         Frame::HandoverReply {
@@ -458,9 +465,22 @@ fn handle_frames(
                 client_id,
                 at_ms,
                 transfer,
-            } => cluster.asks.answer(peer, &client_id, at_ms, transfer),
-            Frame::Publish { message, groups } => {
-                if let Some(session) = broker.route_forwarded(message, &groups) {
+            } => {
+                if let Some(late) = cluster.asks.answer(peer, &client_id, at_ms, transfer) {
+                    broker.install_late(peer, *late);
+                }
+            }
+            Frame::HandoverInstalled { client_id } => broker.finish_relay(peer, &client_id),
+            f @ Frame::Deliver { .. } => broker.deliver_relayed(f),
+            Frame::RouteFence { id, node, filters } => broker.route_fence(peer, id, node, filters),
+            Frame::RouteFenceAck { id } => cluster.moves.fence_ack(peer, id),
+            Frame::HandoverFinished { client_id } => broker.relay_finished(&client_id),
+            Frame::Publish {
+                id,
+                message,
+                groups,
+            } => {
+                if let Some(session) = broker.route_forwarded(id, message, &groups) {
                     return Ok(Some(session));
                 }
             }

@@ -151,6 +151,8 @@ pub struct Cluster {
     awaiting_dns: std::sync::atomic::AtomicBool,
     /// Sessions this node asked its peers for.
     pub asks: handover::Asks,
+    /// Sessions moving to or from this node.
+    pub moves: handover::Moves,
 }
 
 /// What registering a new link decided.
@@ -179,6 +181,7 @@ impl Cluster {
             unreachable: Mutex::new(ahash::AHashSet::new()),
             awaiting_dns: std::sync::atomic::AtomicBool::new(false),
             asks: handover::Asks::default(),
+            moves: handover::Moves::default(),
         })
     }
 

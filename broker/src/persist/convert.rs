@@ -136,6 +136,7 @@ pub fn message(s: StoredMessage, origin: SessionId, now: Instant, now_ms: u64) -
         expires_at,
         origin,
         received: now,
+        id: crate::message::next_id(),
     }
 }
 

@@ -67,11 +67,11 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
         timers.push(restore_session(
             broker,
             Some(&p),
+            None,
             record,
             entries,
             incoming,
-            now,
-            wall,
+            (now, wall),
         ));
     }
     // Only once every session is back: a will published now reaches all its subscribers.
@@ -111,6 +111,9 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
     Ok(restored)
 }
 
+/// Runs on a restored session before its subscriptions enter the trie.
+pub(crate) type BeforeRoutes<'a> = &'a dyn Fn(&Arc<crate::session::Session>);
+
 /// What a restored session's timers need.
 pub(crate) enum Timers {
     /// It expired while the broker was down: end it (publishing its will).
@@ -128,11 +131,11 @@ pub(crate) enum Timers {
 pub(crate) fn restore_session(
     broker: &Arc<Broker>,
     p: Option<&super::Persist>,
+    before_routes: Option<BeforeRoutes<'_>>,
     record: SessionRecord,
     entries: Vec<rookery_store::QueueEntry>,
     incoming: Vec<u16>,
-    now: Instant,
-    wall: u64,
+    (now, wall): (Instant, u64),
 ) -> Timers {
     let client_id = ByteString::from(record.client_id.as_str());
     let username = record.username.as_deref().map(ByteString::from);
@@ -206,6 +209,9 @@ pub(crate) fn restore_session(
         will,
         disconnected_ms: record.disconnected_at_ms,
     });
+    if let Some(hook) = before_routes {
+        hook(&session);
+    }
     {
         let mut router = broker.router.write();
         session.with_parked(|v| {

@@ -145,6 +145,20 @@ impl RemoteRoutes {
         self.shared.remove(peer);
     }
 
+    /// True when `peer` announced `filter` (as announced: plain, or `$share/{group}/{filter}`).
+    pub fn announced(&self, peer: &str, filter: &str) -> bool {
+        match split_shared(filter) {
+            Some((group, f)) => self
+                .shared
+                .get(peer)
+                .is_some_and(|t| t.contains(f, Some(group))),
+            None => self
+                .peers
+                .get(peer)
+                .is_some_and(|t| t.contains(filter, None)),
+        }
+    }
+
     /// True when some peer has a member of some shared group.
     pub fn has_shared(&self) -> bool {
         self.shared.values().any(|t| !t.is_empty())
@@ -262,7 +276,12 @@ mod tests {
                 ("$share/h/a/#".to_string(), vec!["n3".to_string()]),
             ]
         );
+        assert!(r.announced("n3", "$share/g/a/+"));
+        assert!(r.announced("n2", "b/#"));
+        assert!(!r.announced("n2", "b/+"));
+        assert!(!r.announced("n2", "$share/h/a/#"));
         r.remove("n3", "$share/g/a/+");
+        assert!(!r.announced("n3", "$share/g/a/+"));
         assert_eq!(r.shared_for("a/x").len(), 2);
         assert_eq!(r.count("n2"), 2);
         r.drop_peer("n2");

@@ -221,6 +221,36 @@ impl<S: Subscriber> SubscriptionTrie<S> {
         self.count -= removed;
     }
 
+    /// True when a subscription to exactly `filter` (in `group`, for a shared one) is stored.
+    pub fn contains(&self, filter: &str, group: Option<&str>) -> bool {
+        let mut node = &self.root;
+        let mut levels = filter.split('/').peekable();
+        let bucket = loop {
+            let Some(level) = levels.next() else {
+                return false;
+            };
+            if level == "#" {
+                break node.hash.as_deref();
+            }
+            let next = if level == "+" {
+                node.plus.as_deref()
+            } else {
+                node.children.get(level)
+            };
+            let Some(next) = next else {
+                return false;
+            };
+            node = next;
+            if levels.peek().is_none() {
+                break node.exact.as_deref();
+            }
+        };
+        bucket.is_some_and(|b| match group {
+            None => !b.direct.is_empty(),
+            Some(name) => b.groups.iter().any(|g| &*g.name == name),
+        })
+    }
+
     /// True when at least one subscription (shared or not) matches `topic`.
     pub fn has_match(&self, topic: &str) -> bool {
         let mut out = Matches::new();

@@ -146,6 +146,9 @@ pub struct Session {
     online: AtomicBool,
     /// Its QoS 1/2 deliveries are written to the queue store (persistent, with a store).
     durable: AtomicBool,
+    /// Moving between nodes: its deliveries are relayed or checked for duplicates (see
+    /// `cluster::handover`).
+    moving: AtomicBool,
     queue: Mutex<Queue>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
@@ -218,6 +221,7 @@ impl Session {
             client_id,
             online: AtomicBool::new(false),
             durable: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             space: Notify::new(),
@@ -257,6 +261,16 @@ impl Session {
     /// True when QoS 1/2 deliveries to this session are stored.
     pub fn is_durable(&self) -> bool {
         self.durable.load(Ordering::Relaxed)
+    }
+
+    /// True while the session moves between nodes.
+    pub fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::Relaxed)
+    }
+
+    /// Marks the session as moving between nodes, or not.
+    pub fn set_moving(&self, moving: bool) {
+        self.moving.store(moving, Ordering::Relaxed);
     }
 
     /// Sets whether QoS 1/2 deliveries to this session are stored.

@@ -217,3 +217,139 @@ async fn with_shared_stores_a_session_whose_node_is_gone_resumes_from_them() {
     assert!(ack.session_present);
     assert_eq!(payloads(&mut c, 2).await, numbers(2));
 }
+
+/// Reads a connection until the broker closes it, acknowledging QoS 1; the publishes seen
+/// as (payload, dup).
+async fn read_until_closed(mut c: Raw, seen: &mut Vec<(u32, bool)>) {
+    loop {
+        match c.recv_within(std::time::Duration::from_secs(5)).await {
+            Some(Packet::Publish(p)) => {
+                seen.push((String::from_utf8_lossy(&p.payload).parse().unwrap(), p.dup));
+                c.try_send(Packet::PubAck(rookery_codec::Ack {
+                    packet_id: p.packet_id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_back_and_forth_under_load_misses_nothing_and_repeats_only_resends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ports = [free_port(), free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        // Queues big enough for the whole run: a drop would be the queue's policy at work,
+        // not the hand-over's doing.
+        nodes.push(
+            node_with(&format!("node-{i}"), "mv", *port, &peers, |c| {
+                c.max_queued_messages = 100_000;
+                c.max_queued_bytes = 1 << 30;
+            })
+            .await,
+        );
+    }
+    until("mesh", || nodes.iter().all(|n| up(n).len() == 2)).await;
+    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("mover")).await;
+    c.subscribe("load/#", QoS::AtLeastOnce).await;
+    routed(&nodes[2], "load/x", &["node-0"]).await;
+
+    // A publisher on the third node, QoS 1, as fast as acknowledged.
+    const N: u32 = 4_000;
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let publisher_addr = nodes[2].addr();
+    let finished = done.clone();
+    let publisher = tokio::spawn(async move {
+        let (mut p, _) = Raw::connect(publisher_addr, Protocol::V5, "pub", true).await;
+        for i in 1..=N {
+            let pid = (i % 60_000) as u16 + 1;
+            p.publish(
+                "load/x",
+                i.to_string().as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                pid,
+            )
+            .await;
+        }
+        finished.store(true, Ordering::Relaxed);
+    });
+
+    // The subscriber moves between node 0 and node 1 while the messages flow.
+    let mut seen = Vec::new();
+    let mut at = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        at = 1 - at;
+        let addr = nodes[at].addr();
+        let next = tokio::spawn(async move { Raw::connect_with(addr, persistent("mover")).await });
+        read_until_closed(c, &mut seen).await;
+        let (new, ack) = next.await.unwrap();
+        assert!(ack.session_present);
+        c = new;
+    }
+    publisher.await.unwrap();
+    assert!(done.load(Ordering::Relaxed));
+    // The last connection gets the rest.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got: std::collections::HashSet<u32> = seen.iter().map(|(n, _)| *n).collect();
+        if got.len() == N as usize || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        if let Some(Packet::Publish(p)) = c.recv_within(std::time::Duration::from_millis(500)).await
+        {
+            seen.push((String::from_utf8_lossy(&p.payload).parse().unwrap(), p.dup));
+            c.send(Packet::PubAck(rookery_codec::Ack {
+                packet_id: p.packet_id,
+                ..Default::default()
+            }))
+            .await;
+        }
+    }
+    let mut count = std::collections::HashMap::new();
+    for (n, dup) in &seen {
+        let e = count.entry(*n).or_insert((0, 0));
+        e.0 += 1;
+        if *dup {
+            e.1 += 1;
+        }
+    }
+    let missing: Vec<u32> = (1..=N).filter(|n| !count.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // A message seen twice is a resend of one in flight when its connection was taken over.
+    let repeated: Vec<(u32, (u32, u32))> = count
+        .iter()
+        .filter(|(_, (n, dups))| *n > 1 && *dups < *n - 1)
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "delivered twice without DUP: {repeated:?}"
+    );
+    // No queue overflowed (that would be the queue's policy, not the moves), and no node
+    // but the last holds the session.
+    for n in &nodes {
+        let m = scrape(n.metrics_addr.unwrap()).await;
+        let dropped: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("rookery_messages_dropped_total"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(dropped, 0.0);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let held = n.broker.sessions.get("mover").is_some();
+        assert_eq!(held, i == at, "node {i}");
+    }
+}

@@ -113,6 +113,13 @@ impl Raw {
         self.stream.flush().await.unwrap();
     }
 
+    /// Sends one packet; false when the connection is gone.
+    pub async fn try_send(&mut self, packet: Packet) -> bool {
+        let mut out = BytesMut::new();
+        encode(&packet, self.protocol, &mut out);
+        self.stream.write_all(&out).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
     /// Sends raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
