@@ -2,8 +2,9 @@
 //! the listeners close (new clients reach the other nodes through the load balancer), and the
 //! connected clients are told to go, a bounded number per second, MQTT 5.0 clients with
 //! DISCONNECT 0x9C (use another server) and the configured Server Reference. Their sessions
-//! are left as a shutdown leaves them: stored, wills kept, for the node the client reaches next.
-//! When every client is gone, [`Broker::drained`] is cancelled and the process may exit.
+//! are left as a shutdown leaves them: stored, wills kept, for the node the client reaches next;
+//! in a cluster, those whose clients have not come back elsewhere by the end are handed to the
+//! other nodes. Then [`Broker::drained`] is cancelled and the process may exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -108,8 +109,12 @@ async fn run(broker: &Arc<Broker>) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Sessions whose clients have not come back elsewhere yet go to the other nodes, so that
+    // what is published for them meanwhile is queued there, not lost with this node.
+    let handed = broker.hand_off_parked(Duration::from_secs(15)).await;
     info!(
         clients = total,
+        sessions_handed_over = handed,
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
         "drained"
     );

@@ -213,6 +213,9 @@ impl Asks {
     }
 }
 
+/// The `at_ms` of a session handed over unasked, by a draining node.
+pub const PUSHED: u64 = 0;
+
 /// How long a node that gave a session away relays for it at most, waiting for the new node
 /// to say it installed it.
 const RELAY_LIMIT: Duration = Duration::from_secs(30);
@@ -397,9 +400,9 @@ impl Broker {
         installed
     }
 
-    /// A session handed over after its ask had timed out: installed if the id is still free
-    /// here (it would be lost otherwise).
-    pub fn install_late(self: &Arc<Self>, from: &str, t: Transfer) {
+    /// A session handed over unasked (its node is draining) or after its ask had timed out:
+    /// installed if the id is still free here (it would be lost otherwise).
+    pub fn install_late(self: &Arc<Self>, from: &str, at_ms: u64, t: Transfer) {
         let client_id = t.record.client_id.clone();
         if self.sessions.get(&client_id).is_some() {
             warn!(
@@ -408,10 +411,14 @@ impl Broker {
             );
             return;
         }
-        warn!(
-            client_id,
-            from, "a session handed over after its ask timed out: installed"
-        );
+        if at_ms == PUSHED {
+            debug!(client_id, from, "session handed over by a draining node");
+        } else {
+            warn!(
+                client_id,
+                from, "a session handed over after its ask timed out: installed"
+            );
+        }
         if self.install_transfer(t).is_some()
             && let Some(cluster) = self.cluster.get()
         {
@@ -686,6 +693,43 @@ impl Broker {
         Some(session)
     }
 
+    /// At the end of a drain: hands every session still here (parked: their clients have not
+    /// come back yet) to the other nodes, spread by client id, and waits until they have
+    /// installed them and every node routes to them (at most `limit`). Returns how many went.
+    pub async fn hand_off_parked(self: &Arc<Self>, limit: Duration) -> usize {
+        let Some(cluster) = self.cluster.get() else {
+            return 0;
+        };
+        let peers = cluster.up_peers();
+        if peers.is_empty() {
+            return 0;
+        }
+        let mut sent = 0;
+        for session in self.sessions.all() {
+            if session.is_attached() || self.shutdown.is_cancelled() {
+                continue;
+            }
+            let to = pick_node(&session.client_id, &peers);
+            if let Some(transfer) = self.give_session(to, &session.client_id, now_ms()).await {
+                cluster.send_to(
+                    to,
+                    Frame::HandoverReply {
+                        client_id: session.client_id.to_string(),
+                        at_ms: PUSHED,
+                        transfer: Some(Box::new(transfer)),
+                    },
+                );
+                sent += 1;
+            }
+        }
+        // Each relay ends once its session is installed and routed to everywhere.
+        let deadline = tokio::time::Instant::now() + limit;
+        while !cluster.moves.relays.lock().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    }
+
     /// Whether a delivery to a moving `t.session` is made here: false when it is relayed to
     /// the session's new node, or was made already (the same message by another path).
     pub(crate) fn moving_target(
@@ -954,6 +998,21 @@ impl Broker {
     }
 }
 
+/// The node a draining node hands `client_id`'s session to: the highest hash of (node,
+/// client id), so sessions spread evenly and each goes to the same node whoever computes it.
+fn pick_node<'p>(client_id: &str, peers: &'p [String]) -> &'p str {
+    use std::hash::{Hash, Hasher};
+    let score = |p: &String| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (p, client_id).hash(&mut h);
+        h.finish()
+    };
+    peers
+        .iter()
+        .max_by_key(|p| score(p))
+        .map_or("", String::as_str)
+}
+
 /// The message row of a released QoS 2 delivery, which needs none but the store's schema.
 fn placeholder() -> StoredMessage {
     StoredMessage {
@@ -982,6 +1041,20 @@ mod tests {
             subscription_ids: smallvec::smallvec![7],
             stored,
         }
+    }
+
+    #[test]
+    fn parked_sessions_spread_over_the_nodes_and_each_has_one_home() {
+        let peers: Vec<String> = (0..3).map(|i| format!("rookery-{i}")).collect();
+        let mut counts = [0; 3];
+        for i in 0..3000 {
+            let id = format!("device-{i}");
+            let to = pick_node(&id, &peers);
+            assert_eq!(to, pick_node(&id, &peers));
+            counts[peers.iter().position(|p| p == to).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 800), "{counts:?}");
+        assert_eq!(pick_node("x", &[]), "");
     }
 
     #[test]

@@ -467,7 +467,7 @@ fn handle_frames(
                 transfer,
             } => {
                 if let Some(late) = cluster.asks.answer(peer, &client_id, at_ms, transfer) {
-                    broker.install_late(peer, *late);
+                    broker.install_late(peer, at_ms, *late);
                 }
             }
             Frame::HandoverInstalled { client_id } => broker.finish_relay(peer, &client_id),

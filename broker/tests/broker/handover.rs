@@ -353,3 +353,30 @@ async fn a_session_moving_back_and_forth_under_load_misses_nothing_and_repeats_o
         assert_eq!(held, i == at, "node {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_parked_sessions_to_the_others() {
+    let (mut nodes, _) = pair(|_, c| c.drain_rate = 1000).await;
+    for id in ["p1", "p2", "p3"] {
+        let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent(id)).await;
+        c.subscribe("d/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    publish_all(nodes[0].addr(), "d/1", 3).await;
+    let leaving = nodes.remove(0);
+    leaving.drain().await;
+    // Everything is on the node that stays, routed there, and nothing is left behind.
+    for id in ["p1", "p2", "p3"] {
+        assert!(leaving.broker.sessions.get(id).is_none(), "{id}");
+        assert!(nodes[0].broker.sessions.get(id).is_some(), "{id}");
+    }
+    leaving.shutdown().await;
+    publish_all(nodes[0].addr(), "d/2", 2).await;
+    for id in ["p1", "p2", "p3"] {
+        let (mut c, ack) = Raw::connect_with(nodes[0].addr(), persistent(id)).await;
+        assert!(ack.session_present, "{id}");
+        let mut got = payloads(&mut c, 5).await;
+        got.sort();
+        assert_eq!(got, ["1", "1", "2", "2", "3"], "{id}");
+    }
+}
