@@ -238,7 +238,7 @@ impl Broker {
             at_ms: session.claimed(),
         });
         if let Some((at_ms, node)) = cluster.claim_of(&session.client_id) {
-            self.lose_to(session, at_ms, &node);
+            self.lose_to(session, at_ms, &node, false);
         }
     }
 
@@ -251,13 +251,28 @@ impl Broker {
         };
         let (at_ms, node) = cluster.note_claim(client_id, at_ms, peer);
         if let Some(session) = self.sessions.get(client_id) {
-            self.lose_to(&session, at_ms, &node);
+            self.lose_to(&session, at_ms, &node, false);
+        }
+    }
+
+    /// A peer's connections on link-up (after a partition, both sides may have one of the
+    /// same id): for each of ours that is older, ours goes, without its will (the client is
+    /// alive, connected there).
+    pub fn remote_claims(self: &Arc<Self>, peer: &str, claims: Vec<(String, u64)>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        for (client_id, at_ms) in claims {
+            let (at_ms, node) = cluster.note_claim(&client_id, at_ms, peer);
+            if let Some(session) = self.sessions.get(&client_id) {
+                self.lose_to(&session, at_ms, &node, true);
+            }
         }
     }
 
     /// Gives `session` up if the claim (`at_ms`, `node`) is newer than ours (ties to the
     /// larger node id): its connection is closed and the session removed here.
-    fn lose_to(self: &Arc<Self>, session: &Session, at_ms: u64, node: &str) {
+    fn lose_to(self: &Arc<Self>, session: &Session, at_ms: u64, node: &str, resumed: bool) {
         let ours = (session.claimed(), self.config.node_id.as_str());
         if (at_ms, node) <= ours {
             return;
@@ -265,7 +280,7 @@ impl Broker {
         let (broker, client_id, node) =
             (self.clone(), session.client_id.to_string(), node.to_owned());
         tokio::spawn(async move {
-            if broker.discard_for_peer(&client_id, at_ms).await {
+            if broker.discard_for_peer(&client_id, at_ms, resumed).await {
                 info!(
                     client_id,
                     node, "session taken over by a connection on another node"

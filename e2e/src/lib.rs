@@ -5,6 +5,7 @@
 //! package, `env!("CARGO_BIN_EXE_rookery-broker")`).
 
 pub mod bench;
+pub mod client;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

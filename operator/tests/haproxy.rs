@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rookery_codec::*;
-use rookery_e2e::BrokerProcess;
+use rookery_e2e::{BrokerProcess, client};
 use rookery_operator::builders::haproxy::{self, Haproxy, Listener, ListenerKind, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -515,241 +515,27 @@ async fn haproxy_balances_sticks_checks_and_fails_over_across_real_brokers() {
     }
 }
 
-/// A persistent MQTT 5.0 session through the load balancer, reconnected when dropped.
-struct Resuming {
-    lb: SocketAddr,
-    id: String,
-    conn: Option<(TcpStream, BytesMut)>,
-    reconnects: u32,
-}
-
-impl Resuming {
-    fn new(lb: SocketAddr, id: &str) -> Resuming {
-        Resuming {
-            lb,
-            id: id.into(),
-            conn: None,
-            reconnects: 0,
-        }
-    }
-
-    /// Connects (retrying) unless connected; returns CONNACK's Session Present.
-    async fn ensure(&mut self) -> bool {
-        if self.conn.is_some() {
-            return true;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some((s, buf, ack)) = self.try_connect().await
-                && ack.code == 0
-            {
-                self.conn = Some((s, buf));
-                self.reconnects += 1;
-                return ack.session_present;
-            }
-            assert!(Instant::now() < deadline, "{} could not reconnect", self.id);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn try_connect(&self) -> Option<(TcpStream, BytesMut, ConnAck)> {
-        let mut s = TcpStream::connect(self.lb).await.ok()?;
-        let connect = Connect {
-            protocol: Protocol::V5,
-            clean_start: false,
-            keep_alive: 30,
-            client_id: self.id.as_str().into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties {
-                session_expiry_interval: Some(3600),
-                ..Default::default()
-            },
-        };
-        let mut out = BytesMut::new();
-        encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out);
-        s.write_all(&out).await.ok()?;
-        let mut buf = BytesMut::new();
-        loop {
-            if let Some(p) = decode(&mut buf, Protocol::V5, usize::MAX).ok()? {
-                return match p {
-                    Packet::ConnAck(a) => Some((s, buf, a)),
-                    _ => None,
-                };
-            }
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// Sends; false (and disconnected) when the connection is gone.
-    async fn send(&mut self, p: Packet) -> bool {
-        let Some((s, _)) = self.conn.as_mut() else {
-            return false;
-        };
-        let mut out = BytesMut::new();
-        encode(&p, Protocol::V5, &mut out);
-        if s.write_all(&out).await.is_err() {
-            self.conn = None;
-            return false;
-        }
-        true
-    }
-
-    /// The next packet within `wait`: `Ok(None)` on silence, `Err` (and disconnected) when
-    /// the connection is gone or the server sent DISCONNECT.
-    async fn recv(&mut self, wait: Duration) -> Result<Option<Packet>, ()> {
-        let Some((s, buf)) = self.conn.as_mut() else {
-            return Err(());
-        };
-        loop {
-            match decode(buf, Protocol::V5, usize::MAX) {
-                Ok(Some(Packet::Disconnect(_))) | Err(_) => {
-                    self.conn = None;
-                    return Err(());
-                }
-                Ok(Some(p)) => return Ok(Some(p)),
-                Ok(None) => {}
-            }
-            match tokio::time::timeout(wait, s.read_buf(buf)).await {
-                Err(_) => return Ok(None),
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => {
-                    self.conn = None;
-                    return Err(());
-                }
-            }
-        }
-    }
-}
-
-fn ack(packet_id: u16) -> Ack {
-    Ack {
-        packet_id,
-        ..Default::default()
-    }
-}
-
-/// Publishes QoS 2 messages numbered from 1 until `stop`, completing each exchange across
-/// reconnects (PUBLISH again with DUP before PUBREC, PUBREL again after it). Returns the
-/// last number published.
-async fn qos2_publisher(
-    lb: SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> u32 {
-    let mut s = Resuming::new(lb, "roll-publisher");
-    s.ensure().await;
-    let mut seq = 0u32;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        seq += 1;
-        let pid = (seq % 60_000) as u16 + 1;
-        let mut released = false;
-        let mut dup = false;
-        loop {
-            if s.conn.is_none() {
-                assert!(s.ensure().await, "the publisher's session was lost");
-            }
-            let sent = if released {
-                s.send(Packet::PubRel(ack(pid))).await
-            } else {
-                s.send(Packet::Publish(Publish {
-                    dup,
-                    qos: QoS::ExactlyOnce,
-                    retain: false,
-                    topic: "roll/seq".into(),
-                    packet_id: pid,
-                    payload: bytes::Bytes::from(seq.to_string()),
-                    properties: Default::default(),
-                }))
-                .await
-            };
-            if !sent {
-                dup = true;
-                continue;
-            }
-            match s.recv(Duration::from_secs(5)).await {
-                Ok(Some(Packet::PubRec(a))) if a.packet_id == pid => released = true,
-                Ok(Some(Packet::PubComp(a))) if a.packet_id == pid => break,
-                Ok(_) => {}
-                Err(()) => dup = true,
-            }
-        }
-    }
-    seq
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_qos2_load_loses_nothing_and_delivers_nothing_twice() {
-    use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (mut cluster, _haproxy) = Cluster::start(&["--durability", "none"]).await;
     let lb = cluster.lb;
-
-    // The subscriber: one persistent session, QoS 2, through the load balancer.
-    let mut sub = Resuming::new(lb, "roll-subscriber");
-    sub.ensure().await;
-    sub.send(Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: vec![SubscribeFilter {
-            filter: "roll/#".into(),
-            options: SubscriptionOptions {
-                qos: QoS::ExactlyOnce,
-                ..Default::default()
-            },
-        }],
-        properties: Default::default(),
-    }))
-    .await;
-    assert!(matches!(
-        sub.recv(Duration::from_secs(5)).await,
-        Ok(Some(Packet::SubAck(_)))
-    ));
     let stop_sub = Arc::new(AtomicBool::new(false));
-    let stop = stop_sub.clone();
-    let subscriber = tokio::spawn(async move {
-        let mut got: HashMap<u32, u32> = HashMap::new();
-        let mut pending: HashSet<u16> = HashSet::new();
-        let mut lost_session = 0;
-        let mut quiet_since = Instant::now();
-        loop {
-            if sub.conn.is_none() && !sub.ensure().await {
-                lost_session += 1;
-            }
-            match sub.recv(Duration::from_millis(200)).await {
-                Ok(Some(Packet::Publish(p))) => {
-                    quiet_since = Instant::now();
-                    // QoS 2, method B: a resend of an id not yet released is not new.
-                    if pending.insert(p.packet_id) {
-                        let n: u32 = String::from_utf8_lossy(&p.payload).parse().unwrap();
-                        *got.entry(n).or_default() += 1;
-                    }
-                    sub.send(Packet::PubRec(ack(p.packet_id))).await;
-                }
-                Ok(Some(Packet::PubRel(a))) => {
-                    pending.remove(&a.packet_id);
-                    sub.send(Packet::PubComp(ack(a.packet_id))).await;
-                }
-                Ok(_) => {
-                    if stop.load(Ordering::Relaxed)
-                        && quiet_since.elapsed() > Duration::from_secs(3)
-                    {
-                        return (got, lost_session, sub.reconnects);
-                    }
-                }
-                Err(()) => {}
-            }
-        }
-    });
-
+    let subscriber = tokio::spawn(client::qos2_subscriber(
+        lb,
+        "roll-subscriber".into(),
+        "roll/#".into(),
+        stop_sub.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let stop_pub = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(qos2_publisher(lb, stop_pub.clone()));
+    let publisher = tokio::spawn(client::qos2_publisher(
+        lb,
+        "roll-publisher".into(),
+        "roll/seq".into(),
+        stop_pub.clone(),
+    ));
     // Each node in turn: drained by SIGTERM (what Kubernetes sends), restarted, back in
     // rotation, while the messages flow.
     for i in 0..3 {
@@ -769,30 +555,30 @@ async fn a_rolling_restart_under_qos2_load_loses_nothing_and_delivers_nothing_tw
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop_pub.store(true, Ordering::Relaxed);
-    let last = publisher.await.unwrap();
+    let published = publisher.await.unwrap();
     stop_sub.store(true, Ordering::Relaxed);
-    let (got, lost_session, reconnects) = subscriber.await.unwrap();
-    eprintln!("published {last} QoS 2 messages; the subscriber connected {reconnects} times");
+    let received = subscriber.await.unwrap();
+    let last = published.last;
+    eprintln!(
+        "published {last} QoS 2 messages; publisher connected {} times, subscriber {} times",
+        published.connects, received.connects
+    );
     assert!(last > 100, "only {last} published");
     assert_eq!(
-        lost_session, 0,
-        "the subscriber's session was lost on a reconnect"
+        published.sessions_lost + received.sessions_lost,
+        0,
+        "a session was lost"
     );
     assert!(
-        reconnects >= 2,
-        "the restarts never moved the subscriber ({reconnects} connects)"
+        received.connects >= 2,
+        "the restarts never moved the subscriber"
     );
-    let missing: Vec<u32> = (1..=last).filter(|n| !got.contains_key(n)).collect();
-    let twice: Vec<(u32, u32)> = got
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(n, c)| (*n, *c))
-        .collect();
+    let missing = received.missing(last);
     assert!(
         missing.is_empty(),
         "{} of {last} missing: {:?}",
         missing.len(),
         &missing[..missing.len().min(20)]
     );
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(received.repeated(), vec![], "delivered more than once");
 }

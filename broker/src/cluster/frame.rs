@@ -28,6 +28,9 @@ pub enum Frame {
     /// Every filter the sender has subscribers for (sent on link-up; replaces what the
     /// receiver knew of the sender's routes).
     Routes(Vec<String>),
+    /// The client ids connected to the sender, with when each connected (sent on link-up:
+    /// after a partition both sides may hold a connection of one id; the older one goes).
+    Claims(Vec<(String, u64)>),
     /// The sender has a first subscriber for this filter.
     RouteAdd(String),
     /// The sender has no subscriber for this filter any more.

@@ -450,13 +450,20 @@ impl Broker {
         Some(transfer)
     }
 
-    /// A newer connection of `client_id` started clean on another node: ours (if older) is
-    /// closed and the session ends here, its will published. True when it was here.
-    pub async fn discard_for_peer(self: &Arc<Self>, client_id: &str, at_ms: u64) -> bool {
+    /// A newer connection of `client_id` exists on another node: ours (if older) is closed
+    /// and our copy of the session ends. After a clean start there, its will is published;
+    /// when that connection resumed (`resumed`: a claim learned after a partition healed), the
+    /// client is alive and its session lives there. True when it was here.
+    pub async fn discard_for_peer(
+        self: &Arc<Self>,
+        client_id: &str,
+        at_ms: u64,
+        resumed: bool,
+    ) -> bool {
         let Some((x, username, _)) = self.take_session(client_id, at_ms, None).await else {
             return false;
         };
-        if let Some(will) = x.will {
+        if !resumed && let Some(will) = x.will {
             self.publish_will(&will, 0, client_id, username.as_deref());
         }
         true
@@ -641,7 +648,7 @@ impl Broker {
     }
 
     /// Registers a session (parked) with its timers, and writes its record as ours.
-    fn install(
+    pub(crate) fn install(
         self: &Arc<Self>,
         record: SessionRecord,
         entries: Vec<QueueEntry>,
@@ -1000,7 +1007,7 @@ impl Broker {
 
 /// The node a draining node hands `client_id`'s session to: the highest hash of (node,
 /// client id), so sessions spread evenly and each goes to the same node whoever computes it.
-fn pick_node<'p>(client_id: &str, peers: &'p [String]) -> &'p str {
+pub(crate) fn pick_node<'p>(client_id: &str, peers: &'p [String]) -> &'p str {
     use std::hash::{Hash, Hasher};
     let score = |p: &String| {
         let mut h = std::collections::hash_map::DefaultHasher::new();

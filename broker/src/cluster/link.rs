@@ -315,6 +315,16 @@ async fn run(
         let router = broker.router.read();
         let _ = tx.send(Frame::Routes(router.announced()));
     }
+    let claims: Vec<(String, u64)> = broker
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|s| s.is_attached())
+        .map(|s| (s.client_id.to_string(), s.claimed()))
+        .collect();
+    if !claims.is_empty() {
+        let _ = tx.send(Frame::Claims(claims));
+    }
     info!(peer, epoch = hello.epoch, "cluster link up");
     let mut ends = Ends {
         reader: &mut reader,
@@ -326,6 +336,9 @@ async fn run(
     let ended = serve(broker, cluster, &peer, &mut ends, &close, shutdown).await;
     cluster.unregister(&peer, link_id);
     close.cancel();
+    if !shutdown.is_cancelled() {
+        broker.peer_down(&peer);
+    }
     match &ended {
         Ok(()) => info!(peer, "cluster link closed"),
         Err(e) => warn!(peer, error = %e, "cluster link down"),
@@ -443,6 +456,7 @@ fn handle_frames(
             }
             Frame::RouteRemove(filter) => cluster.remote.write().remove(peer, &filter),
             Frame::Claim { client_id, at_ms } => broker.remote_claim(peer, &client_id, at_ms),
+            Frame::Claims(claims) => broker.remote_claims(peer, claims),
             Frame::HandoverAsk { client_id, at_ms } => {
                 // Waits for the connection to hand the session back: off the link's loop.
                 let (broker, cluster, peer) = (broker.clone(), cluster.clone(), peer.to_owned());

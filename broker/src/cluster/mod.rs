@@ -10,6 +10,7 @@
 //!
 //! What rides on the links (routes, forwarded messages, ownership) builds on this module.
 
+pub mod adoption;
 pub mod discovery;
 pub mod frame;
 pub mod handover;
@@ -378,6 +379,13 @@ impl Cluster {
             .lock()
             .get(node_id)
             .is_some_and(|l| !l.close.is_cancelled())
+    }
+
+    /// True when this node and the peers linked to it are more than half of the cluster it
+    /// knows of (the configured or resolved peer addresses, itself included).
+    pub fn has_majority(&self) -> bool {
+        let known = self.peers.read().len().max(self.links.lock().len() + 1);
+        (self.up_peers().len() + 1) * 2 > known
     }
 
     /// Node ids with a link up.

@@ -1,0 +1,108 @@
+//! Adopting the sessions of a node that left without handing them over (a crash, a kill, a
+//! cut cable): with sessions in Redis, the surviving nodes split them among themselves by the
+//! same hash as a drain's hand-off, read each from Redis and PostgreSQL, and route for it
+//! again, so messages published for an offline device keep being queued until it returns.
+//!
+//! A node that drained first hands everything over itself and leaves nothing to adopt. A node
+//! that comes back restores only the sessions it still owns; an adopted one belongs to its
+//! adopter now. Without Redis the departed node's sessions are on its own disk: they return
+//! with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::handover::pick_node;
+use crate::broker::Broker;
+
+/// How long a peer must stay unlinked before its sessions are adopted: a link that drops and
+/// comes straight back is not a departure.
+const GRACE: Duration = Duration::from_secs(1);
+
+impl Broker {
+    /// The link to `peer` went down: adopts our share of its sessions unless it comes back
+    /// within the grace.
+    pub fn peer_down(self: &Arc<Self>, peer: &str) {
+        let Some(p) = &self.persist else {
+            return;
+        };
+        if !p.sessions_shared() || self.cluster.get().is_none() {
+            return;
+        }
+        let (broker, peer) = (self.clone(), peer.to_owned());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(GRACE) => {}
+                _ = broker.drain.cancelled() => return,
+            }
+            let Some(cluster) = broker.cluster.get() else {
+                return;
+            };
+            if cluster.is_up(&peer) {
+                return;
+            }
+            // On the minority side of a partition, the others may be fine: leave their
+            // sessions to the majority, which adopts ours.
+            if !cluster.has_majority() {
+                warn!(
+                    peer,
+                    "peer unreachable, but so is most of the cluster: its sessions are not adopted"
+                );
+                return;
+            }
+            let adopted = broker.adopt_sessions_of(&peer).await;
+            if adopted > 0 {
+                info!(
+                    peer,
+                    sessions = adopted,
+                    "sessions of a departed node adopted"
+                );
+            }
+        });
+    }
+
+    /// Installs the sessions Redis says `departed` owns and that hash to this node among the
+    /// nodes still linked. Returns how many.
+    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str) -> usize {
+        let (Some(p), Some(cluster)) = (&self.persist, self.cluster.get()) else {
+            return 0;
+        };
+        let stores = p.committer().stores().clone();
+        let records = match stores.sessions.load().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(departed, error = %e, "cannot read the sessions of a departed node");
+                return 0;
+            }
+        };
+        let mut nodes = cluster.up_peers();
+        nodes.push(self.config.node_id.clone());
+        let mut adopted = 0;
+        for record in records {
+            if record.owner_node != departed
+                || pick_node(&record.client_id, &nodes) != self.config.node_id
+                || self.sessions.get(&record.client_id).is_some()
+            {
+                continue;
+            }
+            // Its client may have come back somewhere meanwhile (and that node owns it now).
+            match stores.sessions.get(&record.client_id).await {
+                Ok(Some(now)) if now.owner_node == departed => {}
+                _ => continue,
+            }
+            let (entries, incoming) = match stores.queue.load(&record.client_id).await {
+                Ok(q) => q,
+                Err(e) => {
+                    warn!(client_id = %record.client_id, error = %e,
+                        "cannot read an adopted session's queue");
+                    continue;
+                }
+            };
+            if self.install(record, entries, incoming, None).is_some() {
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+}
