@@ -309,7 +309,7 @@ impl Broker {
         // Each group's node, in turn among those with members.
         let mut picked: SmallVec<[(Arc<str>, Vec<String>); 2]> = SmallVec::new();
         for (key, candidates) in remote_groups.iter().flatten() {
-            let Some(peer) = remote.pick(candidates) else {
+            let Some(peer) = remote.pick(candidates, key, message.id) else {
                 continue;
             };
             match picked.iter_mut().find(|(p, _)| p == peer) {
@@ -320,7 +320,8 @@ impl Broker {
                 peers.push(peer.clone());
             }
         }
-        drop(remote);
+        // `remote` stays read-locked until the frames are queued: a node learning a route
+        // (write lock) answers a route fence only after them (cluster::handover).
         if message.retain {
             for p in cluster.up_peers() {
                 if !peers.iter().any(|q| **q == *p) {

@@ -44,6 +44,10 @@ pub fn start(broker: &Arc<Broker>) -> bool {
         return false;
     }
     broker.drain.cancel();
+    if let Some(cluster) = broker.cluster.get() {
+        // The others stop handing sessions to this node.
+        cluster.broadcast(&crate::cluster::frame::Frame::Draining);
+    }
     let b = broker.clone();
     tokio::spawn(async move { run(&b).await });
     true

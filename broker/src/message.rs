@@ -43,8 +43,7 @@ static NODE_TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 /// several nodes in one process share the counter, so their ids differ too).
 pub fn set_node(node_id: &str) {
     if NODE_TAG.set(crate::persist::ids::node_tag(node_id)).is_ok() {
-        // Ascending across restarts: four per microsecond of wall clock at start.
-        let seed = rookery_store::now_ms().saturating_mul(4_000);
+        let seed = crate::persist::ids::seed(rookery_store::now_ms());
         NEXT_ID.fetch_max(seed, std::sync::atomic::Ordering::Relaxed);
     }
 }

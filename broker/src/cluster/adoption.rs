@@ -76,13 +76,23 @@ impl Broker {
                 return 0;
             }
         };
-        let mut nodes = cluster.up_peers();
+        // Nodes that are draining take nothing.
+        let mut nodes: Vec<String> = cluster
+            .up_peers()
+            .into_iter()
+            .filter(|p| !cluster.is_draining(p))
+            .collect();
         nodes.push(self.config.node_id.clone());
         let mut adopted = 0;
         for record in records {
             if record.owner_node != departed
                 || pick_node(&record.client_id, &nodes) != self.config.node_id
                 || self.sessions.get(&record.client_id).is_some()
+                // Its client connected to another node lately: that node has it or is
+                // fetching it.
+                || cluster.claim_of(&record.client_id).is_some_and(|(at, node)| {
+                    node != departed && rookery_store::now_ms().saturating_sub(at) < 30_000
+                })
             {
                 continue;
             }

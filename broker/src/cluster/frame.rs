@@ -102,6 +102,8 @@ pub enum Frame {
         /// The fence.
         id: u64,
     },
+    /// The sender is draining: sessions are not to be handed to it.
+    Draining,
     /// The sender relays nothing more for this session.
     HandoverFinished {
         /// The client id.

@@ -31,8 +31,9 @@ use crate::router::trie::SessionId;
 use crate::session::Extracted;
 use crate::session::inflight::OutState;
 
-/// How long a node waits for its peers' answers before it goes on without them.
-const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node waits for its peers' answers (above what a giving node may take: its
+/// connection's hand-back, then its store writes).
+const ASK_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a giving node waits for its connection to hand the session back, and for its
 /// store writes to land.
 const GIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -144,6 +145,17 @@ pub fn build(
     }
 }
 
+/// What [`Broker::fetch_session`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// A session was installed here.
+    Installed,
+    /// No node holds it, and no store has it.
+    Absent,
+    /// A peer that may hold it did not answer: refuse the CONNECT for now (0x89).
+    Busy,
+}
+
 /// An ask under way.
 struct OpenAsk {
     at_ms: u64,
@@ -181,13 +193,14 @@ impl Asks {
     ) -> Option<Box<Transfer>> {
         let open = self.open.lock();
         match open.get(client_id) {
-            Some(ask) if ask.at_ms == at_ms => {
-                let _ = ask.tx.send(Answer {
-                    peer: peer.to_owned(),
-                    transfer,
-                });
-                None
-            }
+            Some(ask) if ask.at_ms == at_ms => match ask.tx.send(Answer {
+                peer: peer.to_owned(),
+                transfer,
+            }) {
+                Ok(()) => None,
+                // The asker stopped listening: the session must not be lost.
+                Err(mpsc::error::SendError(answer)) => answer.transfer,
+            },
             _ => transfer,
         }
     }
@@ -252,6 +265,9 @@ struct Relay {
     client_id: String,
     filters: Vec<ByteString>,
     fencing: bool,
+    /// Deliveries held until the session itself has been sent (they must not arrive first);
+    /// `None` once relaying.
+    held: Option<Vec<Frame>>,
 }
 
 struct AskedFence {
@@ -299,10 +315,10 @@ impl Moves {
 impl Broker {
     /// Before a resuming CONNECT attaches: when this node does not hold the session, asks the
     /// peers for it (and, when none has it and sessions are shared, reads it from the store),
-    /// and installs what it gets. Returns true when a session was installed.
-    pub async fn fetch_session(self: &Arc<Self>, client_id: &ByteString) -> bool {
+    /// and installs what it gets.
+    pub async fn fetch_session(self: &Arc<Self>, client_id: &ByteString) -> Fetched {
         let Some(cluster) = self.cluster.get() else {
-            return false;
+            return Fetched::Absent;
         };
         let lock = cluster
             .asks
@@ -311,10 +327,10 @@ impl Broker {
             .entry(client_id.clone())
             .or_default()
             .clone();
-        let installed = {
+        let fetched = {
             let _one_at_a_time = lock.lock().await;
             if self.sessions.get(client_id).is_some() {
-                false
+                Fetched::Absent
             } else {
                 self.fetch_unlocked(cluster, client_id).await
             }
@@ -326,12 +342,17 @@ impl Broker {
         {
             fetching.remove(client_id);
         }
-        installed
+        fetched
     }
 
-    async fn fetch_unlocked(self: &Arc<Self>, cluster: &super::Cluster, client_id: &str) -> bool {
+    async fn fetch_unlocked(
+        self: &Arc<Self>,
+        cluster: &super::Cluster,
+        client_id: &str,
+    ) -> Fetched {
         let peers = cluster.up_peers();
         let mut transfer = None;
+        let mut silent = Vec::new();
         if !peers.is_empty() {
             let at_ms = now_ms();
             let (tx, mut rx) = mpsc::unbounded_channel();
@@ -374,15 +395,20 @@ impl Broker {
                 if let Some(t) = answer.transfer {
                     info!(client_id, from = %answer.peer, entries = t.entries.len(),
                         "session handed over by another node");
+                    if transfer.is_some() {
+                        warn!(client_id, from = %answer.peer,
+                            "a second node held the session too: its copy is installed instead");
+                    }
                     transfer = Some((*t, answer.peer));
                 }
             }
+            silent = waiting;
         }
-        let installed = match transfer {
+        let fetched = match transfer {
             Some((t, from)) => {
                 // Deliveries relayed by the old node and sent here directly are made once;
                 // it relays until the other nodes know our routes.
-                if self.install_transfer(t).is_some() {
+                if self.install_transfer(t, true).is_some() {
                     cluster.send_to(
                         &from,
                         Frame::HandoverInstalled {
@@ -390,14 +416,27 @@ impl Broker {
                         },
                     );
                 }
-                true
+                Fetched::Installed
             }
-            None => self.install_from_store(client_id).await,
+            // A peer that did not answer may hold it: the client comes back later rather than
+            // start without it.
+            None if !silent.is_empty() => Fetched::Busy,
+            None => {
+                // Answers coming now are late: handled as such, not dropped.
+                for frame in cluster.asks.close(client_id) {
+                    self.deliver_relayed(frame);
+                }
+                if self.install_from_store(client_id).await {
+                    Fetched::Installed
+                } else {
+                    Fetched::Absent
+                }
+            }
         };
         for frame in cluster.asks.close(client_id) {
             self.deliver_relayed(frame);
         }
-        installed
+        fetched
     }
 
     /// A session handed over unasked (its node is draining) or after its ask had timed out:
@@ -419,22 +458,39 @@ impl Broker {
                 from, "a session handed over after its ask timed out: installed"
             );
         }
-        if self.install_transfer(t).is_some()
+        if self.install_transfer(t, true).is_some()
             && let Some(cluster) = self.cluster.get()
         {
             cluster.send_to(from, Frame::HandoverInstalled { client_id });
         }
     }
 
-    /// A peer asks for `client_id`'s session: closes our connection of it (if older than the
-    /// ask), takes the session out and removes it here. `None` when we do not hold it.
-    pub async fn give_session(
-        self: &Arc<Self>,
-        peer: &str,
-        client_id: &str,
-        at_ms: u64,
-    ) -> Option<Transfer> {
-        let (x, username, by_password) = self.take_session(client_id, at_ms, Some(peer)).await?;
+    /// Gives `client_id`'s session to `peer` (which asked for it with `at_ms`, or
+    /// [`PUSHED`] when a drain sends it unasked): closes our connection of it (if older),
+    /// takes the session out and sends it. Once it is sent, what its routes here still match
+    /// is relayed; should it not be sent (the link went down), the session is taken back.
+    /// True when it was given.
+    pub async fn give_session(self: &Arc<Self>, peer: &str, client_id: &str, at_ms: u64) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            return false;
+        };
+        // Unasked (a drain), the session is parked: no connection of ours to compare with.
+        let claim_at = if at_ms == PUSHED { u64::MAX } else { at_ms };
+        let Some((x, username, by_password, session_id)) =
+            self.take_session(client_id, claim_at, Some(peer)).await
+        else {
+            if at_ms != PUSHED {
+                cluster.send_to(
+                    peer,
+                    Frame::HandoverReply {
+                        client_id: client_id.to_owned(),
+                        at_ms,
+                        transfer: None,
+                    },
+                );
+            }
+            return false;
+        };
         let transfer = build(
             client_id,
             username.as_ref(),
@@ -442,12 +498,65 @@ impl Broker {
             &self.config.node_id,
             &x,
         );
-        debug!(
-            client_id,
-            entries = transfer.entries.len(),
-            "session given to another node"
+        let sent = cluster.send_to(
+            peer,
+            Frame::HandoverReply {
+                client_id: client_id.to_owned(),
+                at_ms,
+                transfer: Some(Box::new(transfer.clone())),
+            },
         );
-        Some(transfer)
+        if sent {
+            debug!(
+                client_id,
+                entries = transfer.entries.len(),
+                "session given to another node"
+            );
+            self.start_relay(session_id);
+        } else {
+            warn!(
+                client_id,
+                peer, "the link went down while handing a session over: kept here"
+            );
+            self.take_back(session_id, transfer);
+        }
+        sent
+    }
+
+    /// Sends what was held for a session just handed over, and relays from now on.
+    fn start_relay(&self, session_id: SessionId) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        // Under the relay's lock: a delivery routed meanwhile waits for these to be queued.
+        let mut relays = cluster.moves.relays.lock();
+        if let Some(r) = relays.get_mut(&session_id)
+            && let Some(held) = r.held.take()
+        {
+            for frame in held {
+                cluster.send_to(&r.to, frame);
+            }
+        }
+    }
+
+    /// A session whose hand-over failed comes back here, with what was held for it.
+    fn take_back(self: &Arc<Self>, session_id: SessionId, transfer: Transfer) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let relay = {
+            let _routing = self.router.write();
+            cluster.moves.relays.lock().remove(&session_id)
+        };
+        let Some(relay) = relay else {
+            return;
+        };
+        self.unsubscribe_all(session_id, &relay.filters);
+        if self.install_transfer(transfer, false).is_some() {
+            for frame in relay.held.unwrap_or_default() {
+                self.deliver_frame(frame, false);
+            }
+        }
     }
 
     /// A newer connection of `client_id` exists on another node: ours (if older) is closed
@@ -460,7 +569,7 @@ impl Broker {
         at_ms: u64,
         resumed: bool,
     ) -> bool {
-        let Some((x, username, _)) = self.take_session(client_id, at_ms, None).await else {
+        let Some((x, username, _, _)) = self.take_session(client_id, at_ms, None).await else {
             return false;
         };
         if !resumed && let Some(will) = x.will {
@@ -479,7 +588,7 @@ impl Broker {
         client_id: &str,
         at_ms: u64,
         to: Option<&str>,
-    ) -> Option<(Extracted, Option<ByteString>, bool)> {
+    ) -> Option<(Extracted, Option<ByteString>, bool, SessionId)> {
         let resumes = to.is_some();
         let session = self.sessions.get(client_id)?;
         let _guard = session.attach_lock.lock().await;
@@ -515,6 +624,7 @@ impl Broker {
                         client_id: client_id.to_owned(),
                         filters,
                         fencing: false,
+                        held: Some(Vec::new()),
                     },
                 );
                 session.set_moving(true);
@@ -559,11 +669,19 @@ impl Broker {
             // Our writes for it land before the new owner writes its own.
             let _ = tokio::time::timeout(GIVE_TIMEOUT, p.committer().flush()).await;
         }
-        Some((extracted, username, by_password))
+        // It leaves: no duplicate check is kept for it here.
+        if let Some(cluster) = self.cluster.get() {
+            cluster.moves.received.lock().remove(&session.id);
+        }
+        Some((extracted, username, by_password, session.id))
     }
 
     /// Installs a session handed over by a peer, and stores it as ours.
-    fn install_transfer(self: &Arc<Self>, t: Transfer) -> Option<Arc<crate::session::Session>> {
+    fn install_transfer(
+        self: &Arc<Self>,
+        t: Transfer,
+        moving: bool,
+    ) -> Option<Arc<crate::session::Session>> {
         let Transfer {
             record,
             entries,
@@ -615,7 +733,7 @@ impl Broker {
         {
             p.submit(ops);
         }
-        self.install(record, restored, incoming, Some(&delivered))
+        self.install(record, restored, incoming, moving.then_some(&delivered[..]))
     }
 
     /// Reads `client_id`'s session from a shared session store (its owner left the cluster).
@@ -660,7 +778,12 @@ impl Broker {
         let cluster = self.cluster.get().filter(|_| moving.is_some());
         let hook = |session: &Arc<crate::session::Session>| {
             if let Some(cluster) = cluster {
-                let mut seen = Seen::default();
+                // Ended by the old node's HandoverFinished; at the latest, once its relay
+                // could no longer run.
+                let mut seen = Seen {
+                    until: Some(Instant::now() + RELAY_LIMIT + FENCE_TIMEOUT + DEDUP_AFTER),
+                    ..Seen::default()
+                };
                 for id in moving.into_iter().flatten() {
                     // Not knowing which way it came, both.
                     seen.first((*id, false));
@@ -679,6 +802,10 @@ impl Broker {
             incoming,
             (Instant::now(), now_ms()),
         );
+        let Some(timers) = timers else {
+            warn!("a session arrived for a client id that has one here meanwhile: not installed");
+            return None;
+        };
         let session = match timers {
             crate::persist::restore::Timers::Expired(session) => {
                 self.end_session(&session, 1);
@@ -707,31 +834,38 @@ impl Broker {
         let Some(cluster) = self.cluster.get() else {
             return 0;
         };
-        let peers = cluster.up_peers();
+        let deadline = tokio::time::Instant::now() + limit;
+        // Not to a node that is draining too: it would leave with them.
+        let peers: Vec<String> = cluster
+            .up_peers()
+            .into_iter()
+            .filter(|p| !cluster.is_draining(p))
+            .collect();
         if peers.is_empty() {
+            warn!(
+                "draining with no other node to take the parked sessions: they stay in the stores"
+            );
             return 0;
         }
         let mut sent = 0;
         for session in self.sessions.all() {
-            if session.is_attached() || self.shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() || tokio::time::Instant::now() >= deadline {
+                warn!("drain: not every parked session could be handed over in time");
+                break;
+            }
+            if session.is_attached() {
                 continue;
             }
             let to = pick_node(&session.client_id, &peers);
-            if let Some(transfer) = self.give_session(to, &session.client_id, now_ms()).await {
-                cluster.send_to(
-                    to,
-                    Frame::HandoverReply {
-                        client_id: session.client_id.to_string(),
-                        at_ms: PUSHED,
-                        transfer: Some(Box::new(transfer)),
-                    },
-                );
+            if self.give_session(to, &session.client_id, PUSHED).await {
                 sent += 1;
             }
         }
         // Each relay ends once its session is installed and routed to everywhere.
-        let deadline = tokio::time::Instant::now() + limit;
-        while !cluster.moves.relays.lock().is_empty() && tokio::time::Instant::now() < deadline {
+        while !cluster.moves.relays.lock().is_empty()
+            && tokio::time::Instant::now() < deadline
+            && !self.shutdown.is_cancelled()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         sent
@@ -748,26 +882,28 @@ impl Broker {
             t.session.set_moving(false);
             return true;
         };
-        let relay = cluster
-            .moves
-            .relays
-            .lock()
-            .get(&t.session.id)
-            .map(|r| (r.to.clone(), r.client_id.clone()));
-        if let Some((to, client_id)) = relay {
-            let frame = Frame::Deliver {
-                client_id,
-                id: message.id,
-                message: convert::stored_message(message, Instant::now(), now_ms()),
-                qos: message.qos.min(t.granted) as u8,
-                retain: t.retain_as_published && message.retain,
-                subscription_ids: t.subscription_ids.to_vec(),
-                shared: t.shared,
-            };
-            if !cluster.send_to(&to, frame) {
-                warn!(node = %to, "a delivery for a session handed over could not be relayed: link down");
+        {
+            let mut relays = cluster.moves.relays.lock();
+            if let Some(r) = relays.get_mut(&t.session.id) {
+                let frame = Frame::Deliver {
+                    client_id: r.client_id.clone(),
+                    id: message.id,
+                    message: convert::stored_message(message, Instant::now(), now_ms()),
+                    qos: message.qos.min(t.granted) as u8,
+                    retain: t.retain_as_published && message.retain,
+                    subscription_ids: t.subscription_ids.to_vec(),
+                    shared: t.shared,
+                };
+                match &mut r.held {
+                    Some(held) => held.push(frame),
+                    None => {
+                        if !cluster.send_to(&r.to, frame) {
+                            warn!(node = %r.to, "a delivery for a session handed over could not be relayed: link down");
+                        }
+                    }
+                }
+                return false;
             }
-            return false;
         }
         let mut received = cluster.moves.received.lock();
         let Some(seen) = received.get_mut(&t.session.id) else {
@@ -785,6 +921,13 @@ impl Broker {
     /// A delivery relayed by the node that gave us a session (kept until the session is
     /// installed when it comes first).
     pub fn deliver_relayed(self: &Arc<Self>, frame: Frame) {
+        self.deliver_frame(frame, true);
+    }
+
+    /// Delivers a relayed `Deliver` frame to its session: one that is moving here when
+    /// `moving_only` (a fresh session of the same id is not the one it was meant for); passed
+    /// on when the session has moved on from here meanwhile.
+    fn deliver_frame(self: &Arc<Self>, frame: Frame, moving_only: bool) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -792,7 +935,34 @@ impl Broker {
             Frame::Deliver { client_id, .. } => client_id.clone(),
             _ => return,
         };
-        let Some(Frame::Deliver {
+        let Some(frame) = cluster.asks.stash(&client_id, frame) else {
+            return; // kept until the session is installed
+        };
+        let Some(session) = self.sessions.get(&client_id) else {
+            // Moved on before the relay ended: along our own relay for it.
+            let mut relays = cluster.moves.relays.lock();
+            match relays.values_mut().find(|r| r.client_id == client_id) {
+                Some(r) => match &mut r.held {
+                    Some(held) => held.push(frame),
+                    None => {
+                        cluster.send_to(&r.to, frame);
+                    }
+                },
+                None => debug!(
+                    client_id,
+                    "a relayed delivery for a session not here: dropped"
+                ),
+            }
+            return;
+        };
+        if moving_only && !session.is_moving() {
+            debug!(
+                client_id,
+                "a relayed delivery for another session of that id: dropped"
+            );
+            return;
+        }
+        let Frame::Deliver {
             id,
             message,
             qos,
@@ -800,15 +970,8 @@ impl Broker {
             subscription_ids,
             shared,
             ..
-        }) = cluster.asks.stash(&client_id, frame)
+        } = frame
         else {
-            return;
-        };
-        let Some(session) = self.sessions.get(&client_id) else {
-            debug!(
-                client_id,
-                "a relayed delivery for a session not here: dropped"
-            );
             return;
         };
         let mut m = convert::message(message, 0, Instant::now(), now_ms());
@@ -963,7 +1126,8 @@ impl Broker {
             return;
         };
         if let Some(seen) = cluster.moves.received.lock().get_mut(&session.id) {
-            seen.until = Some(Instant::now() + DEDUP_AFTER);
+            let soon = Instant::now() + DEDUP_AFTER;
+            seen.until = Some(seen.until.map_or(soon, |u| u.min(soon)));
         }
     }
 
@@ -988,20 +1152,29 @@ impl Broker {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
-        let mut asked = cluster.moves.asked.lock();
-        if asked.is_empty() {
+        if cluster.moves.asked.lock().is_empty() {
             return;
         }
-        let remote = cluster.remote.read();
-        asked.retain(|f| {
-            let done = !cluster.is_up(&f.node)
-                || f.since.elapsed() >= FENCE_TIMEOUT
-                || f.filters.iter().all(|x| remote.announced(&f.node, x));
-            if done {
-                cluster.send_to(&f.from, Frame::RouteFenceAck { id: f.id });
-            }
-            !done
-        });
+        // Links are looked at and written to outside the other locks (see Cluster::unregister).
+        let up = cluster.up_peers();
+        let done: Vec<(String, u64)> = {
+            let mut asked = cluster.moves.asked.lock();
+            let remote = cluster.remote.read();
+            let mut done = Vec::new();
+            asked.retain(|f| {
+                let finished = !up.contains(&f.node)
+                    || f.since.elapsed() >= FENCE_TIMEOUT
+                    || f.filters.iter().all(|x| remote.announced(&f.node, x));
+                if finished {
+                    done.push((f.from.clone(), f.id));
+                }
+                !finished
+            });
+            done
+        };
+        for (from, id) in done {
+            cluster.send_to(&from, Frame::RouteFenceAck { id });
+        }
     }
 }
 

@@ -326,6 +326,12 @@ async fn run(
         let _ = tx.send(Frame::Claims(claims));
     }
     info!(peer, epoch = hello.epoch, "cluster link up");
+    if crate::persist::ids::node_tag(&peer) == crate::persist::ids::node_tag(&cluster.node_id) {
+        // Store ids carry a 10-bit tag of the node: two nodes with one tag sharing a
+        // PostgreSQL could make the same id.
+        warn!(peer, node = %cluster.node_id,
+            "these node ids share a store-id tag: name nodes NAME-0, NAME-1, ... (a StatefulSet does)");
+    }
     let mut ends = Ends {
         reader: &mut reader,
         writer: &mut writer,
@@ -459,20 +465,9 @@ fn handle_frames(
             Frame::Claims(claims) => broker.remote_claims(peer, claims),
             Frame::HandoverAsk { client_id, at_ms } => {
                 // Waits for the connection to hand the session back: off the link's loop.
-                let (broker, cluster, peer) = (broker.clone(), cluster.clone(), peer.to_owned());
+                let (broker, peer) = (broker.clone(), peer.to_owned());
                 tokio::spawn(async move {
-                    let transfer = broker
-                        .give_session(&peer, &client_id, at_ms)
-                        .await
-                        .map(Box::new);
-                    cluster.send_to(
-                        &peer,
-                        Frame::HandoverReply {
-                            client_id,
-                            at_ms,
-                            transfer,
-                        },
-                    );
+                    broker.give_session(&peer, &client_id, at_ms).await;
                 });
             }
             Frame::HandoverReply {
@@ -485,6 +480,7 @@ fn handle_frames(
                 }
             }
             Frame::HandoverInstalled { client_id } => broker.finish_relay(peer, &client_id),
+            Frame::Draining => cluster.note_draining(peer),
             f @ Frame::Deliver { .. } => broker.deliver_relayed(f),
             Frame::RouteFence { id, node, filters } => broker.route_fence(peer, id, node, filters),
             Frame::RouteFenceAck { id } => cluster.moves.fence_ack(peer, id),

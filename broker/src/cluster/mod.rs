@@ -154,6 +154,8 @@ pub struct Cluster {
     pub asks: handover::Asks,
     /// Sessions moving to or from this node.
     pub moves: handover::Moves,
+    /// Peers that said they are draining (until their link goes down).
+    draining: Mutex<ahash::AHashSet<String>>,
 }
 
 /// What registering a new link decided.
@@ -183,6 +185,7 @@ impl Cluster {
             awaiting_dns: std::sync::atomic::AtomicBool::new(false),
             asks: handover::Asks::default(),
             moves: handover::Moves::default(),
+            draining: Mutex::new(ahash::AHashSet::new()),
         })
     }
 
@@ -275,10 +278,18 @@ impl Cluster {
     /// Forgets the link `link_id` to `peer` if it is still the registered one, and the
     /// routes the peer announced on it.
     pub fn unregister(&self, peer: &str, link_id: u64) {
-        let mut links = self.links.lock();
-        if links.get(peer).is_some_and(|l| l.link_id == link_id) {
-            links.remove(peer);
+        let removed = {
+            let mut links = self.links.lock();
+            let ours = links.get(peer).is_some_and(|l| l.link_id == link_id);
+            if ours {
+                links.remove(peer);
+            }
+            ours
+        };
+        // Not under `links`: elsewhere `remote` is taken first, then `links`.
+        if removed {
             self.remote.write().drop_peer(peer);
+            self.draining.lock().remove(peer);
         }
     }
 
@@ -379,6 +390,16 @@ impl Cluster {
             .lock()
             .get(node_id)
             .is_some_and(|l| !l.close.is_cancelled())
+    }
+
+    /// `peer` said it is draining.
+    pub fn note_draining(&self, peer: &str) {
+        self.draining.lock().insert(peer.to_owned());
+    }
+
+    /// True when `peer` said it is draining (and its link has not gone down since).
+    pub fn is_draining(&self, peer: &str) -> bool {
+        self.draining.lock().contains(peer)
     }
 
     /// True when this node and the peers linked to it are more than half of the cluster it

@@ -224,9 +224,17 @@ pub async fn accept(
     let expiry_secs = requested_expiry.min(c.max_session_expiry_secs);
 
     let username = identity.username.as_deref();
-    if !connect.clean_start && broker.sessions.get(&client_id).is_none() {
-        // Resuming here a session another node may hold: it is handed over first.
-        broker.fetch_session(&client_id).await;
+    if !connect.clean_start
+        && broker.sessions.get(&client_id).is_none()
+        && broker.fetch_session(&client_id).await == crate::cluster::handover::Fetched::Busy
+    {
+        // Resuming here a session another node may hold: it is handed over first, and a
+        // node that does not answer may hold it.
+        return Err(Refusal {
+            code: reason::SERVER_BUSY,
+            connack_for_v3: true,
+            why: "another node that may hold the session did not answer",
+        });
     }
     let (session, attachment, old_owner) = loop {
         let session = broker.sessions.get_or_create(&client_id);

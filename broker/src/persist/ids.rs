@@ -4,6 +4,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// 2025-01-01T00:00:00Z: ids count from here, so that they stay within PostgreSQL's `bigint`
+/// for a century.
+pub const EPOCH_MS: u64 = 1_735_689_600_000;
+
+/// Where a node's ids start: one per microsecond of wall clock since [`EPOCH_MS`] (ids made
+/// faster than that for a whole run are caught up with by [`IdGen::saw`] at the next start).
+pub fn seed(now_ms: u64) -> u64 {
+    now_ms.saturating_sub(EPOCH_MS).saturating_mul(1_000)
+}
+
 /// Low bits of an id that name the node that made it.
 pub const NODE_BITS: u32 = 10;
 const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
@@ -77,6 +87,13 @@ mod tests {
             last = (x, y);
             assert!(seen.insert(x) && seen.insert(y));
         }
+    }
+
+    #[test]
+    fn ids_fit_a_signed_64_bit_column_for_a_century() {
+        let in_a_century = EPOCH_MS + 100 * 365 * 24 * 3600 * 1000;
+        let g = IdGen::new("rookery-1023", seed(in_a_century));
+        assert!(g.next() < i64::MAX as u64);
     }
 
     #[test]

@@ -106,8 +106,8 @@ impl Persist {
         );
         let stop = CancellationToken::new();
         let writer = tokio::spawn(committer.clone().run(stop.clone().cancelled_owned()));
-        // Ids ascend across restarts: four per microsecond of wall clock at start.
-        let seed = now_ms().saturating_mul(4_000);
+        // Ids ascend across restarts.
+        let seed = ids::seed(now_ms());
         Ok(Some(Arc::new(Persist {
             committer,
             ids: ids::IdGen::new(&config.node_id, seed),

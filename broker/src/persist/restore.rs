@@ -64,7 +64,7 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
         }
         let (entries, incoming) = stores.queue.load(&record.client_id).await?;
         restored.messages += entries.len();
-        timers.push(restore_session(
+        timers.extend(restore_session(
             broker,
             Some(&p),
             None,
@@ -136,7 +136,7 @@ pub(crate) fn restore_session(
     entries: Vec<rookery_store::QueueEntry>,
     incoming: Vec<u16>,
     (now, wall): (Instant, u64),
-) -> Timers {
+) -> Option<Timers> {
     let client_id = ByteString::from(record.client_id.as_str());
     let username = record.username.as_deref().map(ByteString::from);
     let mut state = SessionState::default();
@@ -208,10 +208,16 @@ pub(crate) fn restore_session(
         state,
         will,
         disconnected_ms: record.disconnected_at_ms,
-    });
+    })?;
     if let Some(hook) = before_routes {
         hook(&session);
     }
+    // The queue before the routes: a message routed to it now comes after what waited.
+    session.with_queue(|q| {
+        for d in queued {
+            q.push_restored(d);
+        }
+    });
     {
         let mut router = broker.router.write();
         session.with_parked(|v| {
@@ -225,11 +231,6 @@ pub(crate) fn restore_session(
             }
         });
     }
-    session.with_queue(|q| {
-        for d in queued {
-            q.push_restored(d);
-        }
-    });
     // Timers count from when the connection ended; a session that was connected when the
     // broker stopped counts from now.
     let ended = record.disconnected_at_ms.unwrap_or(wall).min(wall);
@@ -240,11 +241,11 @@ pub(crate) fn restore_session(
         record.expiry_secs.saturating_sub(elapsed_secs)
     };
     if expiry_left == 0 {
-        return Timers::Expired(session);
+        return Some(Timers::Expired(session));
     }
-    Timers::Arm {
+    Some(Timers::Arm {
         session,
         will_left: will_delay.map(|d| d.saturating_sub(elapsed_secs)),
         expiry_left,
-    }
+    })
 }

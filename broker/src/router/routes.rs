@@ -9,7 +9,6 @@
 //! was picked for, so each message reaches one member cluster-wide.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -92,8 +91,6 @@ pub struct RemoteRoutes {
     peers: AHashMap<Arc<str>, SubscriptionTrie<PeerRoute>>,
     /// Each peer's shared groups, one member (the peer) per group.
     shared: AHashMap<Arc<str>, SubscriptionTrie<PeerRoute>>,
-    /// Turns among the peers of a group.
-    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for RemoteRoutes {
@@ -184,12 +181,24 @@ impl RemoteRoutes {
         out
     }
 
-    /// One of `peers`, in turn.
-    pub fn pick<'p>(&self, peers: &'p [Arc<str>]) -> Option<&'p Arc<str>> {
+    /// The peer of `peers` that delivers message `message_id` for group `key`: in turn from
+    /// one message to the next, each group on its own turn (no counter shared between groups,
+    /// so two groups matching every message do not always land on the same peers).
+    pub fn pick<'p>(
+        &self,
+        peers: &'p [Arc<str>],
+        key: &str,
+        message_id: u64,
+    ) -> Option<&'p Arc<str>> {
         if peers.is_empty() {
             return None;
         }
-        peers.get(self.next.fetch_add(1, Ordering::Relaxed) % peers.len())
+        let offset = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        // Message ids ascend by one in their upper bits, the low ones name the node.
+        let turn = (message_id >> crate::persist::ids::NODE_BITS).wrapping_add(offset);
+        peers.get((turn % peers.len() as u64) as usize)
     }
 
     /// The peers with a subscriber for `topic`, each once.
@@ -291,14 +300,26 @@ mod tests {
     }
 
     #[test]
-    fn peers_of_a_group_take_turns() {
+    fn peers_of_a_group_take_turns_and_groups_turn_on_their_own() {
         let r = RemoteRoutes::default();
         let peers: Vec<Arc<str>> = vec!["a".into(), "b".into(), "c".into()];
+        let id = |n: u64| (n << crate::persist::ids::NODE_BITS) | 5;
         let picks: Vec<String> = (0..6)
-            .map(|_| r.pick(&peers).unwrap().to_string())
+            .map(|n| r.pick(&peers, "$share/g/x", id(n)).unwrap().to_string())
             .collect();
-        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
-        assert!(r.pick(&[]).is_none());
+        assert_eq!(picks[..3], picks[3..]);
+        let distinct: std::collections::HashSet<&String> = picks[..3].iter().collect();
+        assert_eq!(distinct.len(), 3, "{picks:?}");
+        // Two groups with the same two peers, both matching every message: each group
+        // alternates (a shared counter would pin each group to one peer).
+        let two: Vec<Arc<str>> = vec!["a".into(), "b".into()];
+        for key in ["$share/g1/x", "$share/g2/x"] {
+            let got: std::collections::HashSet<String> = (0..4)
+                .map(|n| r.pick(&two, key, id(n)).unwrap().to_string())
+                .collect();
+            assert_eq!(got.len(), 2, "{key}");
+        }
+        assert!(r.pick(&[], "k", 1).is_none());
     }
 
     #[test]

@@ -649,9 +649,10 @@ impl Sessions {
         }
     }
 
-    /// Registers a persistent session read back from the store at start: offline, with its
-    /// state parked and its will pending, as if its connection had just ended (generation 1).
-    pub fn restore(&self, r: Restoring) -> Arc<Session> {
+    /// Registers a persistent session read back from the store (at start, or handed over by
+    /// another node): offline, with its state parked and its will pending, as if its
+    /// connection had just ended (generation 1). `None` when a session of that id exists.
+    pub fn restore(&self, r: Restoring) -> Option<Arc<Session>> {
         let Restoring {
             client_id,
             expiry_secs,
@@ -683,8 +684,14 @@ impl Sessions {
         };
         s.durable.store(true, Ordering::Relaxed);
         let s = Arc::new(s);
-        self.map.lock().insert(client_id, s.clone());
-        s
+        // Never over a session of that id that appeared meanwhile (a CONNECT here).
+        match self.map.lock().entry(client_id) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(s.clone());
+                Some(s)
+            }
+        }
     }
 
     /// A snapshot of every session.
