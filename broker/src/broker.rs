@@ -423,13 +423,13 @@ impl Broker {
             Groups::All => {}
             // Forwarded: only the groups the publishing node picked this node for.
             Groups::Only(keys) => {
-                matches.retain(|m| m.group.is_none_or(|k| keys.iter().any(|g| g == k)));
+                matches.retain(|m| m.group.is_none_or(|k| keys.iter().any(|g| **g == **k)));
             }
             // Published here, with members of some groups elsewhere too: a group with an
             // online member here keeps the message; one without leaves it to another node.
             Groups::Decide(remote) => matches.retain(|m| {
                 let Some(key) = m.group else { return true };
-                let Some(i) = remote.iter().position(|(k, _)| &**k == key) else {
+                let Some(i) = remote.iter().position(|(k, _)| **k == **key) else {
                     return true;
                 };
                 if m.handle.is_online() {
@@ -446,7 +446,7 @@ impl Broker {
         // One delivery per session for overlapping subscriptions: highest QoS and every
         // subscription identifier. MQTT 5.0 section 3.3.4, [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         // Sorting in place brings a session's matches together without allocating.
-        matches.sort_unstable_by_key(|m| (m.shared, m.handle.session_id()));
+        matches.sort_unstable_by_key(|m| (m.shared(), m.handle.session_id()));
         // With a store, targets are gathered first so that their writes go out in one
         // submission before any of them is queued.
         let mut gathered: SmallVec<[Target<'_>; 4]> = SmallVec::new();
@@ -457,9 +457,9 @@ impl Broker {
             let mut qos = first.sub.options.qos;
             let mut rap = first.sub.options.retain_as_published;
             let mut ids: SmallVec<[u32; 2]> = first.sub.id.into_iter().collect();
-            if !first.shared {
+            if !first.shared() {
                 while j < matches.len()
-                    && !matches[j].shared
+                    && !matches[j].shared()
                     && matches[j].handle.id == first.handle.id
                 {
                     qos = qos.max(matches[j].sub.options.qos);
@@ -470,7 +470,7 @@ impl Broker {
             }
             let target = Target {
                 session: first.handle,
-                shared: first.shared,
+                shared: first.shared(),
                 granted: qos,
                 retain_as_published: rap,
                 subscription_ids: ids,

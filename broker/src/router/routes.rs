@@ -172,9 +172,9 @@ impl RemoteRoutes {
             trie.collect(topic, &mut matches);
             for m in matches {
                 let Some(key) = m.group else { continue };
-                match out.iter_mut().find(|(k, _)| &**k == key) {
+                match out.iter_mut().find(|(k, _)| **k == **key) {
                     Some((_, peers)) => peers.push(peer.clone()),
-                    None => out.push((key.into(), smallvec::smallvec![peer.clone()])),
+                    None => out.push((key.clone(), smallvec::smallvec![peer.clone()])),
                 }
             }
         }

@@ -756,7 +756,12 @@ async fn a_shared_group_across_nodes_gets_each_message_once_preferring_a_local_m
     let want: Vec<String> = (0..60).map(|i| i.to_string()).collect();
     assert_eq!(all, want, "each message once across the group");
     // Spread by message id: about half each.
-    assert!(a.len() >= 20 && b.len() >= 20, "{} and {}", a.len(), b.len());
+    assert!(
+        a.len() >= 20 && b.len() >= 20,
+        "{} and {}",
+        a.len(),
+        b.len()
+    );
     assert_eq!(drain_publishes(&mut plain, wait).await.len(), 60);
 
     // Published on node 1: its own member takes everything.
