@@ -271,11 +271,15 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
                 crate::listener::tls::client_connector(cert, key, ca).map_err(invalid)?;
             Some(Arc::new(link::LinkTls {
                 acceptor: Arc::new(acceptor),
-                connector,
+                connector: arc_swap::ArcSwap::from_pointee(connector),
+                files: (cert.clone(), key.clone(), ca.clone()),
             }))
         }
         _ => None,
     };
+    if let Some(t) = &tls {
+        cluster.set_link_tls(t.clone());
+    }
     let _ = broker.cluster.set(cluster.clone());
     broker.router.write().set_cluster(cluster.clone());
     // Links are not the broker's tasks: shutdown cancels them, it does not wait for them.
@@ -339,6 +343,19 @@ fn reload(broker: &Broker, tls: Option<&ReloadingTls>, source: &ConfigSource, as
             Err(e) => {
                 warn!(error = %e, "refused the new TLS files; the previous ones stay in force");
                 refused.push("TLS files".into());
+            }
+        }
+    }
+    if let Some(link_tls) = broker.cluster.get().and_then(|c| c.link_tls()) {
+        match link_tls.reload() {
+            Ok(true) => {
+                info!("cluster link certificate files reloaded; new links use them");
+                applied.push("cluster link TLS files".into());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "refused the new cluster link TLS files; the previous ones stay in force");
+                refused.push("cluster link TLS files".into());
             }
         }
     }

@@ -76,7 +76,24 @@ pub struct LinkTls {
     /// Accepts links (the node's certificate; client certificates checked).
     pub acceptor: Arc<crate::listener::tls::ReloadingTls>,
     /// Dials links (the same certificate as client; the cluster CA as the only root).
-    pub connector: tokio_rustls::TlsConnector,
+    pub connector: arc_swap::ArcSwap<tokio_rustls::TlsConnector>,
+    /// The certificate, key and CA files, read again by [`LinkTls::reload`].
+    pub files: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+}
+
+impl LinkTls {
+    /// Reads the files again; new links use them (those up stay as they are). `Ok(false)`
+    /// when nothing changed; on an error the files in force stay.
+    pub fn reload(&self) -> Result<bool, crate::listener::tls::TlsError> {
+        let (cert, key, ca) = &self.files;
+        // Both or neither: the connector is built first, so that a bad file changes nothing.
+        let connector = crate::listener::tls::client_connector(cert, key, ca)?;
+        if !self.acceptor.reload()? {
+            return Ok(false);
+        }
+        self.connector.store(Arc::new(connector));
+        Ok(true)
+    }
 }
 
 /// Accepts links until `shutdown`.
@@ -222,7 +239,7 @@ async fn connect(addr: &str, tls: Option<&LinkTls>) -> io::Result<Stream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    Ok(Box::new(tls.connector.connect(name, tcp).await?))
+    Ok(Box::new(tls.connector.load().connect(name, tcp).await?))
 }
 
 /// Runs one link: handshake, registration, then frames both ways until it ends.

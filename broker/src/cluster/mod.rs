@@ -156,6 +156,8 @@ pub struct Cluster {
     pub moves: handover::Moves,
     /// Peers that said they are draining (until their link goes down).
     draining: Mutex<ahash::AHashSet<String>>,
+    /// The links' TLS, when mutual TLS is configured (reloaded with the other files).
+    link_tls: std::sync::OnceLock<Arc<link::LinkTls>>,
 }
 
 /// What registering a new link decided.
@@ -186,6 +188,7 @@ impl Cluster {
             asks: handover::Asks::default(),
             moves: handover::Moves::default(),
             draining: Mutex::new(ahash::AHashSet::new()),
+            link_tls: std::sync::OnceLock::new(),
         })
     }
 
@@ -390,6 +393,16 @@ impl Cluster {
             .lock()
             .get(node_id)
             .is_some_and(|l| !l.close.is_cancelled())
+    }
+
+    /// Sets the links' TLS (at start).
+    pub fn set_link_tls(&self, tls: Arc<link::LinkTls>) {
+        let _ = self.link_tls.set(tls);
+    }
+
+    /// The links' TLS, when mutual TLS is configured.
+    pub fn link_tls(&self) -> Option<&Arc<link::LinkTls>> {
+        self.link_tls.get()
     }
 
     /// `peer` said it is draining.

@@ -794,3 +794,58 @@ async fn a_shared_group_across_nodes_gets_each_message_once_preferring_a_local_m
     }
     assert_eq!(drain_publishes(&mut m1, wait).await.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_certificates_rotate_with_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (crate::pki::ca("old CA"), crate::pki::ca("new CA"));
+    let ports = [free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("localhost:{p}")).collect();
+    // Each node's files; node 0's are rewritten in place.
+    let write = |name: &str, ca: &crate::pki::Ca| {
+        let leaf = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
+        (
+            crate::pki::write(dir.path(), &format!("{name}-ca.pem"), &ca.pem),
+            crate::pki::write(dir.path(), &format!("{name}.crt"), &leaf.cert_pem),
+            crate::pki::write(dir.path(), &format!("{name}.key"), &leaf.key_pem),
+        )
+    };
+    let start_node =
+        |i: usize,
+         (ca, cert, key): (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)| {
+            let (peers, port) = (peers.clone(), ports[i]);
+            async move {
+                start(move |c| {
+                    c.node_id = format!("node-{i}");
+                    c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+                    c.peers = peers;
+                    c.cluster_ca = Some(ca);
+                    c.cluster_cert = Some(cert);
+                    c.cluster_key = Some(key);
+                })
+                .await
+            }
+        };
+    let n0 = start_node(0, write("n0", &old_ca)).await;
+    let n1 = start_node(1, write("n1-old", &old_ca)).await;
+    until("a link under the old CA", || up(&n0) == ["node-1"]).await;
+    n1.shutdown().await;
+    until("node-1 gone", || up(&n0).is_empty()).await;
+
+    // Node 0 moves to the new CA, files replaced in place, then reloaded.
+    write("n0", &new_ca);
+    n0.reload().await;
+    // A node still on the old CA no longer links with it...
+    let stale = start_node(1, write("n1-stale", &old_ca)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(up(&n0).is_empty() && up(&stale).is_empty());
+    stale.shutdown().await;
+    // ... and one on the new CA does.
+    let fresh = start_node(1, write("n1-new", &new_ca)).await;
+    until("a link under the new CA", || {
+        up(&n0) == ["node-1"] && up(&fresh) == ["node-0"]
+    })
+    .await;
+    n0.shutdown().await;
+    fresh.shutdown().await;
+}
