@@ -74,10 +74,6 @@ impl Resuming {
     }
 
     async fn try_connect(&self) -> Option<(TcpStream, BytesMut, ConnAck)> {
-        let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.addr))
-            .await
-            .ok()?
-            .ok()?;
         let connect = Connect {
             protocol: Protocol::V5,
             clean_start: false,
@@ -91,25 +87,7 @@ impl Resuming {
                 ..Default::default()
             },
         };
-        let mut out = BytesMut::new();
-        encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out);
-        s.write_all(&out).await.ok()?;
-        let mut buf = BytesMut::new();
-        loop {
-            if let Some(p) = decode(&mut buf, Protocol::V5, usize::MAX).ok()? {
-                return match p {
-                    Packet::ConnAck(a) => Some((s, buf, a)),
-                    _ => None,
-                };
-            }
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-        }
+        connect_with(self.addr, connect).await
     }
 
     /// Sends; false (and disconnected) when the connection is gone.
@@ -150,6 +128,39 @@ impl Resuming {
                     return Err(());
                 }
             }
+        }
+    }
+}
+
+/// Sends `connect` over a new connection to `addr` and reads the CONNACK: the stream, what
+/// was read past the CONNACK, and the CONNACK; `None` when the connection failed or closed
+/// first, or the first packet back was not a CONNACK (5 s per step).
+pub async fn connect_with(
+    addr: SocketAddr,
+    connect: Connect,
+) -> Option<(TcpStream, BytesMut, ConnAck)> {
+    let protocol = connect.protocol;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut out = BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect)), protocol, &mut out);
+    s.write_all(&out).await.ok()?;
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(p) = decode(&mut buf, protocol, usize::MAX).ok()? {
+            return match p {
+                Packet::ConnAck(a) => Some((s, buf, a)),
+                _ => None,
+            };
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
         }
     }
 }

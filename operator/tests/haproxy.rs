@@ -220,7 +220,6 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl Fn
 /// A v5 CONNECT through `addr`: the stream and the CONNACK, or `None` if the connection
 /// closed first.
 async fn connect(addr: SocketAddr, id: &str) -> Option<(TcpStream, BytesMut, ConnAck)> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
     let connect = Connect {
         protocol: Protocol::V5,
         clean_start: true,
@@ -231,25 +230,7 @@ async fn connect(addr: SocketAddr, id: &str) -> Option<(TcpStream, BytesMut, Con
         password: None,
         properties: Default::default(),
     };
-    let mut out = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out);
-    s.write_all(&out).await.ok()?;
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(p) = decode(&mut buf, Protocol::V5, usize::MAX).ok()? {
-            return match p {
-                Packet::ConnAck(a) => Some((s, buf, a)),
-                _ => None,
-            };
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-    }
+    client::connect_with(addr, connect).await
 }
 
 /// Reads until the broker closes; the DISCONNECT it sent, if any.

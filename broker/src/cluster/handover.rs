@@ -544,14 +544,9 @@ impl Broker {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
-        let relay = {
-            let _routing = self.router.write();
-            cluster.moves.relays.lock().remove(&session_id)
-        };
-        let Some(relay) = relay else {
+        let Some(relay) = self.end_relay(cluster, session_id) else {
             return;
         };
-        self.unsubscribe_all(session_id, &relay.filters);
         if self.install_transfer(transfer, false).is_some() {
             for frame in relay.held.unwrap_or_default() {
                 self.deliver_frame(frame, false);
@@ -1076,7 +1071,7 @@ impl Broker {
                 let _ = tokio::time::timeout(Duration::from_millis(100), notify.notified()).await;
             }
             cluster.moves.fences.lock().remove(&id);
-            broker.withdraw_relay_by_id(session_id, &filters);
+            broker.withdraw_relay_by_id(session_id);
         });
     }
 
@@ -1084,38 +1079,41 @@ impl Broker {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
-        let filters = cluster
+        let unconfirmed = cluster
             .moves
             .relays
             .lock()
             .get(&session.id)
-            .filter(|r| !r.fencing)
-            .map(|r| r.filters.clone());
-        if let Some(filters) = filters {
+            .is_some_and(|r| !r.fencing);
+        if unconfirmed {
             warn!(client_id = %session.client_id, "the new node never confirmed a handed-over session: relay withdrawn");
-            self.withdraw_relay_by_id(session.id, &filters);
+            self.withdraw_relay_by_id(session.id);
         }
     }
 
-    fn withdraw_relay_by_id(&self, session_id: SessionId, filters: &[ByteString]) {
+    fn withdraw_relay_by_id(&self, session_id: SessionId) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
+        if let Some(relay) = self.end_relay(cluster, session_id) {
+            cluster.send_to(
+                &relay.to,
+                Frame::HandoverFinished {
+                    client_id: relay.client_id,
+                },
+            );
+        }
+    }
+
+    /// Ends the relay of `session_id` and withdraws its subscriptions here. Under the
+    /// router's lock: a publish routed meanwhile is relayed, or does not see the session.
+    fn end_relay(&self, cluster: &super::Cluster, session_id: SessionId) -> Option<Relay> {
         let relay = {
-            // Under the router's lock: a publish routed now is relayed or not seen at all.
             let _routing = self.router.write();
             cluster.moves.relays.lock().remove(&session_id)
-        };
-        let Some(relay) = relay else {
-            return;
-        };
-        self.unsubscribe_all(session_id, filters);
-        cluster.send_to(
-            &relay.to,
-            Frame::HandoverFinished {
-                client_id: relay.client_id,
-            },
-        );
+        }?;
+        self.unsubscribe_all(session_id, &relay.filters);
+        Some(relay)
     }
 
     /// The old node relays nothing more for `client_id`: duplicates are checked a little
