@@ -73,27 +73,29 @@ pub fn build(
     let wall = now_ms();
     // Messages shared by several deliveries keep one number, so they stay shared.
     let mut numbers: AHashMap<*const crate::message::Message, u64> = AHashMap::new();
-    let mut number = |m: &Arc<crate::message::Message>| {
+    // A delivery, in flight (with its packet id) or queued.
+    let mut entry = |d: &crate::message::Delivery, packet_id: Option<u16>| {
         let next = numbers.len() as u64 + 1;
-        *numbers.entry(Arc::as_ptr(m)).or_insert(next)
+        let message_id = *numbers.entry(Arc::as_ptr(&d.message)).or_insert(next);
+        TransferEntry {
+            entry: QueueEntry {
+                id: d.stored,
+                message_id,
+                qos: d.qos as u8,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.to_vec(),
+                packet_id,
+                released: false,
+                message: None,
+            },
+            message: Some(convert::stored_message(&d.message, now, wall)),
+            id: d.message.id,
+        }
     };
     let mut entries = Vec::new();
     for (pid, state) in x.state.outgoing.in_order() {
         match state {
-            OutState::Published(d) => entries.push(TransferEntry {
-                entry: QueueEntry {
-                    id: d.stored,
-                    message_id: number(&d.message),
-                    qos: d.qos as u8,
-                    retain: d.retain,
-                    subscription_ids: d.subscription_ids.to_vec(),
-                    packet_id: Some(pid),
-                    released: false,
-                    message: None,
-                },
-                message: Some(convert::stored_message(&d.message, now, wall)),
-                id: d.message.id,
-            }),
+            OutState::Published(d) => entries.push(entry(d, Some(pid))),
             OutState::Released(stored) => entries.push(TransferEntry {
                 entry: QueueEntry {
                     id: *stored,
@@ -111,20 +113,7 @@ pub fn build(
         }
     }
     for d in &x.queued {
-        entries.push(TransferEntry {
-            entry: QueueEntry {
-                id: d.stored,
-                message_id: number(&d.message),
-                qos: d.qos as u8,
-                retain: d.retain,
-                subscription_ids: d.subscription_ids.to_vec(),
-                packet_id: None,
-                released: false,
-                message: None,
-            },
-            message: Some(convert::stored_message(&d.message, now, wall)),
-            id: d.message.id,
-        });
+        entries.push(entry(d, None));
     }
     let mut incoming: Vec<u16> = x.state.incoming.ids().collect();
     incoming.sort_unstable();
