@@ -216,11 +216,9 @@ impl Broker {
         stored: StoredMessage,
         groups: &[String],
     ) -> Option<Arc<Session>> {
-        let mut message = convert::message(stored, 0, Instant::now(), now_ms());
         // The publishing node's id: the same message reaching a moving session twice is
         // delivered once.
-        message.id = id;
-        let message = Arc::new(message);
+        let message = Arc::new(convert::message(stored, 0, id, Instant::now(), now_ms()));
         self.route_here(&message, false, Groups::Only(groups))
             .congested
     }

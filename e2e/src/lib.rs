@@ -215,6 +215,19 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+/// The debug build of the broker, for tests in other packages; the error says how to make
+/// it when it is missing.
+pub fn debug_broker_binary() -> anyhow::Result<PathBuf> {
+    let path = target_dir().join("debug/rookery-broker");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p rookery-broker` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

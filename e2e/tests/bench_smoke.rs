@@ -6,13 +6,7 @@ use rookery_e2e::BrokerProcess;
 use rookery_e2e::bench::{self, Options, Scenario};
 
 fn broker_binary() -> std::path::PathBuf {
-    let path = rookery_e2e::target_dir().join("debug/rookery-broker");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p rookery-broker` first",
-        path.display()
-    );
-    path
+    rookery_e2e::debug_broker_binary().unwrap()
 }
 
 fn options(broker: &BrokerProcess, scenario: Scenario, qos: u8) -> Options {

@@ -18,13 +18,7 @@ use tokio::net::TcpStream;
 const TOKEN: &str = "haproxy-test-admin-token-0123";
 
 fn broker_binary() -> PathBuf {
-    let path = rookery_e2e::target_dir().join("debug/rookery-broker");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p rookery-broker` first",
-        path.display()
-    );
-    path
+    rookery_e2e::debug_broker_binary().unwrap()
 }
 
 /// Debian puts it in /usr/sbin, which a user's PATH may lack.

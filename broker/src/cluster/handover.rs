@@ -958,9 +958,7 @@ impl Broker {
         else {
             return;
         };
-        let mut m = convert::message(message, 0, Instant::now(), now_ms());
-        m.id = id;
-        let message = Arc::new(m);
+        let message = Arc::new(convert::message(message, 0, id, Instant::now(), now_ms()));
         let granted = rookery_codec::QoS::from_u8(qos).unwrap_or(rookery_codec::QoS::AtLeastOnce);
         let target = crate::broker::Target {
             session: &session,

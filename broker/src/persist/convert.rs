@@ -114,8 +114,8 @@ pub fn stored_message(m: &Message, now: Instant, now_ms: u64) -> StoredMessage {
     }
 }
 
-/// A message read back from a store.
-pub fn message(s: StoredMessage, origin: SessionId, now: Instant, now_ms: u64) -> Message {
+/// A message read back from a store (a fresh `id`) or forwarded by a peer (the id it made).
+pub fn message(s: StoredMessage, origin: SessionId, id: u64, now: Instant, now_ms: u64) -> Message {
     let p = decode_properties(&s.properties);
     let expires_at = s.expires_at_ms.map(|ms| instant_at(ms, now, now_ms));
     Message {
@@ -136,7 +136,7 @@ pub fn message(s: StoredMessage, origin: SessionId, now: Instant, now_ms: u64) -
         expires_at,
         origin,
         received: now,
-        id: crate::message::next_id(),
+        id,
     }
 }
 
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(s.expires_at_ms, Some(now_ms + 30_000));
         // Read back ten seconds later: twenty left.
         let later = now + Duration::from_secs(10);
-        let back = message(s, 0, later, now_ms + 10_000);
+        let back = message(s, 0, 1, later, now_ms + 10_000);
         assert_eq!(back.topic, m.topic);
         assert_eq!(back.payload, m.payload);
         assert_eq!(back.qos, QoS::ExactlyOnce);

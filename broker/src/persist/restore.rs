@@ -47,7 +47,13 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
     {
         let mut index = broker.retained.write();
         for m in retained {
-            index.set(Arc::new(convert::message(m, 0, now, wall)));
+            index.set(Arc::new(convert::message(
+                m,
+                0,
+                crate::message::next_id(),
+                now,
+                wall,
+            )));
             restored.retained += 1;
         }
     }
@@ -182,7 +188,15 @@ pub(crate) fn restore_session(
         let Some(stored) = e.message else { continue };
         let message = messages
             .entry(e.message_id)
-            .or_insert_with(|| Arc::new(convert::message(stored, 0, now, wall)))
+            .or_insert_with(|| {
+                Arc::new(convert::message(
+                    stored,
+                    0,
+                    crate::message::next_id(),
+                    now,
+                    wall,
+                ))
+            })
             .clone();
         let delivery = Delivery {
             message,
