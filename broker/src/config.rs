@@ -188,6 +188,10 @@ pub struct Config {
     pub cluster_cert: Option<PathBuf>,
     /// This node's link key.
     pub cluster_key: Option<PathBuf>,
+    /// The name a peer's link certificate must carry, whatever address it was dialed at
+    /// (none: the host part of that address). For peers found through `peers_dns`, whose
+    /// addresses are pod IPs, this is the headless Service's name.
+    pub cluster_server_name: Option<String>,
     /// Address of the HTTP endpoint for `/metrics`, `/healthz`, `/readyz` and the admin API
     /// (none by default).
     pub metrics_listen: Option<SocketAddr>,
@@ -278,6 +282,7 @@ impl Default for Config {
             cluster_ca: None,
             cluster_cert: None,
             cluster_key: None,
+            cluster_server_name: None,
             metrics_listen: None,
             admin_token_file: None,
             sys_interval: 10,
@@ -444,6 +449,20 @@ impl Config {
                 "cluster_ca",
                 "cluster links need all of cluster_ca, cluster_cert and cluster_key, or none",
             );
+        }
+        if let Some(name) = &self.cluster_server_name {
+            if self.cluster_ca.is_none() {
+                return invalid(
+                    "cluster_server_name",
+                    "needs cluster_ca, cluster_cert and cluster_key",
+                );
+            }
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return invalid(
+                    "cluster_server_name",
+                    &format!("{name:?} is not a DNS name"),
+                );
+            }
         }
         if (!self.peers.is_empty() || self.peers_dns.is_some()) && self.cluster_listen.is_none() {
             return invalid(
@@ -804,6 +823,9 @@ pub struct Cli {
     /// This node's key for cluster links.
     #[arg(long, env = "ROOKERY_CLUSTER_KEY", value_name = "FILE")]
     pub cluster_key: Option<PathBuf>,
+    /// The name every peer's link certificate must carry (default: the dialed host).
+    #[arg(long, env = "ROOKERY_CLUSTER_SERVER_NAME", value_name = "NAME")]
+    pub cluster_server_name: Option<String>,
     /// Address for `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[arg(long, env = "ROOKERY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -983,6 +1005,9 @@ impl Cli {
         }
         if cli.peers_dns.is_some() {
             config.peers_dns = cli.peers_dns;
+        }
+        if cli.cluster_server_name.is_some() {
+            config.cluster_server_name = cli.cluster_server_name;
         }
         for (slot, value) in [
             (&mut config.cluster_ca, cli.cluster_ca),

@@ -273,6 +273,7 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
                 acceptor: Arc::new(acceptor),
                 connector: arc_swap::ArcSwap::from_pointee(connector),
                 files: (cert.clone(), key.clone(), ca.clone()),
+                server_name: c.cluster_server_name.clone(),
             }))
         }
         _ => None,

@@ -79,6 +79,8 @@ pub struct LinkTls {
     pub connector: arc_swap::ArcSwap<tokio_rustls::TlsConnector>,
     /// The certificate, key and CA files, read again by [`LinkTls::reload`].
     pub files: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+    /// The name every peer's certificate must carry; `None`: the host it was dialed at.
+    pub server_name: Option<String>,
 }
 
 impl LinkTls {
@@ -228,15 +230,20 @@ pub async fn dial(
 }
 
 /// Connects to a peer, with TLS when configured (the peer's certificate must name the host
-/// part of `addr`).
+/// part of `addr`, or `cluster_server_name` when set).
 async fn connect(addr: &str, tls: Option<&LinkTls>) -> io::Result<Stream> {
     let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
         return Ok(Box::new(tcp));
     };
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match &tls.server_name {
+        Some(name) => name.as_str(),
+        None => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+    };
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     Ok(Box::new(tls.connector.load().connect(name, tcp).await?))

@@ -543,6 +543,53 @@ async fn links_with_mutual_tls_admit_only_certificates_of_the_cluster_ca() {
     intruder.shutdown().await;
 }
 
+/// As the operator runs it: peers found through DNS are dialed at their addresses, and every
+/// node's certificate names only the headless Service, which `cluster_server_name` checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_dialed_by_address_are_checked_against_cluster_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::ca("cluster CA");
+    let ca_file = crate::pki::write(dir.path(), "ca.pem", &ca.pem);
+    let leaf = ca.named("nodes.test");
+    let cert = crate::pki::write(dir.path(), "n.crt", &leaf.cert_pem);
+    let key = crate::pki::write(dir.path(), "n.key", &leaf.key_pem);
+    let ports = [free_port(), free_port()];
+    let start_node = |i: usize, server_name: Option<&str>| {
+        let (ca_file, cert, key) = (ca_file.clone(), cert.clone(), key.clone());
+        let server_name = server_name.map(str::to_owned);
+        let (port, other) = (ports[i], ports[1 - i]);
+        async move {
+            start(move |c| {
+                c.node_id = format!("node-{i}");
+                c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+                // Resolves to 127.0.0.1: dialed by address, which no certificate names.
+                c.peers_dns = Some(format!("localhost:{other}"));
+                c.cluster_ca = Some(ca_file);
+                c.cluster_cert = Some(cert);
+                c.cluster_key = Some(key);
+                c.cluster_server_name = server_name;
+            })
+            .await
+        }
+    };
+    // Without it, the dialed address is checked and no link comes up.
+    let a = start_node(0, None).await;
+    let b = start_node(1, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(up(&a).is_empty() && up(&b).is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+    // With it, the links come up.
+    let a = start_node(0, Some("nodes.test")).await;
+    let b = start_node(1, Some("nodes.test")).await;
+    until("links checked against the server name", || {
+        up(&a) == ["node-1"] && up(&b) == ["node-0"]
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_until_every_peer_is_linked_or_found_unreachable() {
     let ports = [free_port(), free_port(), free_port()];

@@ -52,6 +52,13 @@ impl Ca {
         self.sign(params, alg)
     }
 
+    /// A certificate for `dns` only (no address), as the operator gives cluster nodes.
+    #[allow(dead_code)] // used by the broker tests, not by the security tests
+    pub fn named(&self, dns: &str) -> Leaf {
+        let params = CertificateParams::new(vec![dns.to_string()]).unwrap();
+        self.sign(params, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
     pub fn client(&self, cn: &str) -> Leaf {
         self.client_with(cn, false)
     }
