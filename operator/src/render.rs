@@ -1,0 +1,197 @@
+//! Every object of one cluster, as the API would get it, in apply order: configuration and
+//! Secrets first, then Services, the brokers, HAProxy and the policies. `rookery-operator
+//! render` prints this; the reconciler applies the same list.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::builders::meta::Names;
+use crate::builders::secrets::Material;
+use crate::builders::{
+    Environment, certificate, config, load_balancer, network_policy, pdb, secrets, service_monitor,
+    services, statefulset,
+};
+use crate::crd::MqttCluster;
+use crate::validate::{FieldError, validate};
+
+/// The objects of one cluster, and what the operator wants the user to know about them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The objects, each with `apiVersion` and `kind`.
+    pub objects: Vec<Value>,
+    /// Things worth a line in the status (an optional CRD that is missing, say).
+    pub notes: Vec<String>,
+}
+
+fn typed<K: k8s_openapi::Resource + Serialize>(object: &K) -> Value {
+    let mut v = serde_json::to_value(object).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("apiVersion".into(), Value::String(K::API_VERSION.into()));
+        map.insert("kind".into(), Value::String(K::KIND.into()));
+    }
+    v
+}
+
+/// Builds every object of `c`. `partition` is the StatefulSet's rolling-update partition
+/// (the reconciler holds it during a pod-by-pod upgrade; 0 otherwise).
+pub fn render(
+    c: &MqttCluster,
+    env: &Environment,
+    material: &Material,
+    partition: i32,
+) -> Result<Rendered, Vec<FieldError>> {
+    validate(c)?;
+    let names = Names::of(c, &env.domain);
+    let mut objects = Vec::new();
+    let mut notes = Vec::new();
+
+    let broker_config = config::config_map(c, &names);
+    let broker_toml = config::broker_toml(c, &names);
+    objects.push(typed(&broker_config));
+    for s in secrets::secrets(c, &names, material) {
+        objects.push(typed(&s));
+    }
+    if let Some(cert) = certificate::certificate(c, &names) {
+        if env.cert_manager_crd {
+            objects.push(cert);
+        } else {
+            notes.push(
+                "tls.certManager: cert-manager's Certificate CRD is not installed; the server certificate Secret will not be issued"
+                    .into(),
+            );
+        }
+    }
+    let lb_config = load_balancer::config_map(c, &names);
+    let lb_text = lb_config
+        .data
+        .as_ref()
+        .and_then(|d| d.get(load_balancer::CONFIG_KEY))
+        .cloned()
+        .unwrap_or_default();
+    objects.push(typed(&lb_config));
+
+    objects.push(typed(&services::headless(c, &names)));
+    objects.push(typed(&services::brokers(c, &names)));
+    objects.push(typed(&load_balancer::service(c, &names)));
+    objects.push(typed(&statefulset::statefulset(
+        c,
+        &names,
+        env,
+        &broker_toml,
+        partition,
+    )));
+    objects.push(typed(&load_balancer::deployment(c, &names, env, &lb_text)));
+    if let Some(p) = pdb::pod_disruption_budget(c, &names) {
+        objects.push(typed(&p));
+    }
+    for p in network_policy::network_policies(c, &names) {
+        objects.push(typed(&p));
+    }
+    if c.spec.monitoring.service_monitor {
+        if env.service_monitor_crd {
+            objects.push(service_monitor::service_monitor(c, &names));
+        } else {
+            notes.push(
+                "monitoring.serviceMonitor: the Prometheus Operator's ServiceMonitor CRD is not installed; none was made"
+                    .into(),
+            );
+        }
+    }
+    Ok(Rendered { objects, notes })
+}
+
+/// The objects as one YAML stream (`---` between documents).
+pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(o)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MqttClusterSpec;
+    use crate::pki::TlsMaterial;
+
+    fn material() -> Material {
+        let t = TlsMaterial {
+            ca_pem: "CA".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        Material {
+            admin_token: "x".repeat(32),
+            cluster_tls: t,
+            server_tls: None,
+            password_file: None,
+        }
+    }
+
+    #[test]
+    fn the_default_cluster_renders_every_object_once() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_str::<MqttClusterSpec>("{}").unwrap(),
+        );
+        let r = render(&c, &Environment::default(), &material(), 0).unwrap();
+        let kinds: Vec<String> = r
+            .objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap/iot-config",
+                "Secret/iot-admin",
+                "Secret/iot-cluster-tls",
+                "ConfigMap/iot-lb",
+                "Service/iot-nodes",
+                "Service/iot-brokers",
+                "Service/iot",
+                "StatefulSet/iot",
+                "Deployment/iot-lb",
+                "PodDisruptionBudget/iot",
+                "NetworkPolicy/iot",
+                "NetworkPolicy/iot-lb",
+            ]
+        );
+        assert!(r.notes.is_empty());
+        assert!(to_yaml(&r.objects).unwrap().starts_with("---\n"));
+    }
+
+    #[test]
+    fn an_invalid_spec_renders_nothing() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_str::<MqttClusterSpec>(r#"{"replicas": 0}"#).unwrap(),
+        );
+        assert!(render(&c, &Environment::default(), &material(), 0).is_err());
+    }
+
+    #[test]
+    fn a_service_monitor_needs_its_crd() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_str::<MqttClusterSpec>(r#"{"monitoring": {"serviceMonitor": true}}"#)
+                .unwrap(),
+        );
+        let without = render(&c, &Environment::default(), &material(), 0).unwrap();
+        assert_eq!(without.notes.len(), 1);
+        let env = Environment {
+            service_monitor_crd: true,
+            ..Environment::default()
+        };
+        let with = render(&c, &env, &material(), 0).unwrap();
+        assert!(with.objects.iter().any(|o| o["kind"] == "ServiceMonitor"));
+    }
+}
