@@ -195,6 +195,35 @@ async fn api(method: &Method, path: &str, broker: &Arc<Broker>) -> Response<Full
                 .collect();
             json(StatusCode::OK, &serde_json::Value::Array(bans))
         }
+        (&Method::GET, "/admin/status") => {
+            // What the operator reports per node in the MqttCluster's status. The survey
+            // walks every session: off the runtime's threads.
+            let b = broker.clone();
+            let survey = tokio::task::spawn_blocking(move || crate::metrics::survey::take(&b))
+                .await
+                .unwrap_or_default();
+            let peers: Vec<serde_json::Value> = broker
+                .cluster
+                .get()
+                .map(|c| c.status())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| serde_json::json!({"peer": p.peer, "up": p.up}))
+                .collect();
+            let body = serde_json::json!({
+                "node_id": broker.config.node_id,
+                "ready": readiness(broker).is_ok(),
+                "draining": broker.is_draining(),
+                "connections": broker.metrics.connections.load(Ordering::Relaxed),
+                "sessions_online": survey.online,
+                "sessions_offline": survey.offline,
+                "queued_messages": survey.queued_messages,
+                "subscriptions": survey.subscriptions,
+                "retained": survey.retained,
+                "peers": peers,
+            });
+            json(StatusCode::OK, &body)
+        }
         (&Method::POST, "/admin/drain") => {
             let started = crate::drain::start(broker);
             if started {

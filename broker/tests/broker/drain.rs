@@ -66,6 +66,19 @@ async fn a_drain_closes_the_door_and_sends_clients_elsewhere_at_its_rate() {
     assert_eq!(http(admin, "GET", "/readyz", &[]).await.0, 200);
 
     let bearer = format!("Bearer {TOKEN}");
+    // The status the operator reads: the token is needed, the counts are the live ones.
+    assert_eq!(http(admin, "GET", "/admin/status", &[]).await.0, 401);
+    let (status, body) = http(admin, "GET", "/admin/status", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["connections"], 21, "{st}");
+    assert_eq!(st["sessions_online"], 21, "{st}");
+    assert_eq!(
+        (st["ready"].clone(), st["draining"].clone()),
+        (true.into(), false.into())
+    );
+    assert_eq!(st["subscriptions"], 1, "{st}");
+
     let (status, body) = http(admin, "POST", "/admin/drain", &[("Authorization", &bearer)]).await;
     assert_eq!(status, 202, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -78,6 +91,12 @@ async fn a_drain_closes_the_door_and_sends_clients_elsewhere_at_its_rate() {
 
     let (status, body) = http(admin, "GET", "/readyz", &[]).await;
     assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    let (_, body) = http(admin, "GET", "/admin/status", &[("Authorization", &bearer)]).await;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (st["ready"].clone(), st["draining"].clone()),
+        (false.into(), true.into())
+    );
     // The listener is closed: a new client is refused by the kernel, not by the broker.
     eventually(|| std::net::TcpStream::connect(addr).is_err()).await;
 
