@@ -26,6 +26,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: watch MqttClusters and reconcile them.
+    Run {
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(
+            long,
+            env = "ROOKERY_OPERATOR_METRICS_LISTEN",
+            default_value = "0.0.0.0:8080"
+        )]
+        metrics_listen: std::net::SocketAddr,
+        /// `text` or `json` logs.
+        #[arg(long, env = "ROOKERY_OPERATOR_LOG_FORMAT", default_value = "text")]
+        log_format: String,
+        /// Reconcile only while holding the `rookery-operator` Lease in the pod's namespace
+        /// (`POD_NAMESPACE`), named by `POD_NAME`: two replicas are then safe.
+        #[arg(long)]
+        leader_election: bool,
+        /// Watch one namespace only (default: all).
+        #[arg(long, env = "ROOKERY_OPERATOR_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// The Kubernetes cluster's DNS domain.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Broker image for clusters that name none.
+        #[arg(long, env = "ROOKERY_BROKER_IMAGE")]
+        broker_image: Option<String>,
+        /// HAProxy image for clusters that name none.
+        #[arg(long, env = "ROOKERY_HAPROXY_IMAGE")]
+        haproxy_image: Option<String>,
+    },
     /// Write the CustomResourceDefinitions as YAML, one file per resource.
     Crdgen {
         /// Directory to write to.
@@ -72,6 +101,33 @@ fn read(file: &PathBuf) -> anyhow::Result<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run {
+            metrics_listen,
+            log_format,
+            leader_election,
+            watch_namespace,
+            cluster_domain,
+            broker_image,
+            haproxy_image,
+        } => {
+            let mut env = Environment {
+                domain: cluster_domain,
+                ..Environment::default()
+            };
+            if let Some(i) = broker_image {
+                env.broker_image = i;
+            }
+            if let Some(i) = haproxy_image {
+                env.haproxy_image = i;
+            }
+            run(
+                metrics_listen,
+                &log_format,
+                leader_election,
+                watch_namespace,
+                env,
+            )
+        }
         Command::Crdgen { out } => crdgen(&out),
         Command::Render {
             file,
@@ -140,6 +196,99 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run(
+    listen: std::net::SocketAddr,
+    log_format: &str,
+    leader_election: bool,
+    watch_namespace: Option<String>,
+    env: Environment,
+) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("--log-format: {other:?} is neither text nor json"),
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        use futures_util::StreamExt;
+        use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::api::core::v1::{ConfigMap, Service};
+        use kube::runtime::{Controller, watcher};
+        use rookery_operator::controller::{self, Context, Metrics};
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+
+        let client = kube::Client::try_default().await?;
+        let metrics = Arc::new(Metrics::default());
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        tokio::spawn(rookery_operator::http::serve(listener, metrics.clone()));
+        let me = std::env::var("POD_NAME").unwrap_or_else(|_| "rookery-operator".into());
+        if leader_election {
+            let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+            let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &ns);
+            tracing::info!(holder = %me, namespace = %ns, "waiting for the leader lease");
+            rookery_operator::leader::acquire(&leases, "rookery-operator", &me).await;
+            let me2 = me.clone();
+            tokio::spawn(async move {
+                rookery_operator::leader::keep(&leases, "rookery-operator", &me2).await;
+                // Leadership lost: stop at once; the Deployment brings this replica back as a
+                // standby.
+                tracing::error!("leader lease lost: exiting");
+                std::process::exit(1);
+            });
+        }
+        metrics.leader.store(true, Ordering::Relaxed);
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            env,
+            probe: controller::http_probe(),
+            metrics,
+            reporter: kube::runtime::events::Reporter {
+                controller: "rookery-operator".into(),
+                instance: Some(me),
+            },
+            failures: parking_lot::Mutex::new(Default::default()),
+        });
+        let owned =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=rookery-operator");
+        let (clusters, sts, deps, svcs, cms) = match &watch_namespace {
+            Some(ns) => (
+                kube::Api::<MqttCluster>::namespaced(client.clone(), ns),
+                kube::Api::<StatefulSet>::namespaced(client.clone(), ns),
+                kube::Api::<Deployment>::namespaced(client.clone(), ns),
+                kube::Api::<Service>::namespaced(client.clone(), ns),
+                kube::Api::<ConfigMap>::namespaced(client.clone(), ns),
+            ),
+            None => (
+                kube::Api::all(client.clone()),
+                kube::Api::all(client.clone()),
+                kube::Api::all(client.clone()),
+                kube::Api::all(client.clone()),
+                kube::Api::all(client.clone()),
+            ),
+        };
+        tracing::info!("reconciling MqttClusters");
+        Controller::new(clusters, watcher::Config::default())
+            .owns(sts, owned.clone())
+            .owns(deps, owned.clone())
+            .owns(svcs, owned.clone())
+            .owns(cms, owned)
+            .shutdown_on_signal()
+            .run(controller::reconcile, controller::error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await;
+        anyhow::Ok(())
+    })
 }
 
 fn crdgen(out: &PathBuf) -> anyhow::Result<()> {

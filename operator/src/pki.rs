@@ -90,6 +90,13 @@ pub fn seconds_left(pem: &str) -> Option<i64> {
     Some(cert.validity().not_after.timestamp() - time_now().unix_timestamp())
 }
 
+/// When the first certificate of `pem` expires.
+pub fn not_after(pem: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = block.parse_x509().ok()?;
+    k8s_openapi::jiff::Timestamp::from_second(cert.validity().not_after.timestamp()).ok()
+}
+
 /// A random token of 32 URL-safe characters (admin API, generated passwords).
 pub fn token() -> String {
     use rand::Rng;

@@ -1,0 +1,588 @@
+//! The reconcile loop: read the `MqttCluster` and what it refers to, validate, build every
+//! object (pure, [`crate::render`]), apply what differs with server-side apply under one field
+//! manager, delete what is no longer wanted, read the brokers back, write the status.
+//!
+//! An invalid spec only sets `ConfigValid=False`: nothing running is touched. A reconcile of
+//! an unchanged cluster writes nothing: an object is applied only when the live one does not
+//! already hold every field the operator wants, and the status only when it changed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::builders::Environment;
+use crate::builders::config::paths;
+use crate::builders::meta::{Component, FIELD_MANAGER, Names, ports, selector_string};
+use crate::crd::{MqttCluster, MqttClusterStatus, NodeStatus};
+use crate::inputs::{self, Inputs};
+use crate::status::{self, Observed};
+use crate::validate::{FieldError, describe, validate};
+
+/// Errors of one reconcile; the loop retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be encoded or decoded.
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A built object lacks what applying it needs (a builder bug).
+    #[error("malformed object: {0}")]
+    Malformed(String),
+}
+
+/// Asks one broker for its `/admin/status` (host, admin token); `None` when it does not answer.
+pub type NodeProbe = Arc<dyn Fn(String, String) -> BoxFuture<'static, Option<Value>> + Send + Sync>;
+
+/// Counters the operator exports at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Reconciles started.
+    pub reconciles: AtomicU64,
+    /// Reconciles that failed.
+    pub errors: AtomicU64,
+    /// Total reconcile time, microseconds.
+    pub duration_micros: AtomicU64,
+    /// Objects created, changed or deleted.
+    pub writes: AtomicU64,
+    /// This replica holds the leader lease (or runs without election).
+    pub leader: AtomicBool,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# HELP rookery_operator_reconciles_total Reconciles started.\n\
+             # TYPE rookery_operator_reconciles_total counter\n\
+             rookery_operator_reconciles_total {}\n\
+             # HELP rookery_operator_reconcile_errors_total Reconciles that failed.\n\
+             # TYPE rookery_operator_reconcile_errors_total counter\n\
+             rookery_operator_reconcile_errors_total {}\n\
+             # HELP rookery_operator_reconcile_seconds_total Time spent reconciling.\n\
+             # TYPE rookery_operator_reconcile_seconds_total counter\n\
+             rookery_operator_reconcile_seconds_total {:.6}\n\
+             # HELP rookery_operator_writes_total Objects created, changed or deleted.\n\
+             # TYPE rookery_operator_writes_total counter\n\
+             rookery_operator_writes_total {}\n\
+             # HELP rookery_operator_leader Whether this replica is the leader.\n\
+             # TYPE rookery_operator_leader gauge\n\
+             rookery_operator_leader {}\n",
+            get(&self.reconciles),
+            get(&self.errors),
+            get(&self.duration_micros) as f64 / 1e6,
+            get(&self.writes),
+            u8::from(self.leader.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Images and DNS domain (the optional CRDs are looked up on each reconcile).
+    pub env: Environment,
+    /// Reads a broker's status.
+    pub probe: NodeProbe,
+    /// The operator's counters.
+    pub metrics: Arc<Metrics>,
+    /// Who publishes events.
+    pub reporter: Reporter,
+    /// Consecutive failures per cluster, for the backoff.
+    pub failures: parking_lot::Mutex<HashMap<String, u32>>,
+}
+
+/// Is every field of `want` in `live` with the same value (arrays element by element)?
+/// Fields the API server adds (defaults, status, managed fields) do not matter.
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
+        }
+        (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
+        _ => live == want,
+    }
+}
+
+fn resource_of(obj: &Value) -> Result<(ApiResource, String), Error> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if kind.is_empty() || name.is_empty() || api_version.is_empty() {
+        return Err(Error::Malformed(format!("{api_version}/{kind}/{name}")));
+    }
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Ok((ApiResource::from_gvk(&gvk), name.to_owned()))
+}
+
+/// Applies `obj` unless the live object already holds it. `Ok(true)` when it wrote.
+async fn apply(client: &Client, ns: &str, obj: &Value) -> Result<bool, Error> {
+    let (ar, name) = resource_of(obj)?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    if let Some(live) = api.get_opt(&name).await?
+        && contains(&serde_json::to_value(&live)?, obj)
+    {
+        return Ok(false);
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The kinds the operator may have made, to prune what it no longer wants.
+fn prunable(env: &Environment) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut kinds = vec![
+        ("", "v1", "ConfigMap"),
+        ("", "v1", "Secret"),
+        ("", "v1", "Service"),
+        ("apps", "v1", "Deployment"),
+        ("apps", "v1", "StatefulSet"),
+        ("policy", "v1", "PodDisruptionBudget"),
+        ("networking.k8s.io", "v1", "NetworkPolicy"),
+    ];
+    if env.service_monitor_crd {
+        kinds.push(("monitoring.coreos.com", "v1", "ServiceMonitor"));
+    }
+    if env.cert_manager_crd {
+        kinds.push(("cert-manager.io", "v1", "Certificate"));
+    }
+    kinds
+}
+
+/// Deletes objects of this cluster that the operator made and no longer wants. Returns how
+/// many it deleted.
+async fn prune(
+    client: &Client,
+    ns: &str,
+    names: &Names,
+    env: &Environment,
+    wanted: &[Value],
+) -> Result<u64, Error> {
+    let keep: BTreeSet<(String, String)> = wanted
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_owned(),
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by=rookery-operator",
+        names.cluster
+    );
+    let mut deleted = 0;
+    for (group, version, kind) in prunable(env) {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        for o in api.list(&ListParams::default().labels(&selector)).await? {
+            let name = o.name_any();
+            if !keep.contains(&(kind.to_owned(), name.clone())) {
+                info!(kind, name, "deleting an object the cluster no longer needs");
+                api.delete(&name, &DeleteParams::background()).await?;
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Which optional CRDs are installed.
+async fn detect_crds(client: &Client, env: &Environment) -> Result<Environment, Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut env = env.clone();
+    env.cert_manager_crd = api.get_opt("certificates.cert-manager.io").await?.is_some();
+    env.service_monitor_crd = api
+        .get_opt("servicemonitors.monitoring.coreos.com")
+        .await?
+        .is_some();
+    env.cnpg_crd = api.get_opt("clusters.postgresql.cnpg.io").await?.is_some();
+    Ok(env)
+}
+
+/// The Secrets the cluster refers to and those the operator made before.
+async fn read_inputs(
+    client: &Client,
+    ns: &str,
+    c: &MqttCluster,
+    names: &Names,
+) -> Result<Inputs, Error> {
+    let spec = &c.spec;
+    let mut wanted: BTreeSet<String> = [
+        names.admin_secret(),
+        names.cluster_tls_secret(),
+        names.server_tls_secret(),
+        names.auth_secret(),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(r) = &spec.auth.password_secret_ref {
+        wanted.insert(r.name.clone());
+    }
+    wanted.extend(
+        spec.auth
+            .users
+            .iter()
+            .map(|u| u.password_secret_ref.name.clone()),
+    );
+    if let Some(tls) = &spec.tls {
+        wanted.extend(tls.secret_name.iter().cloned());
+        wanted.extend(tls.client_ca_secret_name.iter().cloned());
+    }
+    let p = &spec.persistence;
+    if let Some(e) = p.redis.as_ref().and_then(|r| r.external.as_ref()) {
+        wanted.insert(e.url_secret_ref.name.clone());
+    }
+    if let Some(e) = p.postgres.as_ref().and_then(|r| r.external.as_ref()) {
+        wanted.insert(e.url_secret_ref.name.clone());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut found = Vec::new();
+    for name in wanted {
+        if let Some(s) = api.get_opt(&name).await? {
+            found.push(s);
+        }
+    }
+    Ok(Inputs::from_secrets(found))
+}
+
+/// Where clients connect: the load balancer's addresses with each listener's port.
+fn endpoints(c: &MqttCluster, svc: Option<&Service>) -> Vec<String> {
+    let hosts: Vec<String> = svc
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.hostname.clone().or_else(|| i.ip.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for host in &hosts {
+        for (kind, port) in crate::builders::load_balancer::listeners(c) {
+            out.push(format!("{}://{host}:{port}", kind.name()));
+        }
+    }
+    out
+}
+
+async fn write_status(
+    api: &Api<MqttCluster>,
+    c: &MqttCluster,
+    status: MqttClusterStatus,
+) -> Result<bool, Error> {
+    if c.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    api.patch_status(
+        &c.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn event(ctx: &Context, c: &MqttCluster, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &c.object_ref(&())).await {
+        warn!(error = %e, "could not publish an event");
+    }
+}
+
+fn invalid_message(errors: &[FieldError]) -> String {
+    describe(errors)
+}
+
+/// One reconcile of one cluster.
+pub async fn reconcile(c: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let result = reconcile_inner(&c, &ctx).await;
+    ctx.metrics
+        .duration_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if result.is_ok() {
+        ctx.failures.lock().remove(&key(&c));
+    }
+    result
+}
+
+fn key(c: &MqttCluster) -> String {
+    format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any())
+}
+
+async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_else(|| "default".into());
+    let client = &ctx.client;
+    let clusters: Api<MqttCluster> = Api::namespaced(client.clone(), &ns);
+    let now = Timestamp::now();
+
+    if let Err(errors) = validate(c) {
+        let message = invalid_message(&errors);
+        if write_status(&clusters, c, status::invalid(c, message.clone(), now)).await? {
+            warn!(cluster = %key(c), %message, "invalid spec: nothing is changed");
+            event(ctx, c, EventType::Warning, "InvalidSpec", message).await;
+        }
+        return Ok(Action::await_change());
+    }
+    let env = detect_crds(client, &ctx.env).await?;
+    let names = Names::of(c, &env.domain);
+    let inputs = read_inputs(client, &ns, c, &names).await?;
+    let material = match inputs::material(c, &names, &inputs) {
+        Ok(m) => m,
+        Err(errors) => {
+            // A Secret it refers to is missing: the same as an invalid spec, and looked at
+            // again soon (Secrets of the user are not watched).
+            let message = invalid_message(&errors);
+            if write_status(&clusters, c, status::invalid(c, message.clone(), now)).await? {
+                event(ctx, c, EventType::Warning, "MissingSecret", message).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    };
+
+    // Scale-down: the leaving brokers drain on SIGTERM and hand their sessions to the
+    // others, so every broker must be ready first; otherwise the scale-down waits.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let live = statefulsets.get_opt(&names.statefulset()).await?;
+    let live_replicas = live
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas);
+    let live_ready = live
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let mut build = c.clone();
+    let mut held = None;
+    if let Some(n) = live_replicas
+        && n > c.spec.replicas
+        && live_ready < n
+    {
+        held = Some(format!(
+            "{live_ready} of {n} brokers are ready; the leaving brokers hand their sessions to the others, which must all be ready first"
+        ));
+        build.spec.replicas = n;
+    }
+    let rendered = crate::render::render(&build, &env, &material, 0).map_err(|e| {
+        Error::Malformed(format!("a validated spec did not render: {}", describe(&e)))
+    })?;
+    let mut writes = 0u64;
+    for obj in &rendered.objects {
+        if apply(client, &ns, obj).await? {
+            writes += 1;
+        }
+    }
+    writes += prune(client, &ns, &names, &env, &rendered.objects).await?;
+    ctx.metrics.writes.fetch_add(writes, Ordering::Relaxed);
+    if writes > 0 {
+        info!(cluster = %key(c), writes, "objects applied");
+        event(
+            ctx,
+            c,
+            EventType::Normal,
+            "Applied",
+            format!("{writes} objects created, changed or deleted"),
+        )
+        .await;
+    }
+    if let Some(why) = &held {
+        event(ctx, c, EventType::Warning, "ScaleDownHeld", why.clone()).await;
+    }
+
+    // Read back.
+    let sts = statefulsets.get_opt(&names.statefulset()).await?;
+    let sts_status = sts
+        .as_ref()
+        .and_then(|s| s.status.clone())
+        .unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let svc = services.get_opt(&names.client_service()).await?;
+    let mut nodes = Vec::new();
+    for i in 0..sts_status.replicas {
+        let name = names.pod(i);
+        let host = format!("{}:{}", names.pod_host(i), ports::HTTP);
+        let report = (ctx.probe)(host, material.admin_token.clone()).await;
+        let n = |k: &str| report.as_ref().and_then(|r| r[k].as_i64());
+        nodes.push(NodeStatus {
+            name,
+            ready: report.as_ref().is_some_and(|r| r["ready"] == true),
+            connections: n("connections"),
+            sessions: match (n("sessions_online"), n("sessions_offline")) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            },
+            queued_messages: n("queued_messages"),
+            draining: report.as_ref().is_some_and(|r| r["draining"] == true),
+        });
+    }
+    let mut notes = rendered.notes.clone();
+    if let Some(why) = &held {
+        notes.push(format!("scale-down held: {why}"));
+    }
+    let certificate_expiry = material
+        .server_tls
+        .as_ref()
+        .map(|m| m.cert_pem.clone())
+        .or_else(|| {
+            let secret = c.spec.tls.as_ref()?.secret_name.clone()?;
+            inputs
+                .secrets
+                .get(&secret)?
+                .get("tls.crt")
+                .and_then(|b| String::from_utf8(b.clone()).ok())
+        })
+        .and_then(|pem| crate::pki::not_after(&pem))
+        .map(|t| t.to_string());
+    let observed = Observed {
+        replicas: sts_status.replicas,
+        ready_replicas: sts_status.ready_replicas.unwrap_or(0),
+        updated_replicas: sts_status.updated_replicas.unwrap_or(0),
+        nodes,
+        endpoints: endpoints(c, svc.as_ref()),
+        certificate_expiry,
+        notes,
+        scale_down_held: held,
+        selector: selector_string(&names, Component::Broker),
+    };
+    write_status(&clusters, c, status::status(c, &observed, now)).await?;
+    // Node figures and readiness change without any watched object changing.
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Backoff with jitter per cluster: 5 s doubling to 5 min, each wait between half and all of
+/// it.
+pub fn error_policy(c: Arc<MqttCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    let n = {
+        let mut failures = ctx.failures.lock();
+        let n = failures.entry(key(&c)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let base = (5u64 << n.min(6).saturating_sub(1)).min(300);
+    let jitter = rand::random::<f64>() * 0.5 + 0.5;
+    let wait = Duration::from_secs_f64(base as f64 * jitter);
+    warn!(cluster = %key(&c), %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The real [`NodeProbe`]: `GET /admin/status` with the admin token, two seconds at most.
+pub fn http_probe() -> NodeProbe {
+    Arc::new(|host: String, token: String| {
+        Box::pin(async move {
+            let work = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(&host).await.ok()?;
+                let req = format!(
+                    "GET /admin/status HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.ok()?;
+                let text = String::from_utf8(buf).ok()?;
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                if !head.starts_with("HTTP/1.1 200") {
+                    return None;
+                }
+                serde_json::from_str(body).ok()
+            };
+            tokio::time::timeout(Duration::from_secs(2), work)
+                .await
+                .ok()
+                .flatten()
+        }) as BoxFuture<'static, Option<Value>>
+    })
+}
+
+/// Where the brokers' admin token lives in their pods (for the docs and tests).
+pub const ADMIN_TOKEN_FILE: &str = paths::ADMIN_TOKEN_FILE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn contains_ignores_what_the_server_adds_but_not_what_we_changed() {
+        let want = json!({"a": 1, "b": {"c": [1, {"d": "x"}]}});
+        let live = json!({"a": 1.0, "b": {"c": [1, {"d": "x", "e": 2}], "f": true}, "status": {}});
+        assert!(contains(&live, &want));
+        assert!(!contains(
+            &json!({"a": 2, "b": {"c": [1, {"d": "x"}]}}),
+            &want
+        ));
+        assert!(!contains(&json!({"a": 1, "b": {"c": [1]}}), &want));
+        assert!(!contains(&json!({"a": 1}), &want));
+    }
+
+    #[test]
+    fn resources_come_from_api_version_and_kind() {
+        let (ar, name) = resource_of(
+            &json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (ar.group.as_str(), ar.plural.as_str(), name.as_str()),
+            ("apps", "statefulsets", "x")
+        );
+        let (ar, _) =
+            resource_of(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}))
+                .unwrap();
+        assert_eq!(
+            (ar.group.as_str(), ar.version.as_str(), ar.plural.as_str()),
+            ("", "v1", "secrets")
+        );
+        let (ar, _) = resource_of(&json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x"}})).unwrap();
+        assert_eq!(ar.plural, "poddisruptionbudgets");
+        assert!(resource_of(&json!({"kind": "Secret"})).is_err());
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let m = Metrics::default();
+        m.reconciles.fetch_add(3, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("rookery_operator_reconciles_total 3\n"));
+        assert!(text.contains("rookery_operator_leader 0\n"));
+    }
+}
