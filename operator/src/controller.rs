@@ -172,6 +172,9 @@ fn prunable(env: &Environment) -> Vec<(&'static str, &'static str, &'static str)
     if env.cert_manager_crd {
         kinds.push(("cert-manager.io", "v1", "Certificate"));
     }
+    if env.cnpg_crd {
+        kinds.push(("postgresql.cnpg.io", "v1", "Cluster"));
+    }
     kinds
 }
 
@@ -242,6 +245,8 @@ async fn read_inputs(
         names.cluster_tls_secret(),
         names.server_tls_secret(),
         names.auth_secret(),
+        names.redis(),
+        names.postgres(),
     ]
     .into_iter()
     .collect();

@@ -192,12 +192,36 @@ pub fn material(
             errors.push(e);
         }
     }
+    // Kept from the Secret written before when it still looks like one of ours (the URLs
+    // are not percent-encoded), else new.
+    let kept = |secret: String, key: &str| {
+        inputs
+            .text(&secret, key)
+            .filter(|p| {
+                p.len() >= 16
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .unwrap_or_else(pki::token)
+    };
+    let redis_password = persistence
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.managed.is_some())
+        .then(|| kept(names.redis(), crate::builders::redis::PASSWORD_KEY));
+    let postgres_password = persistence
+        .postgres
+        .as_ref()
+        .is_some_and(|p| p.managed.is_some())
+        .then(|| kept(names.postgres(), crate::builders::postgres::PASSWORD_KEY));
     match cluster_tls {
         Some(cluster_tls) if errors.is_empty() => Ok(Material {
             admin_token,
             cluster_tls,
             server_tls,
             password_file: password,
+            redis_password,
+            postgres_password,
         }),
         _ => Err(errors),
     }

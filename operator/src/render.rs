@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::builders::meta::Names;
 use crate::builders::secrets::Material;
 use crate::builders::{
-    Environment, certificate, config, load_balancer, network_policy, pdb, secrets, service_monitor,
-    services, statefulset,
+    Environment, certificate, config, load_balancer, network_policy, pdb, postgres, redis, secrets,
+    service_monitor, services, statefulset,
 };
 use crate::crd::MqttCluster;
 use crate::validate::{FieldError, validate};
@@ -61,6 +61,28 @@ pub fn render(
             );
         }
     }
+    let managed_redis = material
+        .redis_password
+        .as_deref()
+        .and_then(|pw| redis::managed_redis(c, &names, env, pw));
+    let managed_pg = material
+        .postgres_password
+        .as_deref()
+        .and_then(|pw| postgres::managed_postgres(c, &names, env, pw));
+    if let Some(r) = &managed_redis {
+        objects.push(typed(&r.secret));
+        if let Some(cm) = &r.config_map {
+            objects.push(typed(cm));
+        }
+    }
+    if let Some(p) = &managed_pg {
+        for s in &p.secrets {
+            objects.push(typed(s));
+        }
+    }
+    if let Some(n) = postgres::note(c, env) {
+        notes.push(n);
+    }
     let lb_config = load_balancer::config_map(c, &names);
     let lb_text = lb_config
         .data
@@ -73,6 +95,26 @@ pub fn render(
     objects.push(typed(&services::headless(c, &names)));
     objects.push(typed(&services::brokers(c, &names)));
     objects.push(typed(&load_balancer::service(c, &names)));
+    if let Some(r) = &managed_redis {
+        for s in &r.services {
+            objects.push(typed(s));
+        }
+    }
+    if let Some(s) = managed_pg.as_ref().and_then(|p| p.service.as_ref()) {
+        objects.push(typed(s));
+    }
+    // The stores before the brokers, which need them answering at start.
+    if let Some(r) = &managed_redis {
+        objects.push(typed(&r.statefulset));
+    }
+    if let Some(p) = &managed_pg {
+        if let Some(s) = &p.statefulset {
+            objects.push(typed(s));
+        }
+        if let Some(cluster) = &p.cnpg_cluster {
+            objects.push(cluster.clone());
+        }
+    }
     objects.push(typed(&statefulset::statefulset(
         c,
         &names,
@@ -127,6 +169,8 @@ mod tests {
             cluster_tls: t,
             server_tls: None,
             password_file: None,
+            redis_password: None,
+            postgres_password: None,
         }
     }
 

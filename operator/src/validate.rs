@@ -250,30 +250,6 @@ pub fn validate(c: &MqttCluster) -> Result<(), Vec<FieldError>> {
             );
         }
     }
-    // Managed stores are the next builders to come; until then a spec asking for one is
-    // refused rather than given brokers that wait for a Secret nothing makes.
-    if spec
-        .persistence
-        .redis
-        .as_ref()
-        .is_some_and(|r| r.managed.is_some())
-    {
-        err(
-            "spec.persistence.redis.managed",
-            "this operator version does not run Redis yet: use external".into(),
-        );
-    }
-    if spec
-        .persistence
-        .postgres
-        .as_ref()
-        .is_some_and(|p| p.managed.is_some())
-    {
-        err(
-            "spec.persistence.postgres.managed",
-            "this operator version does not run PostgreSQL yet: use external".into(),
-        );
-    }
     if spec.coap.enabled {
         err(
             "spec.coap.enabled",
@@ -398,10 +374,7 @@ mod tests {
         assert_eq!(fields(serde_json::json!({"acl": {}})), ["spec.acl"]);
         assert_eq!(
             fields(serde_json::json!({"persistence": {"redis": {"managed": {"replicas": 2}}}})),
-            [
-                "spec.persistence.redis.managed.replicas",
-                "spec.persistence.redis.managed"
-            ]
+            ["spec.persistence.redis.managed.replicas"]
         );
         assert_eq!(
             fields(serde_json::json!({"storage": {"size": "lots"}})),

@@ -11,6 +11,8 @@ pub mod load_balancer;
 pub mod meta;
 pub mod network_policy;
 pub mod pdb;
+pub mod postgres;
+pub mod redis;
 pub mod secrets;
 pub mod service_monitor;
 pub mod services;

@@ -24,6 +24,10 @@ pub struct Material {
     pub server_tls: Option<TlsMaterial>,
     /// The brokers' password file (from `auth.passwordSecretRef` and `auth.users`).
     pub password_file: Option<String>,
+    /// The password of managed Redis (`persistence.redis.managed`).
+    pub redis_password: Option<String>,
+    /// The password of managed PostgreSQL (`persistence.postgres.managed`).
+    pub postgres_password: Option<String>,
 }
 
 fn secret(
@@ -123,6 +127,8 @@ mod tests {
             cluster_tls: t.clone(),
             server_tls: server.then_some(t),
             password_file: None,
+            redis_password: None,
+            postgres_password: None,
         }
     }
 
