@@ -96,6 +96,9 @@ pub struct Broker {
     pub drain: CancellationToken,
     /// Cancelled when a drain has disconnected every client: the process may exit.
     pub drained: CancellationToken,
+    /// The drain was asked with `stay`: once drained, the process waits for SIGTERM instead of
+    /// exiting (the operator removes the pod itself, after checking the hand-off).
+    pub stay_after_drain: std::sync::atomic::AtomicBool,
     /// Background tasks (connections, timers) to wait for at shutdown.
     pub tasks: TaskTracker,
     /// Rate limits and the memory mark in force (swapped with [`Broker::set_limits`]).
@@ -140,6 +143,7 @@ impl Broker {
             persist,
             drain: shutdown.child_token(),
             drained: CancellationToken::new(),
+            stay_after_drain: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             tasks: TaskTracker::new(),
             publish_limits: AtomicBool::new(limits.load().limits_publishers()),

@@ -127,6 +127,10 @@ async fn wait_for_signal(server: &Server) -> Stop {
         signal(SignalKind::hangup()),
     ) {
         (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
+            let stay = server
+                .broker
+                .stay_after_drain
+                .load(std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = term.recv() => {
                     info!("SIGTERM received: draining, then stopping");
@@ -136,7 +140,12 @@ async fn wait_for_signal(server: &Server) -> Stop {
                     info!("SIGINT received");
                     return Stop::Now;
                 }
-                _ = drained.cancelled() => return Stop::Now,
+                _ = drained.cancelled(), if !stay || !drained.is_cancelled() => {
+                    if !server.broker.stay_after_drain.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Stop::Now;
+                    }
+                    info!("drained: staying up, without clients, until SIGTERM");
+                }
                 _ = hup.recv() => {
                     info!("SIGHUP received: reloading the configuration, certificate, password and ACL files");
                     server.reload().await;

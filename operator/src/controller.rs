@@ -50,6 +50,10 @@ pub enum Error {
 /// Asks one broker for its `/admin/status` (host, admin token); `None` when it does not answer.
 pub type NodeProbe = Arc<dyn Fn(String, String) -> BoxFuture<'static, Option<Value>> + Send + Sync>;
 
+/// Asks one broker to drain and stay up drained (`POST /admin/drain?stay=true`); whether it
+/// accepted.
+pub type NodeDrain = Arc<dyn Fn(String, String) -> BoxFuture<'static, bool> + Send + Sync>;
+
 /// Counters the operator exports at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -102,6 +106,8 @@ pub struct Context {
     pub env: Environment,
     /// Reads a broker's status.
     pub probe: NodeProbe,
+    /// Starts a broker's drain.
+    pub drain: NodeDrain,
     /// The operator's counters.
     pub metrics: Arc<Metrics>,
     /// Who publishes events.
@@ -384,29 +390,32 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         }
     };
 
-    // Scale-down: the leaving brokers drain on SIGTERM and hand their sessions to the
-    // others, so every broker must be ready first; otherwise the scale-down waits.
+    // Scale-down: the leaving brokers (the highest ordinals) are drained through their admin
+    // API and removed only once they hold no session and no message.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let live = statefulsets.get_opt(&names.statefulset()).await?;
     let live_replicas = live
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas);
-    let live_ready = live
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
     let mut build = c.clone();
     let mut held = None;
+    let mut refused = false;
     if let Some(n) = live_replicas
         && n > c.spec.replicas
-        && live_ready < n
     {
-        held = Some(format!(
-            "{live_ready} of {n} brokers are ready; the leaving brokers hand their sessions to the others, which must all be ready first"
-        ));
-        build.spec.replicas = n;
+        match scale_down_step(ctx, &names, c.spec.replicas, n, &material.admin_token).await {
+            Step::Done => {}
+            Step::Waiting(why) => {
+                held = Some(why);
+                build.spec.replicas = n;
+            }
+            Step::Refused(why) => {
+                held = Some(why);
+                refused = true;
+                build.spec.replicas = n;
+            }
+        }
     }
     let rendered = crate::render::render(&build, &env, &material, 0).map_err(|e| {
         Error::Malformed(format!("a validated spec did not render: {}", describe(&e)))
@@ -430,7 +439,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         )
         .await;
     }
-    if let Some(why) = &held {
+    if let Some(why) = held.as_ref().filter(|_| refused) {
         event(ctx, c, EventType::Warning, "ScaleDownHeld", why.clone()).await;
     }
 
@@ -486,12 +495,83 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         endpoints: endpoints(c, svc.as_ref()),
         certificate_expiry,
         notes,
-        scale_down_held: held,
+        scale_down_held: held.clone(),
+        scale_down_refused: refused,
         selector: selector_string(&names, Component::Broker),
     };
     write_status(&clusters, c, status::status(c, &observed, now)).await?;
-    // Node figures and readiness change without any watched object changing.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // Node figures and readiness change without any watched object changing; a scale-down
+    // under way is looked at again soon.
+    Ok(Action::requeue(Duration::from_secs(if held.is_some() {
+        5
+    } else {
+        30
+    })))
+}
+
+/// Where a scale-down stands.
+enum Step {
+    /// Every leaving broker is drained and empty: the StatefulSet may shrink.
+    Done,
+    /// Leaving brokers are draining or handing off.
+    Waiting(String),
+    /// It cannot go on: a broker that must take the sessions is not ready, or a leaving one
+    /// cannot be reached.
+    Refused(String),
+}
+
+/// One step of a scale-down from `from` brokers to `to`.
+async fn scale_down_step(ctx: &Context, names: &Names, to: i32, from: i32, token: &str) -> Step {
+    let host = |i: i32| format!("{}:{}", names.pod_host(i), ports::HTTP);
+    for i in 0..to {
+        let ready = (ctx.probe)(host(i), token.to_owned())
+            .await
+            .is_some_and(|s| s["ready"] == true);
+        if !ready {
+            return Step::Refused(format!(
+                "{} is not ready, and the brokers that stay must take the leaving brokers' sessions",
+                names.pod(i)
+            ));
+        }
+    }
+    let mut waiting = Vec::new();
+    for i in to..from {
+        let pod = names.pod(i);
+        match (ctx.probe)(host(i), token.to_owned()).await {
+            None => {
+                return Step::Refused(format!(
+                    "{pod} does not answer on its admin port: its sessions cannot be handed off"
+                ));
+            }
+            Some(s) if s["draining"] != true => {
+                if !(ctx.drain)(host(i), token.to_owned()).await {
+                    return Step::Refused(format!("{pod} refused the drain"));
+                }
+                info!(pod, "scale-down: draining");
+                waiting.push(format!("{pod} draining"));
+            }
+            Some(s) => {
+                let n = |k: &str| s[k].as_i64().unwrap_or(0);
+                let left = n("connections")
+                    + n("sessions_online")
+                    + n("sessions_offline")
+                    + n("queued_messages");
+                if left > 0 {
+                    waiting.push(format!(
+                        "{pod} hands off {} connections, {} sessions, {} queued messages",
+                        n("connections"),
+                        n("sessions_online") + n("sessions_offline"),
+                        n("queued_messages")
+                    ));
+                }
+            }
+        }
+    }
+    if waiting.is_empty() {
+        Step::Done
+    } else {
+        Step::Waiting(waiting.join("; "))
+    }
 }
 
 /// Backoff with jitter per cluster: 5 s doubling to 5 min, each wait between half and all of
@@ -511,31 +591,50 @@ pub fn error_policy(c: Arc<MqttCluster>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(wait)
 }
 
-/// The real [`NodeProbe`]: `GET /admin/status` with the admin token, two seconds at most.
+/// One request to a broker's admin port with the token: the status code and body, within
+/// two seconds.
+async fn admin_request(host: &str, method: &str, path: &str, token: &str) -> Option<(u16, String)> {
+    let work = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), work)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The real [`NodeProbe`]: `GET /admin/status`.
 pub fn http_probe() -> NodeProbe {
     Arc::new(|host: String, token: String| {
         Box::pin(async move {
-            let work = async {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::TcpStream::connect(&host).await.ok()?;
-                let req = format!(
-                    "GET /admin/status HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-                );
-                s.write_all(req.as_bytes()).await.ok()?;
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).await.ok()?;
-                let text = String::from_utf8(buf).ok()?;
-                let (head, body) = text.split_once("\r\n\r\n")?;
-                if !head.starts_with("HTTP/1.1 200") {
-                    return None;
-                }
-                serde_json::from_str(body).ok()
-            };
-            tokio::time::timeout(Duration::from_secs(2), work)
-                .await
-                .ok()
-                .flatten()
+            match admin_request(&host, "GET", "/admin/status", &token).await {
+                Some((200, body)) => serde_json::from_str(&body).ok(),
+                _ => None,
+            }
         }) as BoxFuture<'static, Option<Value>>
+    })
+}
+
+/// The real [`NodeDrain`]: `POST /admin/drain?stay=true`.
+pub fn http_drain() -> NodeDrain {
+    Arc::new(|host: String, token: String| {
+        Box::pin(async move {
+            matches!(
+                admin_request(&host, "POST", "/admin/drain?stay=true", &token).await,
+                Some((202, _))
+            )
+        }) as BoxFuture<'static, bool>
     })
 }
 

@@ -248,6 +248,7 @@ fn run(
             client: client.clone(),
             env,
             probe: controller::http_probe(),
+            drain: controller::http_drain(),
             metrics,
             reporter: kube::runtime::events::Reporter {
                 controller: "rookery-operator".into(),

@@ -27,8 +27,11 @@ pub struct Observed {
     pub certificate_expiry: Option<String>,
     /// Notes from rendering and reconciling (a missing optional CRD, a held scale-down).
     pub notes: Vec<String>,
-    /// A scale-down the reconciler refused, and why.
+    /// A scale-down that is not done yet, and why: draining (progress) or refused.
     pub scale_down_held: Option<String>,
+    /// The scale-down is refused (a broker that must take the sessions is not ready, or a
+    /// leaving one cannot be reached), not merely in progress.
+    pub scale_down_refused: bool,
     /// The label selector of the broker pods.
     pub selector: String,
 }
@@ -106,7 +109,7 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
     let progressing_since = since(prev, "Progressing", "True").unwrap_or(now);
     let stuck =
         progressing && now.as_second() - progressing_since.as_second() > DEGRADED_AFTER_SECS;
-    let degraded = stuck || o.scale_down_held.is_some();
+    let degraded = stuck || o.scale_down_refused;
 
     let ready_msg = format!("{}/{} brokers ready", o.ready_replicas, want);
     let progress_msg = match &o.scale_down_held {
@@ -117,7 +120,8 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
             o.updated_replicas, want, o.ready_replicas
         ),
     };
-    let degraded_msg = match (&o.scale_down_held, stuck) {
+    let refused = o.scale_down_held.as_ref().filter(|_| o.scale_down_refused);
+    let degraded_msg = match (refused, stuck) {
         (Some(why), _) => format!("scale-down held: {why}"),
         (None, true) => format!(
             "brokers not ready for more than {} minutes: {ready_msg}",
@@ -283,6 +287,7 @@ mod tests {
             ready_replicas: 3,
             updated_replicas: 3,
             scale_down_held: Some("iot-1 is not ready".into()),
+            scale_down_refused: true,
             ..Observed::default()
         };
         let s = status(&c, &o, t(0));
@@ -292,6 +297,23 @@ mod tests {
                 .message
                 .contains("iot-1 is not ready")
         );
+    }
+
+    #[test]
+    fn a_scale_down_under_way_is_progress_not_degradation() {
+        let c = cluster();
+        // Five brokers, three wanted, the leaving ones drain (so one is already unready).
+        let o = Observed {
+            replicas: 5,
+            ready_replicas: 4,
+            updated_replicas: 5,
+            scale_down_held: Some("iot-3 draining".into()),
+            ..Observed::default()
+        };
+        let s = status(&c, &o, t(0));
+        assert_eq!(s.phase.as_deref(), Some("Progressing"));
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        assert_eq!(cond(&s, "Degraded").status, "False");
     }
 
     #[test]

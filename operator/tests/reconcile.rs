@@ -207,16 +207,54 @@ impl Fake {
     }
 }
 
+/// The brokers as the operator's probes see them: host → (ready, draining, sessions left).
+#[derive(Clone, Default)]
+struct Brokers(Arc<Mutex<BTreeMap<String, BrokerState>>>);
+
+/// (ready, draining, connections and sessions left)
+type BrokerState = (bool, bool, i64);
+
+impl Brokers {
+    fn set(&self, pod: &str, ready: bool, draining: bool, left: i64) {
+        self.0.lock().insert(host(pod), (ready, draining, left));
+    }
+    fn get(&self, pod: &str) -> Option<(bool, bool, i64)> {
+        self.0.lock().get(&host(pod)).copied()
+    }
+}
+
+fn host(pod: &str) -> String {
+    format!("{pod}.iot-nodes.{NS}.svc.cluster.local:9100")
+}
+
 fn context(fake: &Fake) -> Arc<Context> {
+    context_with(fake, &Brokers::default())
+}
+
+/// A context whose probes answer from `brokers` (a broker not listed is ready with ten
+/// clients), and whose drain marks a broker draining.
+fn context_with(fake: &Fake, brokers: &Brokers) -> Arc<Context> {
+    let (b1, b2) = (brokers.clone(), brokers.clone());
     Arc::new(Context {
         client: fake.client(),
         env: Environment::default(),
-        probe: Arc::new(|host: String, _token: String| {
+        probe: Arc::new(move |host: String, _token: String| {
+            let state = b1.0.lock().get(&host).copied();
             Box::pin(async move {
-                Some(json!({"ready": true, "draining": false, "connections": 10,
-                            "sessions_online": 10, "sessions_offline": 2, "queued_messages": 4,
-                            "host": host}))
+                let (ready, draining, left) = state.unwrap_or((true, false, 10));
+                (!host.contains("unreachable")).then(|| {
+                    json!({"ready": ready, "draining": draining, "connections": left,
+                           "sessions_online": left, "sessions_offline": 2 * left.signum(),
+                           "queued_messages": 4 * left.signum(), "host": host})
+                })
             })
+        }),
+        drain: Arc::new(move |host: String, _token: String| {
+            let mut m = b2.0.lock();
+            let e = m.entry(host).or_insert((true, false, 10));
+            e.0 = false;
+            e.1 = true;
+            Box::pin(async move { true })
         }),
         metrics: Arc::new(Metrics::default()),
         reporter: kube::runtime::events::Reporter {
@@ -378,20 +416,24 @@ async fn an_update_applies_only_what_changed() {
 }
 
 #[tokio::test]
-async fn a_scale_down_waits_until_every_broker_is_ready() {
+async fn a_scale_down_drains_the_leaving_brokers_and_removes_them_once_empty() {
     let fake = Fake::default();
+    let brokers = Brokers::default();
     seed(&fake, json!({"replicas": 5}));
-    let ctx = context(&fake);
+    let ctx = context_with(&fake, &brokers);
     reconcile(&fake, &ctx).await;
-    set_sts_status(&fake, 5, 4);
+    set_sts_status(&fake, 5, 5);
     set_spec(&fake, json!({"replicas": 3}));
-    fake.take_writes();
+
+    // A broker that stays is not ready: refused, nothing drained, Degraded says why.
+    brokers.set("iot-1", false, false, 10);
     reconcile(&fake, &ctx).await;
     assert_eq!(
         fake.get(&sts_path()).unwrap()["spec"]["replicas"],
         5,
         "held"
     );
+    assert_eq!(brokers.get("iot-3"), None, "nothing drained");
     let c = cluster(&fake);
     assert_eq!(
         c.status.as_ref().unwrap().phase.as_deref(),
@@ -399,13 +441,42 @@ async fn a_scale_down_waits_until_every_broker_is_ready() {
     );
     let (status, message) = condition(&c, "Degraded");
     assert_eq!(status, "True");
-    assert!(message.contains("4 of 5 brokers are ready"), "{message}");
+    assert!(message.contains("iot-1 is not ready"), "{message}");
     assert!(
         fake.take_writes().iter().any(|w| w.contains("/events")),
         "an event says why"
     );
 
-    set_sts_status(&fake, 5, 5);
+    // It is ready again: the leaving brokers (3 and 4) are drained, the StatefulSet waits.
+    brokers.set("iot-1", true, false, 10);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(brokers.get("iot-3").map(|b| b.1), Some(true));
+    assert_eq!(brokers.get("iot-4").map(|b| b.1), Some(true));
+    assert!(brokers.get("iot-2").is_none(), "iot-2 stays");
+    assert_eq!(fake.get(&sts_path()).unwrap()["spec"]["replicas"], 5);
+    let c = cluster(&fake);
+    let (status, message) = condition(&c, "Progressing");
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("iot-3 draining; iot-4 draining"),
+        "{message}"
+    );
+    assert_eq!(condition(&c, "Degraded").0, "False", "draining is progress");
+    // Next look: they are draining, and say what they still hold.
+    reconcile(&fake, &ctx).await;
+    let c = cluster(&fake);
+    let (_, message) = condition(&c, "Progressing");
+    assert!(
+        message.contains("iot-3 hands off 10 connections, 12 sessions, 4 queued messages"),
+        "{message}"
+    );
+
+    // iot-3 is empty, iot-4 still hands off: still five.
+    brokers.set("iot-3", false, true, 0);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(fake.get(&sts_path()).unwrap()["spec"]["replicas"], 5);
+    // Both empty: the StatefulSet shrinks.
+    brokers.set("iot-4", false, true, 0);
     reconcile(&fake, &ctx).await;
     assert_eq!(
         fake.get(&sts_path()).unwrap()["spec"]["replicas"],

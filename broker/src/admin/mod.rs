@@ -119,7 +119,7 @@ async fn route(
             if let Err(refused) = authorize(&req, token) {
                 return *refused;
             }
-            api(req.method(), p, broker).await
+            api(req.method(), p, req.uri().query().unwrap_or(""), broker).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -178,7 +178,12 @@ fn authorize(
     }
 }
 
-async fn api(method: &Method, path: &str, broker: &Arc<Broker>) -> Response<Full<Bytes>> {
+async fn api(
+    method: &Method,
+    path: &str,
+    query: &str,
+    broker: &Arc<Broker>,
+) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match (method, path) {
         (&Method::GET, "/admin/bans") => {
@@ -225,6 +230,11 @@ async fn api(method: &Method, path: &str, broker: &Arc<Broker>) -> Response<Full
             json(StatusCode::OK, &body)
         }
         (&Method::POST, "/admin/drain") => {
+            // `?stay=true`: once drained, wait for SIGTERM rather than exit (a restarted
+            // process would take clients again before the operator removes the pod).
+            if query.split('&').any(|kv| kv == "stay=true") {
+                broker.stay_after_drain.store(true, Ordering::Relaxed);
+            }
             let started = crate::drain::start(broker);
             if started {
                 info!("drain asked through the admin API");
