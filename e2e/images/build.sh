@@ -3,13 +3,15 @@
 #
 # Usage: e2e/images/build.sh [options] [IMAGE...]
 #
-#   IMAGE is any of base redis postgres haproxy broker (default: all of them, in that order):
+#   IMAGE is any of base redis postgres haproxy broker operator (default: all of them but
+#   operator, in that order; operator too when ROOKERY_OPERATOR_BIN is set):
 #     rookery-base:bookworm   Debian bookworm minbase made with debootstrap, `docker import`ed
 #     rookery-redis:dev       e2e/images/redis/Dockerfile
 #     rookery-postgres:dev    e2e/images/postgres/Dockerfile (+ entrypoint.sh)
 #     rookery-haproxy:dev     e2e/images/haproxy/Dockerfile
 #     rookery-broker:dev      broker/Dockerfile: FROM scratch, the broker binary and the shared
 #                             libraries `ldd` lists for it
+#     rookery-operator:dev    operator/Dockerfile: the same for the operator binary
 #
 #   --rebuild     rebuild the images even when they are up to date (the cached debootstrap
 #                 root file systems under target/images/ are reused)
@@ -20,6 +22,7 @@
 #
 # Environment:
 #   ROOKERY_BROKER_BIN     the broker binary (default target/release/rookery-broker)
+#   ROOKERY_OPERATOR_BIN   the operator binary (default target/release/rookery-operator)
 #   ROOKERY_DEBIAN_MIRROR  the Debian mirror (default: the one apt uses for bookworm, read
 #                          from /etc/apt/sources.list and /etc/apt/sources.list.d/)
 #
@@ -55,12 +58,15 @@ while (($#)); do
         --refresh) rebuild=1 refresh=1 ;;
         --offline) offline=1 ;;
         -h | --help) usage; exit 0 ;;
-        base | redis | postgres | haproxy | broker) wanted+=("$1") ;;
+        base | redis | postgres | haproxy | broker | operator) wanted+=("$1") ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
 done
-((${#wanted[@]})) || wanted=(base "${SERVICES[@]}" broker)
+if ((${#wanted[@]} == 0)); then
+    wanted=(base "${SERVICES[@]}" broker)
+    [[ -z ${ROOKERY_OPERATOR_BIN:-} ]] || wanted+=(operator)
+fi
 
 want() { local w; for w in "${wanted[@]}"; do [[ $w == "$1" ]] && return 0; done; return 1; }
 
@@ -383,21 +389,22 @@ build_service() {
     log "built $tag in $((SECONDS - t0)) s"
 }
 
-# --- rookery-broker:dev ---------------------------------------------------------------------
-build_broker() {
-    local tag=rookery-broker:dev t0=$SECONDS bin ctx lib inputs
-    bin=${ROOKERY_BROKER_BIN:-$repo/target/release/rookery-broker}
-    [[ -x $bin ]] || die "no broker binary at $bin (cargo build --release -p rookery-broker, or set ROOKERY_BROKER_BIN)"
+# --- rookery-broker:dev, rookery-operator:dev ------------------------------------------------
+# build_binary NAME BIN: the image rookery-NAME:dev from NAME/Dockerfile, FROM scratch with the
+# binary rookery-NAME and the shared libraries it links.
+build_binary() {
+    local name=$1 bin=$2 tag="rookery-$1:dev" t0=$SECONDS ctx lib inputs
+    [[ -x $bin ]] || die "no $name binary at $bin (cargo build --release -p rookery-$name, or set ROOKERY_${name^^}_BIN)"
     new_scratch
     ctx=$SCRATCH
     mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc" "$ctx/data"
-    cp "$repo/broker/Dockerfile" "$ctx/Dockerfile"
-    install -m 0755 "$bin" "$ctx/rootfs/usr/local/bin/rookery-broker"
+    cp "$repo/$name/Dockerfile" "$ctx/Dockerfile"
+    install -m 0755 "$bin" "$ctx/rootfs/usr/local/bin/rookery-$name"
     # Exactly what ldd lists: "name => /path (addr)" and the loader's "/path (addr)".
     local ldd_out
-    ldd_out=$(ldd "$ctx/rootfs/usr/local/bin/rookery-broker" 2>&1) || true
+    ldd_out=$(ldd "$ctx/rootfs/usr/local/bin/rookery-$name" 2>&1) || true
     if grep -q 'not found' <<<"$ldd_out"; then
-        die "the broker needs libraries this host lacks: $ldd_out"
+        die "the $name needs libraries this host lacks: $ldd_out"
     fi
     while read -r lib; do
         mkdir -p "$ctx/rootfs$(dirname "$lib")"
@@ -429,7 +436,8 @@ if want base; then build_base; fi
 for s in "${SERVICES[@]}"; do
     if want "$s"; then build_service "$s"; fi
 done
-if want broker; then build_broker; fi
+if want broker; then build_binary broker "${ROOKERY_BROKER_BIN:-$repo/target/release/rookery-broker}"; fi
+if want operator; then build_binary operator "${ROOKERY_OPERATOR_BIN:-$repo/target/release/rookery-operator}"; fi
 remove_replaced
 log "done in $((SECONDS - start)) s"
 docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep '^rookery-' | sort >&2 || true
