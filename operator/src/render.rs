@@ -143,13 +143,61 @@ pub fn render(
 }
 
 /// The objects as one YAML stream (`---` between documents).
+///
+/// `serde_yaml` writes YAML 1.2, where `yes`, `no`, `on` and `off` are strings; the YAML 1.1
+/// readers of `kubectl` (and PyYAML) read them as booleans. Such values are quoted.
 pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&quote_yaml11_booleans(&serde_yaml::to_string(o)?));
     }
     Ok(out)
+}
+
+const YAML11_BOOLEANS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Quotes plain scalars that YAML 1.1 reads as booleans, outside block scalars.
+fn quote_yaml11_booleans(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // Indentation of the line that opened a block scalar (`key: |`), while inside it.
+    let mut block: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(opened) = block {
+            if line.trim().is_empty() || indent > opened {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        let trimmed = line.trim_end();
+        let value_at = if let Some(i) = trimmed.rfind(": ") {
+            Some(i + 2)
+        } else {
+            let rest = trimmed.trim_start();
+            rest.starts_with("- ").then(|| indent + rest.rfind("- ").unwrap_or(0) + 2)
+        };
+        match value_at.map(|i| (i, &trimmed[i..])) {
+            Some((i, value)) if YAML11_BOOLEANS.contains(&value) => {
+                out.push_str(&trimmed[..i]);
+                out.push('\'');
+                out.push_str(value);
+                out.push('\'');
+            }
+            Some((_, value)) if value.starts_with('|') || value.starts_with('>') => {
+                block = Some(indent);
+                out.push_str(line);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -211,6 +259,24 @@ mod tests {
         );
         assert!(r.notes.is_empty());
         assert!(to_yaml(&r.objects).unwrap().starts_with("---\n"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_quoted_outside_block_scalars() {
+        let objects = vec![serde_json::json!({
+            "args": ["--appendonly", "yes", "no"],
+            "flag": "on",
+            "keep": "yesterday",
+            "script": "a: yes\n- no\n",
+        })];
+        let text = to_yaml(&objects).unwrap();
+        assert!(text.contains("- 'yes'\n"), "{text}");
+        assert!(text.contains("- 'no'\n"), "{text}");
+        assert!(text.contains("flag: 'on'\n"), "{text}");
+        assert!(text.contains("keep: yesterday\n"), "{text}");
+        assert!(text.contains("  a: yes\n  - no\n"), "block scalars are left alone: {text}");
+        let back: serde_json::Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+        assert_eq!(back, objects[0]);
     }
 
     #[test]

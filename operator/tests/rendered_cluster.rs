@@ -352,6 +352,39 @@ impl Client {
         }
     }
 
+    /// Over plain TCP, with a persistent session: the client, and whether the broker had the
+    /// session (`None`: refused).
+    async fn plain(
+        lb: SocketAddr,
+        id: &str,
+        user: (&str, &str),
+        clean: bool,
+    ) -> Option<(Client, bool)> {
+        let tcp = tokio::net::TcpStream::connect(lb).await.ok()?;
+        let mut c = Client {
+            s: Box::new(tcp),
+            buf: BytesMut::new(),
+        };
+        c.send(Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: clean,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: Some(user.0.into()),
+            password: Some(bytes::Bytes::copy_from_slice(user.1.as_bytes())),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(3600),
+                ..ConnectProperties::default()
+            },
+        })))
+        .await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) if a.code == 0 => Some((c, a.session_present)),
+            _ => None,
+        }
+    }
+
     async fn send(&mut self, p: Packet) {
         let mut out = BytesMut::new();
         encode(&p, Protocol::V5, &mut out);
@@ -408,6 +441,13 @@ impl Client {
     }
 
     async fn expect_message(&mut self) -> (String, Vec<u8>) {
+        self.message()
+            .await
+            .unwrap_or_else(|| panic!("expected a message, got none"))
+    }
+
+    /// The next message (acknowledged), or `None` when something else or nothing came.
+    async fn message(&mut self) -> Option<(String, Vec<u8>)> {
         match self.recv().await {
             Some(Packet::Publish(p)) => {
                 if p.qos == QoS::AtLeastOnce {
@@ -417,9 +457,12 @@ impl Client {
                     }))
                     .await;
                 }
-                (p.topic.to_string(), p.payload.to_vec())
+                Some((p.topic.to_string(), p.payload.to_vec()))
             }
-            other => panic!("expected a message, got {other:?}"),
+            other => {
+                eprintln!("expected a message, got {other:?}");
+                None
+            }
         }
     }
 }
@@ -431,6 +474,195 @@ fn container_ip(name: &str) -> String {
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         name,
     ])
+}
+
+/// Runs one pod of a rendered workload the way the kubelet would: an infrastructure container
+/// holds the pod's host name, DNS `aliases` on the run's network and `extra` docker arguments
+/// (published ports), and the pod's containers share its network; emptyDirs and claims are host directories shared by the pod's containers;
+/// ConfigMaps and Secrets are mounted read-only from `dir` (see [`write_volumes`]); the
+/// environment is resolved (`fieldRef` to the pod name, `secretKeyRef` from the Secrets, and
+/// `$(VAR)` in commands and arguments); users, read-only roots and commands are the spec's.
+/// Returns the containers' names, the infrastructure container first.
+fn start_pod(
+    run: &mut Run,
+    dir: &Path,
+    secrets: &BTreeMap<String, BTreeMap<String, String>>,
+    prefix: &str,
+    pod_name: &str,
+    aliases: &[String],
+    extra: &[&str],
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+) -> Vec<String> {
+    let pod_dir = dir.join("pods").join(pod_name);
+    let psc = pod.security_context.clone().unwrap_or_default();
+    // The pod's network: an infrastructure container (Kubernetes' pause) holds the host name,
+    // the DNS names and the published ports; the pod's containers join it, so one can die
+    // while the pod, and its name, remain.
+    let infra = format!("{prefix}-{pod_name}");
+    let mut infra_args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        infra.clone(),
+        "--hostname".into(),
+        pod_name.to_owned(),
+        "--network".into(),
+        run.net.clone(),
+    ];
+    for a in aliases {
+        infra_args.extend(["--network-alias".into(), a.clone()]);
+    }
+    infra_args.extend(extra.iter().map(|a| (*a).to_owned()));
+    infra_args.extend([
+        "--entrypoint".into(),
+        "sleep".into(),
+        "rookery-redis:dev".into(),
+        "infinity".into(),
+    ]);
+    let refs: Vec<&str> = infra_args.iter().map(String::as_str).collect();
+    docker_ok(&refs);
+    run.containers.push(infra.clone());
+    let mut names = vec![infra.clone()];
+    for c in &pod.containers {
+        let name = format!("{prefix}-{pod_name}-{}", c.name);
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+        args.extend(["--network".into(), format!("container:{infra}")]);
+        let sc = c.security_context.clone().unwrap_or_default();
+        let uid = sc.run_as_user.or(psc.run_as_user);
+        let gid = sc.run_as_group.or(psc.run_as_group);
+        if let Some(uid) = uid {
+            args.extend(["--user".into(), format!("{uid}:{}", gid.unwrap_or(uid))]);
+        }
+        if sc.read_only_root_filesystem == Some(true) {
+            args.push("--read-only".into());
+        }
+        if let Some(g) = pod.termination_grace_period_seconds {
+            args.extend(["--stop-timeout".into(), g.to_string()]);
+        }
+        // The environment, resolved.
+        let mut env: Vec<(String, String)> = Vec::new();
+        for e in c.env.clone().unwrap_or_default() {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    if from.field_ref.is_some() {
+                        pod_name.to_owned()
+                    } else if let Some(r) = &from.secret_key_ref {
+                        secrets[&r.name][&r.key].clone()
+                    } else {
+                        panic!("unsupported env source {from:?}")
+                    }
+                }
+                _ => String::new(),
+            };
+            env.push((e.name.clone(), value));
+        }
+        let expand = |s: &str| {
+            let mut out = s.to_owned();
+            for (k, v) in &env {
+                out = out.replace(&format!("$({k})"), v);
+            }
+            out
+        };
+        for (k, v) in &env {
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        // Volumes.
+        let volumes: BTreeMap<String, _> = pod
+            .volumes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
+        for m in c.volume_mounts.clone().unwrap_or_default() {
+            let v = volumes.get(&m.name);
+            let source = match v {
+                Some(v) if v.config_map.is_some() || v.secret.is_some() => {
+                    let (base, items) = match (&v.config_map, &v.secret) {
+                        (Some(cm), _) => (dir.join("configmap").join(&cm.name), cm.items.clone()),
+                        (_, Some(s)) => (
+                            dir.join("secret").join(s.secret_name.as_deref().unwrap()),
+                            s.items.clone(),
+                        ),
+                        _ => unreachable!(),
+                    };
+                    match items {
+                        Some(items) => {
+                            let renamed = pod_dir.join("items").join(&m.name);
+                            std::fs::create_dir_all(&renamed).unwrap();
+                            for it in items {
+                                std::fs::copy(base.join(&it.key), renamed.join(&it.path)).unwrap();
+                            }
+                            renamed
+                        }
+                        None => base,
+                    }
+                }
+                // emptyDir or a claim: a directory of the pod, writable by its user.
+                _ => {
+                    let d = pod_dir.join("volumes").join(&m.name);
+                    std::fs::create_dir_all(&d).unwrap();
+                    let _ = Command::new("chmod")
+                        .args(["1777", d.to_str().unwrap()])
+                        .status();
+                    d
+                }
+            };
+            let ro = if m.read_only == Some(true)
+                || v.is_some_and(|v| v.config_map.is_some() || v.secret.is_some())
+            {
+                ":ro"
+            } else {
+                ""
+            };
+            args.extend([
+                "-v".into(),
+                format!("{}:{}{ro}", source.display(), m.mount_path),
+            ]);
+        }
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX", dir.to_str().unwrap()])
+            .status();
+        let command = c.command.clone().unwrap_or_default();
+        if let Some(first) = command.first() {
+            args.extend(["--entrypoint".into(), expand(first)]);
+        }
+        args.push(c.image.clone().unwrap());
+        args.extend(command.iter().skip(1).map(|a| expand(a)));
+        args.extend(c.args.clone().unwrap_or_default().iter().map(|a| expand(a)));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&refs);
+        run.containers.push(name.clone());
+        names.push(name);
+    }
+    names
+}
+
+/// Every Secret's keys as text: the rendered ones and the user's.
+fn secret_values(objects: &[Value], user: &[Secret]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    for o in objects.iter().filter(|o| o["kind"] == "Secret") {
+        let s: Secret = serde_json::from_value(o.clone()).unwrap();
+        let keys = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        all.insert(s.metadata.name.unwrap(), keys);
+    }
+    for s in user {
+        all.insert(
+            s.metadata.name.clone().unwrap(),
+            s.string_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        );
+    }
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,5 +999,244 @@ async fn the_rendered_production_example_runs_with_tls_acls_and_crosses_nodes() 
     let (none, code, _) = connect_at("intruder", Some(("dashboard", "wrong")), None).await;
     assert!(none.is_none());
     assert_eq!(code, 0x86, "bad user name or password");
+    drop(run);
+}
+
+/// Runs `sh -c` in a container: its output when it succeeded.
+fn exec(container: &str, script: &str) -> Option<String> {
+    let out = docker(&["exec", container, "sh", "-c", script]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What `managed-stores.yaml` renders without CloudNativePG: three Redis pods with Sentinel,
+/// a PostgreSQL StatefulSet, the brokers on them and HAProxy. A persistent session and a message
+/// queued for it survive the Redis primary's pod being killed: Sentinel fails over, the brokers
+/// follow it, and the client resumes through HAProxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_redis_with_sentinel_and_postgres_keep_a_session_through_a_failover() {
+    for image in [
+        "rookery-broker:dev",
+        "rookery-haproxy:dev",
+        "rookery-redis:dev",
+        "rookery-postgres:dev",
+    ] {
+        assert!(
+            docker(&["image", "inspect", image]).status.success(),
+            "image {image} is missing: run e2e/images/build.sh (scripts/test does)"
+        );
+    }
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/managed-stores.yaml");
+    let cluster: MqttCluster =
+        serde_yaml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let passwd = rookery_operator::passwords::password_file(
+        None,
+        &[("app".into(), b"app-password".to_vec())],
+        None,
+    )
+    .unwrap();
+    let user_secrets = vec![secret("mqtt-passwords", &[("passwd", &passwd)])];
+    let env = Environment {
+        broker_image: "rookery-broker:dev".into(),
+        haproxy_image: "rookery-haproxy:dev".into(),
+        redis_image: "rookery-redis:dev".into(),
+        postgres_image: "rookery-postgres:dev".into(),
+        ..Environment::default()
+    };
+    let names = Names::of(&cluster, &env.domain);
+    let material = inputs::material(
+        &cluster,
+        &names,
+        &Inputs::from_secrets(user_secrets.clone()),
+    )
+    .unwrap();
+    let rendered = render::render(&cluster, &env, &material, 0).unwrap();
+    let statefulset = |name: &str| -> StatefulSet {
+        let o = rendered
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "StatefulSet" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no StatefulSet {name}"));
+        serde_json::from_value(o.clone()).unwrap()
+    };
+    let pod_spec = |s: &StatefulSet| s.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_volumes(dir.path(), &rendered.objects, &user_secrets);
+    let secrets = secret_values(&rendered.objects, &user_secrets);
+
+    let prefix = format!("rs{}", std::process::id());
+    let net = format!("{prefix}-net");
+    docker_ok(&["network", "create", &net]);
+    let mut run = Run {
+        containers: Vec::new(),
+        net: net.clone(),
+    };
+    let ns = &names.namespace;
+
+    // Redis: three pods; the ClusterIP Service's name resolves to every pod, as its
+    // endpoints would.
+    let redis = statefulset(&names.redis());
+    let redis_pod = pod_spec(&redis);
+    let redis_nodes = format!("{}-nodes.{ns}.svc.{}", names.redis(), names.domain);
+    let mut redis_pods = Vec::new();
+    for i in 0..3 {
+        let pod = format!("{}-{i}", names.redis());
+        let aliases = [
+            format!("{pod}.{redis_nodes}"),
+            redis_nodes.clone(),
+            names.service_host(&names.redis()),
+        ];
+        redis_pods.push(start_pod(
+            &mut run,
+            dir.path(),
+            &secrets,
+            &prefix,
+            &pod,
+            &aliases,
+            &[],
+            &redis_pod,
+        ));
+    }
+    // PostgreSQL: one pod behind its Service.
+    let pg = statefulset(&names.postgres());
+    let pg_pod = format!("{}-0", names.postgres());
+    let pg_containers = start_pod(
+        &mut run,
+        dir.path(),
+        &secrets,
+        &prefix,
+        &pg_pod,
+        &[names.service_host(&names.postgres())],
+        &[],
+        &pod_spec(&pg),
+    );
+    run.until("PostgreSQL", Duration::from_secs(120), || {
+        exec(&pg_containers[1], "pg_isready -h 127.0.0.1 -q").is_some()
+    });
+    let sentinel = |i: usize| redis_pods[i][2].clone();
+    let master = |i: usize| {
+        exec(
+            &sentinel(i),
+            "redis-cli -p 26379 sentinel get-master-addr-by-name rookery | head -n 1",
+        )
+        .filter(|m| !m.is_empty())
+    };
+    run.until(
+        "every Sentinel to know the primary",
+        Duration::from_secs(120),
+        || (0..3).all(|i| master(i).is_some()),
+    );
+    let primary = master(0).unwrap();
+    assert_eq!(
+        primary,
+        format!("{}-0.{redis_nodes}", names.redis()),
+        "pod 0 starts as the primary"
+    );
+
+    // The brokers and HAProxy.
+    let brokers = statefulset(&names.statefulset());
+    let broker_pod = pod_spec(&brokers);
+    for i in 0..3 {
+        start_pod(
+            &mut run,
+            dir.path(),
+            &secrets,
+            &prefix,
+            &names.pod(i),
+            &[names.pod_host(i), names.headless_host()],
+            &[],
+            &broker_pod,
+        );
+    }
+    let lb: Deployment = serde_json::from_value(
+        rendered
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let lb_containers = start_pod(
+        &mut run,
+        dir.path(),
+        &secrets,
+        &prefix,
+        "mqtt-lb",
+        &[names.service_host(&names.client_service())],
+        &["-p", "127.0.0.1::1883", "-p", "127.0.0.1::8404"],
+        &lb.spec.unwrap().template.spec.unwrap(),
+    );
+    let port = |p: &str| -> SocketAddr {
+        docker_ok(&["port", &lb_containers[0], p])
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (lb_addr, stats) = (port("1883/tcp"), port("8404/tcp"));
+    run.until(
+        "three brokers UP behind HAProxy",
+        Duration::from_secs(120),
+        || stats_up(stats, "mqtt") == 3,
+    );
+
+    // A persistent session with a subscription, then offline; a message queued for it.
+    let user = ("app", "app-password");
+    let (mut watcher, _) = Client::plain(lb_addr, "watcher", user, true)
+        .await
+        .expect("connect");
+    assert_eq!(watcher.subscribe("fleet/#").await, 1);
+    drop(watcher);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut publisher, _) = Client::plain(lb_addr, "publisher", user, true)
+        .await
+        .expect("connect");
+    assert_eq!(publisher.publish("fleet/a", b"before").await, 0);
+    drop(publisher);
+
+    // The primary's containers die (the pod, and so its name, remain: the kubelet would
+    // restart them).
+    let primary_pod = (0..3)
+        .find(|&i| primary.starts_with(&format!("{}-{i}.", names.redis())))
+        .unwrap();
+    let mut kill = vec!["rm", "-f"];
+    kill.extend(redis_pods[primary_pod][1..].iter().map(String::as_str));
+    docker_ok(&kill);
+    let survivor = (primary_pod + 1) % 3;
+    run.until(
+        "Sentinel to promote a replica",
+        Duration::from_secs(90),
+        || master(survivor).is_some_and(|m| m != primary),
+    );
+
+    // The session is still there, with its message, through any broker.
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some((c, present)) = Client::plain(lb_addr, "watcher", user, false).await {
+            assert!(present, "the session survived the failover");
+            resumed = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut watcher =
+        resumed.unwrap_or_else(|| panic!("no broker took the client back\n{}", run.logs()));
+    assert_eq!(
+        watcher.expect_message().await,
+        ("fleet/a".to_owned(), b"before".to_vec())
+    );
+    let (mut publisher, _) = Client::plain(lb_addr, "publisher", user, true)
+        .await
+        .expect("connect");
+    assert_eq!(publisher.publish("fleet/b", b"after").await, 0);
+    assert_eq!(
+        watcher.expect_message().await,
+        ("fleet/b".to_owned(), b"after".to_vec())
+    );
     drop(run);
 }

@@ -77,6 +77,8 @@ ALL_ON: dict[str, Any] = {
     "priorityClassName": "system-cluster-critical",
     "logFormat": "text",
     "logLevel": "debug,kube=info",
+    "brokerImage": "mirror.example/rookery-broker:9.9.9",
+    "haproxyImage": "mirror.example/rookery-haproxy:9.9.9",
     "metrics": {"port": 9090, "serviceAnnotations": {"example.com/metrics": "yes"}},
     "serviceMonitor": {
         "enabled": True,
@@ -281,6 +283,8 @@ def test_deployment_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["RUST_LOG"]["value"] == "info"
+    # No image values: the operator's built-in defaults, not an empty variable.
+    assert "ROOKERY_BROKER_IMAGE" not in env and "ROOKERY_HAPROXY_IMAGE" not in env
     assert container["ports"] == [
         {"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}
     ]
@@ -322,7 +326,10 @@ def test_deployment_with_every_option(rendered: dict[str, list[dict[str, Any]]])
         "--watch-namespace",
         WATCHED,
     ]
-    assert {e["name"]: e.get("value") for e in container["env"]}["RUST_LOG"] == "debug,kube=info"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RUST_LOG"] == "debug,kube=info"
+    assert env["ROOKERY_BROKER_IMAGE"] == ALL_ON["brokerImage"]
+    assert env["ROOKERY_HAPROXY_IMAGE"] == ALL_ON["haproxyImage"]
     assert container["ports"][0]["containerPort"] == 9090
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["nodeSelector"] == ALL_ON["nodeSelector"]

@@ -31,7 +31,10 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+# The examples, and the cluster the kind script applies.
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml")) + [
+    REPO / "e2e" / "kind" / "cluster-tls.yaml"
+]
 OPERATOR = Path(
     os.environ.get("ROOKERY_OPERATOR_BIN", REPO / "target" / "debug" / "rookery-operator")
 )
