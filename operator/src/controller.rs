@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -114,6 +114,24 @@ pub struct Context {
     pub reporter: Reporter,
     /// Consecutive failures per cluster, for the backoff.
     pub failures: parking_lot::Mutex<HashMap<String, u32>>,
+    /// When each cluster's status was last written, to write live figures at most every
+    /// [`LIVE_FIGURES_EVERY`].
+    pub status_written: parking_lot::Mutex<HashMap<String, Instant>>,
+}
+
+/// How often the live per-node figures alone justify a status write.
+pub const LIVE_FIGURES_EVERY: Duration = Duration::from_secs(30);
+
+/// The status without the figures that change all the time (connections, sessions, queues).
+fn settled(s: &MqttClusterStatus) -> MqttClusterStatus {
+    let mut s = s.clone();
+    s.connections = None;
+    for n in &mut s.nodes {
+        n.connections = None;
+        n.sessions = None;
+        n.queued_messages = None;
+    }
+    s
 }
 
 /// Is every field of `want` in `live` with the same value (arrays element by element)?
@@ -143,19 +161,49 @@ fn resource_of(obj: &Value) -> Result<(ApiResource, String), Error> {
     Ok((ApiResource::from_gvk(&gvk), name.to_owned()))
 }
 
-/// Applies `obj` unless the live object already holds it. `Ok(true)` when it wrote.
+/// The annotation holding the hash of what the operator last applied to an object.
+pub const APPLIED_HASH: &str = "rookery.dev/applied-hash";
+
+/// `obj` with the hash of its content in [`APPLIED_HASH`].
+pub fn with_applied_hash(obj: &Value) -> Value {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(obj.to_string().as_bytes());
+    let hash: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let mut out = obj.clone();
+    if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_HASH.into(), Value::String(hash));
+        }
+    }
+    out
+}
+
+/// Applies `obj` unless the live object carries the hash of exactly this content (what the
+/// operator applied last: the API server's normalisation of quantities and defaults does not
+/// count as a change) and still holds it. A field the operator stops sending changes the hash,
+/// so the apply removes it. `Ok(true)` when it wrote.
 async fn apply(client: &Client, ns: &str, obj: &Value) -> Result<bool, Error> {
     let (ar, name) = resource_of(obj)?;
+    let obj = with_applied_hash(obj);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    if let Some(live) = api.get_opt(&name).await?
-        && contains(&serde_json::to_value(&live)?, obj)
-    {
-        return Ok(false);
+    if let Some(live) = api.get_opt(&name).await? {
+        let hash = |o: &Value| {
+            o["metadata"]["annotations"][APPLIED_HASH]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let live = serde_json::to_value(&live)?;
+        if hash(&live).is_some() && hash(&live) == hash(&obj) {
+            return Ok(false);
+        }
     }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
+        &Patch::Apply(&obj),
     )
     .await?;
     Ok(true)
@@ -190,6 +238,7 @@ async fn prune(
     client: &Client,
     ns: &str,
     names: &Names,
+    uid: Option<String>,
     env: &Environment,
     wanted: &[Value],
 ) -> Result<u64, Error> {
@@ -215,7 +264,13 @@ async fn prune(
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
         for o in api.list(&ListParams::default().labels(&selector)).await? {
             let name = o.name_any();
-            if !keep.contains(&(kind.to_owned(), name.clone())) {
+            // Only what this cluster owns: labels can be copied (CloudNativePG inherits them).
+            let owned = o
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|refs| refs.iter().any(|r| Some(&r.uid) == uid.as_ref()));
+            if owned && !keep.contains(&(kind.to_owned(), name.clone())) {
                 info!(kind, name, "deleting an object the cluster no longer needs");
                 api.delete(&name, &DeleteParams::background()).await?;
                 deleted += 1;
@@ -315,10 +370,24 @@ async fn write_status(
     if c.status.as_ref() == Some(&status) {
         return Ok(false);
     }
+    // A merge patch leaves out what it does not name: fields the new status no longer has are
+    // sent as null, so that they are cleared.
+    let mut patch = serde_json::to_value(&status)?;
+    if let (Some(old), Some(new)) = (
+        c.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| v.as_object().cloned()),
+        patch.as_object_mut(),
+    ) {
+        for key in old.keys() {
+            new.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
     api.patch_status(
         &c.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
+        &Patch::Merge(serde_json::json!({ "status": patch })),
     )
     .await?;
     Ok(true)
@@ -374,10 +443,32 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         }
         return Ok(Action::await_change());
     }
-    let env = detect_crds(client, &ctx.env).await?;
+    let mut env = detect_crds(client, &ctx.env).await?;
     let names = Names::of(c, &env.domain);
+    // The PostgreSQL backend is chosen once: a cluster that has its PostgreSQL StatefulSet
+    // keeps it when CloudNativePG is installed later (switching would start an empty
+    // database).
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    if env.cnpg_crd && statefulsets.get_opt(&names.postgres()).await?.is_some() {
+        env.cnpg_crd = false;
+    }
     let inputs = read_inputs(client, &ns, c, &names).await?;
-    let material = match inputs::material(c, &names, &inputs) {
+    let user_tls = c
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.secret_name.as_ref())
+        .and_then(|s| inputs.secrets.get(s))
+        .and_then(|keys| keys.get("tls.crt"))
+        .and_then(|b| String::from_utf8(b.clone()).ok());
+    // Password checks (Argon2) are CPU work: off the runtime's threads.
+    let computed = {
+        let (c2, names2) = (c.clone(), names.clone());
+        tokio::task::spawn_blocking(move || inputs::material(&c2, &names2, &inputs))
+            .await
+            .map_err(|e| Error::Malformed(format!("material: {e}")))?
+    };
+    let material = match computed {
         Ok(m) => m,
         Err(errors) => {
             // A Secret it refers to is missing: the same as an invalid spec, and looked at
@@ -392,19 +483,48 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
 
     // Scale-down: the leaving brokers (the highest ordinals) are drained through their admin
     // API and removed only once they hold no session and no message.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let live = statefulsets.get_opt(&names.statefulset()).await?;
     let live_replicas = live
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut restarted = 0u64;
+    // A broker drained for a scale-down that was then undone stays drained (empty, unready):
+    // delete its pod, and the StatefulSet starts it afresh.
+    for i in 0..c.spec.replicas.min(live_replicas.unwrap_or(0)) {
+        let drained = (ctx.probe)(
+            format!("{}:{}", names.pod_host(i), ports::HTTP),
+            material.admin_token.clone(),
+        )
+        .await
+        .is_some_and(|s| s["draining"] == true);
+        let terminating = pods
+            .get_opt(&names.pod(i))
+            .await?
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        if drained && !terminating {
+            info!(pod = %names.pod(i), "restarting a broker drained for a scale-down that was undone");
+            pods.delete(&names.pod(i), &DeleteParams::default()).await?;
+            restarted += 1;
+        }
+    }
     let mut build = c.clone();
     let mut held = None;
     let mut refused = false;
     if let Some(n) = live_replicas
         && n > c.spec.replicas
     {
-        match scale_down_step(ctx, &names, c.spec.replicas, n, &material.admin_token).await {
+        match scale_down_step(
+            ctx,
+            &pods,
+            &names,
+            c.spec.replicas,
+            n,
+            &material.admin_token,
+        )
+        .await?
+        {
             Step::Done => {}
             Step::Waiting(why) => {
                 held = Some(why);
@@ -421,12 +541,38 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         Error::Malformed(format!("a validated spec did not render: {}", describe(&e)))
     })?;
     let mut writes = 0u64;
+    // One refused object (an immutable field changed, say) does not stop the others; it is
+    // reported in the status and an event.
+    let mut refused_objects = Vec::new();
     for obj in &rendered.objects {
-        if apply(client, &ns, obj).await? {
-            writes += 1;
+        match apply(client, &ns, obj).await {
+            Ok(true) => writes += 1,
+            Ok(false) => {}
+            Err(Error::Kube(kube::Error::Api(e))) if (400..500).contains(&e.code) => {
+                let what = format!(
+                    "{} {}: {}",
+                    obj["kind"].as_str().unwrap_or_default(),
+                    obj["metadata"]["name"].as_str().unwrap_or_default(),
+                    e.message
+                );
+                warn!(cluster = %key(c), %what, "the API server refused an object");
+                refused_objects.push(what);
+            }
+            Err(e) => return Err(e),
         }
     }
-    writes += prune(client, &ns, &names, &env, &rendered.objects).await?;
+    if refused_objects.is_empty() {
+        writes += prune(
+            client,
+            &ns,
+            &names,
+            c.metadata.uid.clone(),
+            &env,
+            &rendered.objects,
+        )
+        .await?;
+    }
+    writes += restarted;
     ctx.metrics.writes.fetch_add(writes, Ordering::Relaxed);
     if writes > 0 {
         info!(cluster = %key(c), writes, "objects applied");
@@ -439,8 +585,20 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         )
         .await;
     }
-    if let Some(why) = held.as_ref().filter(|_| refused) {
+    let was_refused = |what: &str| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.notes.iter().any(|n| n.contains(what)))
+    };
+    if let Some(why) = held.as_ref().filter(|_| refused)
+        && !was_refused(why)
+    {
         event(ctx, c, EventType::Warning, "ScaleDownHeld", why.clone()).await;
+    }
+    for what in &refused_objects {
+        if !was_refused(what) {
+            event(ctx, c, EventType::Warning, "ApplyRefused", what.clone()).await;
+        }
     }
 
     // Read back.
@@ -473,18 +631,14 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
     if let Some(why) = &held {
         notes.push(format!("scale-down held: {why}"));
     }
+    for what in &refused_objects {
+        notes.push(format!("refused by the API server: {what}"));
+    }
     let certificate_expiry = material
         .server_tls
         .as_ref()
         .map(|m| m.cert_pem.clone())
-        .or_else(|| {
-            let secret = c.spec.tls.as_ref()?.secret_name.clone()?;
-            inputs
-                .secrets
-                .get(&secret)?
-                .get("tls.crt")
-                .and_then(|b| String::from_utf8(b.clone()).ok())
-        })
+        .or(user_tls)
         .and_then(|pem| crate::pki::not_after(&pem))
         .map(|t| t.to_string());
     let observed = Observed {
@@ -497,9 +651,19 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         notes,
         scale_down_held: held.clone(),
         scale_down_refused: refused,
+        refused_objects: refused_objects.clone(),
         selector: selector_string(&names, Component::Broker),
     };
-    write_status(&clusters, c, status::status(c, &observed, now)).await?;
+    let new_status = status::status(c, &observed, now);
+    let recent = ctx
+        .status_written
+        .lock()
+        .get(&key(c))
+        .is_some_and(|t| t.elapsed() < LIVE_FIGURES_EVERY);
+    let only_figures = c.status.as_ref().map(settled) == Some(settled(&new_status));
+    if !(recent && only_figures) && write_status(&clusters, c, new_status).await? {
+        ctx.status_written.lock().insert(key(c), Instant::now());
+    }
     // Node figures and readiness change without any watched object changing; a scale-down
     // under way is looked at again soon.
     Ok(Action::requeue(Duration::from_secs(if held.is_some() {
@@ -521,17 +685,24 @@ enum Step {
 }
 
 /// One step of a scale-down from `from` brokers to `to`.
-async fn scale_down_step(ctx: &Context, names: &Names, to: i32, from: i32, token: &str) -> Step {
+async fn scale_down_step(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    names: &Names,
+    to: i32,
+    from: i32,
+    token: &str,
+) -> Result<Step, Error> {
     let host = |i: i32| format!("{}:{}", names.pod_host(i), ports::HTTP);
     for i in 0..to {
         let ready = (ctx.probe)(host(i), token.to_owned())
             .await
             .is_some_and(|s| s["ready"] == true);
         if !ready {
-            return Step::Refused(format!(
+            return Ok(Step::Refused(format!(
                 "{} is not ready, and the brokers that stay must take the leaving brokers' sessions",
                 names.pod(i)
-            ));
+            )));
         }
     }
     let mut waiting = Vec::new();
@@ -539,13 +710,22 @@ async fn scale_down_step(ctx: &Context, names: &Names, to: i32, from: i32, token
         let pod = names.pod(i);
         match (ctx.probe)(host(i), token.to_owned()).await {
             None => {
-                return Step::Refused(format!(
-                    "{pod} does not answer on its admin port: its sessions cannot be handed off"
-                ));
+                // A pod that does not exist, or never started, holds nothing to hand off.
+                let started = pods.get_opt(&pod).await?.is_some_and(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .is_some_and(|phase| phase != "Pending")
+                });
+                if started {
+                    return Ok(Step::Refused(format!(
+                        "{pod} does not answer on its admin port: its sessions cannot be handed off"
+                    )));
+                }
             }
             Some(s) if s["draining"] != true => {
                 if !(ctx.drain)(host(i), token.to_owned()).await {
-                    return Step::Refused(format!("{pod} refused the drain"));
+                    return Ok(Step::Refused(format!("{pod} refused the drain")));
                 }
                 info!(pod, "scale-down: draining");
                 waiting.push(format!("{pod} draining"));
@@ -568,9 +748,9 @@ async fn scale_down_step(ctx: &Context, names: &Names, to: i32, from: i32, token
         }
     }
     if waiting.is_empty() {
-        Step::Done
+        Ok(Step::Done)
     } else {
-        Step::Waiting(waiting.join("; "))
+        Ok(Step::Waiting(waiting.join("; ")))
     }
 }
 

@@ -119,10 +119,25 @@ pub async fn try_hold(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, ku
     }
 }
 
+/// A request to the API server may hang (the client has no read timeout): one that takes
+/// longer than a renewal period counts as failed, so that a holder notices in time that it
+/// can no longer renew.
+async fn bounded(
+    attempt: impl std::future::Future<Output = Result<bool, kube::Error>>,
+) -> Result<bool, kube::Error> {
+    match tokio::time::timeout(RENEW_EVERY, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "lease request timed out",
+        )))),
+    }
+}
+
 /// Waits until `me` holds the lease.
 pub async fn acquire(api: &Api<Lease>, name: &str, me: &str) {
     loop {
-        match try_hold(api, name, me).await {
+        match bounded(try_hold(api, name, me)).await {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => warn!(error = %e, "leader election: cannot read or write the lease"),
@@ -137,7 +152,7 @@ pub async fn keep(api: &Api<Lease>, name: &str, me: &str) {
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        match try_hold(api, name, me).await {
+        match bounded(try_hold(api, name, me)).await {
             Ok(true) => last_ok = tokio::time::Instant::now(),
             Ok(false) => {
                 warn!(

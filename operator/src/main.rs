@@ -255,6 +255,7 @@ fn run(
                 instance: Some(me),
             },
             failures: parking_lot::Mutex::new(Default::default()),
+            status_written: parking_lot::Mutex::new(Default::default()),
         });
         let owned =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=rookery-operator");
@@ -275,6 +276,9 @@ fn run(
             ),
         };
         tracing::info!("reconciling MqttClusters");
+        // The status the operator writes starts another reconcile; it finds nothing to do, and
+        // the live figures in the status are written at most every 30 s (controller.rs), so
+        // this settles instead of looping.
         Controller::new(clusters, watcher::Config::default())
             .owns(sts, owned.clone())
             .owns(deps, owned.clone())

@@ -180,7 +180,8 @@ fn quote_yaml11_booleans(text: &str) -> String {
             Some(i + 2)
         } else {
             let rest = trimmed.trim_start();
-            rest.starts_with("- ").then(|| indent + rest.rfind("- ").unwrap_or(0) + 2)
+            rest.starts_with("- ")
+                .then(|| indent + rest.rfind("- ").unwrap_or(0) + 2)
         };
         match value_at.map(|i| (i, &trimmed[i..])) {
             Some((i, value)) if YAML11_BOOLEANS.contains(&value) => {
@@ -274,8 +275,12 @@ mod tests {
         assert!(text.contains("- 'no'\n"), "{text}");
         assert!(text.contains("flag: 'on'\n"), "{text}");
         assert!(text.contains("keep: yesterday\n"), "{text}");
-        assert!(text.contains("  a: yes\n  - no\n"), "block scalars are left alone: {text}");
-        let back: serde_json::Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+        assert!(
+            text.contains("  a: yes\n  - no\n"),
+            "block scalars are left alone: {text}"
+        );
+        let back: serde_json::Value =
+            serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
         assert_eq!(back, objects[0]);
     }
 

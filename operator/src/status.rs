@@ -32,6 +32,8 @@ pub struct Observed {
     /// The scale-down is refused (a broker that must take the sessions is not ready, or a
     /// leaving one cannot be reached), not merely in progress.
     pub scale_down_refused: bool,
+    /// Objects the API server refused to take (an immutable field changed, say).
+    pub refused_objects: Vec<String>,
     /// The label selector of the broker pods.
     pub selector: String,
 }
@@ -109,7 +111,7 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
     let progressing_since = since(prev, "Progressing", "True").unwrap_or(now);
     let stuck =
         progressing && now.as_second() - progressing_since.as_second() > DEGRADED_AFTER_SECS;
-    let degraded = stuck || o.scale_down_refused;
+    let degraded = stuck || o.scale_down_refused || !o.refused_objects.is_empty();
 
     let ready_msg = format!("{}/{} brokers ready", o.ready_replicas, want);
     let progress_msg = match &o.scale_down_held {
@@ -122,6 +124,12 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
     };
     let refused = o.scale_down_held.as_ref().filter(|_| o.scale_down_refused);
     let degraded_msg = match (refused, stuck) {
+        _ if !o.refused_objects.is_empty() => {
+            format!(
+                "refused by the API server: {}",
+                o.refused_objects.join("; ")
+            )
+        }
         (Some(why), _) => format!("scale-down held: {why}"),
         (None, true) => format!(
             "brokers not ready for more than {} minutes: {ready_msg}",

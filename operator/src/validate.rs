@@ -9,6 +9,10 @@ use crate::builders::config::{OPERATOR_KEYS, broker_toml};
 use crate::builders::meta::Names;
 use crate::crd::{ClientAuth, MAX_REPLICAS, MqttCluster};
 
+/// The longest cluster name: what is left of a 63-character label after the StatefulSet's
+/// `-<revision hash>` and the longest suffix the operator adds.
+pub const MAX_NAME_LEN: usize = 40;
+
 /// One problem of a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -75,6 +79,24 @@ pub fn validate(c: &MqttCluster) -> Result<(), Vec<FieldError>> {
         })
     };
     let spec = &c.spec;
+    // The name becomes Service and pod names (`<name>-redis-nodes`, `<name>-63`), and the
+    // StatefulSet's pods carry a revision label of `<name>-<hash>`: a DNS-1035 label short
+    // enough for all of them.
+    let name = c.metadata.name.as_deref().unwrap_or_default();
+    let dns_1035 = name.len() <= MAX_NAME_LEN
+        && name.starts_with(|ch: char| ch.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+    if !dns_1035 {
+        err(
+            "metadata.name",
+            format!(
+                "{name:?}: must be at most {MAX_NAME_LEN} lower-case letters, digits and '-', starting with a letter and not ending with '-'"
+            ),
+        );
+    }
     if !(1..=MAX_REPLICAS).contains(&spec.replicas) {
         err(
             "spec.replicas",
@@ -390,6 +412,17 @@ mod tests {
             fields(serde_json::json!({"monitoring": {"interval": "soon"}})),
             ["spec.monitoring.interval"]
         );
+    }
+
+    #[test]
+    fn the_name_must_make_valid_dns_names() {
+        let spec: MqttClusterSpec = serde_json::from_str("{}").unwrap();
+        for bad in ["Iot", "9iot", "iot-", "i.ot", &"x".repeat(41)] {
+            let c = MqttCluster::new(bad, spec.clone());
+            let e = validate(&c).unwrap_err();
+            assert_eq!(e[0].field, "metadata.name", "{bad}");
+        }
+        validate(&MqttCluster::new(&"x".repeat(40), spec)).unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use rookery_operator::builders::Environment;
 use rookery_operator::controller::{self, Context, Metrics};
-use rookery_operator::crd::{MqttCluster, MqttClusterSpec};
+use rookery_operator::crd::MqttCluster;
 use serde_json::{Value, json};
 
 const NS: &str = "fleet";
@@ -27,6 +27,8 @@ struct State {
     objects: BTreeMap<String, Value>,
     writes: Vec<String>,
     version: u64,
+    /// Paths whose apply the server refuses (as it does a change of an immutable field).
+    refuse: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -132,6 +134,12 @@ impl Fake {
                     merge(o, &json!({"status": body["status"]}));
                     o["metadata"]["resourceVersion"] = json!(version);
                     return (StatusCode::OK, o.clone());
+                }
+                if s.refuse.contains(&path) {
+                    return (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        status_body(422, "Invalid: field is immutable"),
+                    );
                 }
                 // Server-side apply: the applied fields over what is there (status kept).
                 let o = s.objects.entry(path.clone()).or_insert_with(|| json!({}));
@@ -262,6 +270,7 @@ fn context_with(fake: &Fake, brokers: &Brokers) -> Arc<Context> {
             instance: Some("test".into()),
         },
         failures: Mutex::new(Default::default()),
+        status_written: Mutex::new(Default::default()),
     })
 }
 
@@ -585,8 +594,117 @@ async fn one_replica_leads_the_other_waits_then_takes_over_an_expired_lease() {
     assert!(!try_hold(&api, "rookery-operator", "a").await.unwrap());
 }
 
-#[test]
-fn the_spec_type_round_trips() {
-    let spec: MqttClusterSpec = serde_json::from_value(json!({"replicas": 2})).unwrap();
-    assert_eq!(spec.replicas, 2);
+#[tokio::test]
+async fn a_field_removed_from_the_spec_is_removed_from_the_object() {
+    let fake = Fake::default();
+    seed(&fake, json!({"nodeSelector": {"pool": "mqtt"}}));
+    let ctx = context(&fake);
+    reconcile(&fake, &ctx).await;
+    let pod = |f: &Fake| f.get(&sts_path()).unwrap()["spec"]["template"]["spec"].clone();
+    assert_eq!(pod(&fake)["nodeSelector"]["pool"], "mqtt");
+    set_spec(&fake, json!({}));
+    fake.take_writes();
+    reconcile(&fake, &ctx).await;
+    assert!(pod(&fake).get("nodeSelector").is_none(), "{}", pod(&fake));
+    assert_eq!(
+        object_writes(&fake.take_writes()),
+        [format!("PATCH {}", sts_path())]
+    );
+}
+
+#[tokio::test]
+async fn status_notes_are_cleared_once_a_scale_down_is_done() {
+    let fake = Fake::default();
+    let brokers = Brokers::default();
+    seed(&fake, json!({"replicas": 4}));
+    let ctx = context_with(&fake, &brokers);
+    reconcile(&fake, &ctx).await;
+    set_sts_status(&fake, 4, 4);
+    set_spec(&fake, json!({"replicas": 3}));
+    reconcile(&fake, &ctx).await;
+    assert!(!cluster(&fake).status.unwrap().notes.is_empty());
+    brokers.set("iot-3", false, true, 0);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(fake.get(&sts_path()).unwrap()["spec"]["replicas"], 3);
+    set_sts_status(&fake, 3, 3);
+    reconcile(&fake, &ctx).await;
+    let st = cluster(&fake).status.unwrap();
+    assert!(st.notes.is_empty(), "{:?}", st.notes);
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+}
+
+#[tokio::test]
+async fn a_scale_down_undone_restarts_the_drained_brokers() {
+    let fake = Fake::default();
+    let brokers = Brokers::default();
+    seed(&fake, json!({"replicas": 4}));
+    let ctx = context_with(&fake, &brokers);
+    reconcile(&fake, &ctx).await;
+    set_sts_status(&fake, 4, 4);
+    for i in 0..4 {
+        fake.put(
+            &format!("/api/v1/namespaces/{NS}/pods/iot-{i}"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("iot-{i}"), "namespace": NS}, "status": {"phase": "Running"}}),
+        );
+    }
+    set_spec(&fake, json!({"replicas": 3}));
+    reconcile(&fake, &ctx).await;
+    assert_eq!(
+        brokers.get("iot-3").map(|b| b.1),
+        Some(true),
+        "iot-3 drains"
+    );
+    // The user changes their mind: iot-3 stays, and is started afresh.
+    set_spec(&fake, json!({"replicas": 4}));
+    fake.take_writes();
+    reconcile(&fake, &ctx).await;
+    let writes = fake.take_writes();
+    assert!(
+        writes.contains(&format!("DELETE /api/v1/namespaces/{NS}/pods/iot-3")),
+        "{writes:#?}"
+    );
+    assert!(
+        !writes.iter().any(|w| w.contains("/pods/iot-0")),
+        "{writes:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_object_the_server_refuses_does_not_stop_the_others_and_is_reported() {
+    let fake = Fake::default();
+    seed(&fake, json!({}));
+    let ctx = context(&fake);
+    reconcile(&fake, &ctx).await;
+    fake.0.lock().refuse.push(sts_path());
+    set_spec(
+        &fake,
+        json!({"storage": {"size": "5Gi"}, "limits": {"maxInflight": 7}}),
+    );
+    fake.take_writes();
+    reconcile(&fake, &ctx).await;
+    let writes = fake.take_writes();
+    assert!(
+        writes.contains(&format!(
+            "PATCH /api/v1/namespaces/{NS}/configmaps/iot-config"
+        )),
+        "{writes:#?}"
+    );
+    let c = cluster(&fake);
+    assert_eq!(
+        c.status.as_ref().unwrap().phase.as_deref(),
+        Some("Degraded")
+    );
+    let (status, message) = condition(&c, "Degraded");
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("StatefulSet iot") && message.contains("immutable"),
+        "{message}"
+    );
+    assert!(
+        writes.iter().any(|w| w.contains("/events")),
+        "a Warning event"
+    );
+    // Reported once, not on every reconcile.
+    reconcile(&fake, &ctx).await;
+    assert!(!fake.take_writes().iter().any(|w| w.contains("/events")));
 }

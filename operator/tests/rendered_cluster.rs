@@ -483,6 +483,7 @@ fn container_ip(name: &str) -> String {
 /// environment is resolved (`fieldRef` to the pod name, `secretKeyRef` from the Secrets, and
 /// `$(VAR)` in commands and arguments); users, read-only roots and commands are the spec's.
 /// Returns the containers' names, the infrastructure container first.
+#[allow(clippy::too_many_arguments)] // what a pod needs, spelt out at each call
 fn start_pod(
     run: &mut Run,
     dir: &Path,

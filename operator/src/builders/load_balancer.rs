@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Environment;
 use super::haproxy::{self, Haproxy, Listener, ListenerKind, Node};
-use super::meta::{Component, Names, labels, object_meta, ports, selector, selector_labels};
+use super::meta::{Component, Names, object_meta, ports, selector, selector_labels};
 use super::statefulset::{CONFIG_HASH, config_hash};
 use crate::crd::{MAX_REPLICAS, MqttCluster};
 
@@ -74,11 +74,8 @@ pub fn haproxy_settings(c: &MqttCluster, names: &Names) -> Haproxy {
     h.health_port = ports::HTTP;
     h.stats_port = Some(ports::LB_STATS);
     h.sticky = c.spec.load_balancer.sticky;
-    if let Some(max) = c.spec.limits.max_connections {
-        // Per broker and listener; HAProxy's limit is per listener over all brokers.
-        let total = max.saturating_mul(i64::from(c.spec.replicas.max(1)));
-        h.max_connections = u32::try_from(total).unwrap_or(u32::MAX);
-    }
+    // The brokers enforce `limits.maxConnections` each; HAProxy's own per-listener limit stays
+    // fixed (the standard one), so that scaling never changes its configuration.
     h
 }
 
@@ -165,8 +162,7 @@ pub fn deployment(
         }),
         ..Container::default()
     };
-    let mut pod_labels = labels(names, Component::LoadBalancer);
-    pod_labels.extend(selector_labels(names, Component::LoadBalancer));
+    let pod_labels = super::meta::pod_labels(names, Component::LoadBalancer);
     Deployment {
         metadata: object_meta(c, names, names.load_balancer(), Component::LoadBalancer),
         spec: Some(DeploymentSpec {

@@ -180,6 +180,14 @@ pub fn labels(names: &Names, component: Component) -> BTreeMap<String, String> {
     l
 }
 
+/// The labels of a pod template: those of [`labels`] but the version, so that upgrading the
+/// operator does not restart every pod.
+pub fn pod_labels(names: &Names, component: Component) -> BTreeMap<String, String> {
+    let mut l = labels(names, component);
+    l.remove("app.kubernetes.io/version");
+    l
+}
+
 /// The labels that select the pods of `component` (never changed after creation).
 pub fn selector_labels(names: &Names, component: Component) -> BTreeMap<String, String> {
     BTreeMap::from([

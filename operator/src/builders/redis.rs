@@ -39,7 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Environment;
-use super::meta::{Component, Names, labels, object_meta, ports, selector, selector_labels};
+use super::meta::{Component, Names, object_meta, ports, selector, selector_labels};
 use super::statefulset::{CONFIG_HASH, config_hash};
 use crate::crd::MqttCluster;
 
@@ -523,7 +523,7 @@ pub(super) fn retain_claims() -> StatefulSetPersistentVolumeClaimRetentionPolicy
 /// there are any (a change restarts the pods).
 pub(super) fn template_meta(names: &Names, component: Component, hash: Option<&str>) -> ObjectMeta {
     ObjectMeta {
-        labels: Some(labels(names, component)),
+        labels: Some(super::meta::pod_labels(names, component)),
         annotations: hash.map(|h| BTreeMap::from([(CONFIG_HASH.to_owned(), h.to_owned())])),
         ..ObjectMeta::default()
     }

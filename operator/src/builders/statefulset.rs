@@ -293,8 +293,7 @@ pub fn statefulset(
         }),
         ..Container::default()
     };
-    let mut pod_labels = super::meta::labels(names, Component::Broker);
-    pod_labels.extend(selector_labels(names, Component::Broker));
+    let pod_labels = super::meta::pod_labels(names, Component::Broker);
     let pod = PodSpec {
         containers: vec![container],
         volumes: Some(volumes),
