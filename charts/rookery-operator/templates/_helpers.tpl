@@ -91,14 +91,11 @@ pods/exec or pods/proxy (drain goes to the brokers' admin API over the network).
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Volumes of removed brokers (the StatefulSet creates them).
-- apiGroups: [""]
-  resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "delete"]
-# Pod status for the MqttCluster's status and pod-by-pod rollouts.
+# Pods: whether a leaving broker ever started; delete restarts a broker drained for a
+# scale-down that was undone. (Volumes are the StatefulSet's: the operator never touches them.)
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
