@@ -161,6 +161,10 @@ fn resource_of(obj: &Value) -> Result<(ApiResource, String), Error> {
     Ok((ApiResource::from_gvk(&gvk), name.to_owned()))
 }
 
+/// The annotation on the brokers' StatefulSet holding the hash of the pod template the operator
+/// last sent: a new one starts a pod-by-pod upgrade.
+pub const TEMPLATE_HASH: &str = "rookery.dev/template-hash";
+
 /// The annotation holding the hash of what the operator last applied to an object.
 pub const APPLIED_HASH: &str = "rookery.dev/applied-hash";
 
@@ -537,9 +541,76 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
             }
         }
     }
-    let rendered = crate::render::render(&build, &env, &material, 0).map_err(|e| {
-        Error::Malformed(format!("a validated spec did not render: {}", describe(&e)))
-    })?;
+    let render = |partition: i32| {
+        crate::render::render(&build, &env, &material, partition).map_err(|e| {
+            Error::Malformed(format!("a validated spec did not render: {}", describe(&e)))
+        })
+    };
+    // Upgrades go pod by pod through the partition (rollout.rs).
+    let desired_template = render(0)?
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "StatefulSet" && o["metadata"]["name"] == names.statefulset().as_str()
+        })
+        .map(|o| o["spec"]["template"].clone())
+        .unwrap_or(Value::Null);
+    let template_hash = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(desired_template.to_string().as_bytes())
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let live_info = match &live {
+        Some(sts) => {
+            let value = serde_json::to_value(sts)?;
+            Some(crate::rollout::Live {
+                replicas: live_replicas.unwrap_or(0),
+                partition: value["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .unwrap_or(0),
+                // By the hash of what the operator last sent, not by comparing with the live
+                // template, which the API server has defaulted and normalised.
+                template_changed: value["metadata"]["annotations"][TEMPLATE_HASH].as_str()
+                    != Some(template_hash.as_str()),
+            })
+        }
+        None => None,
+    };
+    let at_partition = match (&live_info, &live) {
+        (Some(l), Some(sts)) if l.partition > 0 && !l.template_changed => {
+            let update_revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+            pods.get_opt(&names.pod(l.partition)).await?.map(|p| {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let status = p.status.clone().unwrap_or_default();
+                crate::rollout::PodAtPartition {
+                    updated: update_revision.is_some()
+                        && labels.get("controller-revision-hash") == update_revision.as_ref(),
+                    ready: status
+                        .conditions
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True"),
+                    age_secs: status
+                        .start_time
+                        .map(|t| now.as_second() - t.0.as_second())
+                        .unwrap_or(0),
+                }
+            })
+        }
+        _ => None,
+    };
+    let partition_pod = names.pod(live_info.map(|l| l.partition).unwrap_or(0));
+    let rollout = crate::rollout::next(live_info, at_partition, &partition_pod);
+    let mut rendered = render(rollout.partition)?;
+    for o in &mut rendered.objects {
+        if o["kind"] == "StatefulSet" && o["metadata"]["name"] == names.statefulset().as_str() {
+            o["metadata"]["annotations"][TEMPLATE_HASH] = Value::String(template_hash.clone());
+        }
+    }
     let mut writes = 0u64;
     // One refused object (an immutable field changed, say) does not stop the others; it is
     // reported in the status and an event.
@@ -628,6 +699,12 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         });
     }
     let mut notes = rendered.notes.clone();
+    if rollout.rolling {
+        notes.push(format!(
+            "upgrading pod by pod: pods from {} up run the new spec",
+            names.pod(rollout.partition)
+        ));
+    }
     if let Some(why) = &held {
         notes.push(format!("scale-down held: {why}"));
     }
@@ -652,6 +729,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         scale_down_held: held.clone(),
         scale_down_refused: refused,
         refused_objects: refused_objects.clone(),
+        rollout_stopped: rollout.stopped.clone(),
         selector: selector_string(&names, Component::Broker),
     };
     let new_status = status::status(c, &observed, now);

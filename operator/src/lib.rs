@@ -8,7 +8,7 @@
 //! - [`builders`]: one pure function per object the operator owns (desired state as data, no
 //!   I/O), unit tested and also run as-is by the container and process tests.
 //! - [`controller`]: the reconcile loop (apply what differs, prune, read back, status);
-//!   [`status`] computes the status, [`leader`] elects one replica, [`http`] serves health
+//!   [`rollout`] steps upgrades pod by pod, [`status`] computes the status, [`leader`] elects one replica, [`http`] serves health
 //!   and metrics.
 //! - [`render`]: every object of one cluster, in apply order (what `rookery-operator render`
 //!   prints).
@@ -22,5 +22,6 @@ pub mod leader;
 pub mod passwords;
 pub mod pki;
 pub mod render;
+pub mod rollout;
 pub mod status;
 pub mod validate;

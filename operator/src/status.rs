@@ -34,6 +34,8 @@ pub struct Observed {
     pub scale_down_refused: bool,
     /// Objects the API server refused to take (an immutable field changed, say).
     pub refused_objects: Vec<String>,
+    /// A pod-by-pod upgrade stopped because a new pod did not become ready.
+    pub rollout_stopped: Option<String>,
     /// The label selector of the broker pods.
     pub selector: String,
 }
@@ -111,7 +113,10 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
     let progressing_since = since(prev, "Progressing", "True").unwrap_or(now);
     let stuck =
         progressing && now.as_second() - progressing_since.as_second() > DEGRADED_AFTER_SECS;
-    let degraded = stuck || o.scale_down_refused || !o.refused_objects.is_empty();
+    let degraded = stuck
+        || o.scale_down_refused
+        || !o.refused_objects.is_empty()
+        || o.rollout_stopped.is_some();
 
     let ready_msg = format!("{}/{} brokers ready", o.ready_replicas, want);
     let progress_msg = match &o.scale_down_held {
@@ -124,6 +129,7 @@ pub fn status(c: &MqttCluster, o: &Observed, now: Timestamp) -> MqttClusterStatu
     };
     let refused = o.scale_down_held.as_ref().filter(|_| o.scale_down_refused);
     let degraded_msg = match (refused, stuck) {
+        _ if o.rollout_stopped.is_some() => o.rollout_stopped.clone().unwrap_or_default(),
         _ if !o.refused_objects.is_empty() => {
             format!(
                 "refused by the API server: {}",

@@ -708,3 +708,81 @@ async fn an_object_the_server_refuses_does_not_stop_the_others_and_is_reported()
     reconcile(&fake, &ctx).await;
     assert!(!fake.take_writes().iter().any(|w| w.contains("/events")));
 }
+
+fn partition(fake: &Fake) -> i64 {
+    fake.get(&sts_path()).unwrap()["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+        .as_i64()
+        .unwrap()
+}
+
+fn set_pod(fake: &Fake, i: i32, revision: &str, ready: bool, started_secs_ago: i64) {
+    let started = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(
+            started_secs_ago,
+        ))
+        .unwrap();
+    fake.put(
+        &format!("/api/v1/namespaces/{NS}/pods/iot-{i}"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": format!("iot-{i}"), "namespace": NS,
+                            "labels": {"controller-revision-hash": revision}},
+               "status": {"phase": "Running", "startTime": started.to_string(),
+                          "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}),
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_goes_pod_by_pod_and_stops_at_a_pod_that_does_not_become_ready() {
+    let fake = Fake::default();
+    seed(&fake, json!({}));
+    let ctx = context(&fake);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(
+        partition(&fake),
+        0,
+        "a new cluster starts every pod at once"
+    );
+    set_sts_status(&fake, 3, 3);
+    // A new image: only the highest pod first.
+    set_spec(&fake, json!({"image": "rookery/broker:2"}));
+    reconcile(&fake, &ctx).await;
+    assert_eq!(partition(&fake), 2);
+    let mut sts = fake.get(&sts_path()).unwrap();
+    sts["status"]["updateRevision"] = json!("r2");
+    sts["status"]["currentRevision"] = json!("r1");
+    fake.put(&sts_path(), sts);
+    // iot-2 not replaced yet: wait. Replaced and ready: the next one.
+    set_pod(&fake, 2, "r1", true, 600);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(partition(&fake), 2);
+    set_pod(&fake, 2, "r2", true, 20);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(partition(&fake), 1);
+    let c = cluster(&fake);
+    assert!(
+        c.status
+            .as_ref()
+            .unwrap()
+            .notes
+            .iter()
+            .any(|n| n.contains("pod by pod")),
+        "{:?}",
+        c.status
+    );
+    // iot-1 runs the new spec but never becomes ready: the rollout stops there, Degraded.
+    set_pod(&fake, 1, "r2", false, 900);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(partition(&fake), 1);
+    let c = cluster(&fake);
+    assert_eq!(
+        c.status.as_ref().unwrap().phase.as_deref(),
+        Some("Degraded")
+    );
+    let (status, message) = condition(&c, "Degraded");
+    assert_eq!(status, "True");
+    assert!(message.contains("iot-1 runs the new spec"), "{message}");
+    // Fixed: ready at last, and the rollout finishes.
+    set_pod(&fake, 1, "r2", true, 900);
+    reconcile(&fake, &ctx).await;
+    assert_eq!(partition(&fake), 0);
+}
