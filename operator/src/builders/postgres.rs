@@ -17,9 +17,6 @@
 //! Either way the Secret `<cluster>-postgres` holds the password (`password`) and the brokers'
 //! URL (`url`), which they mount.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSpec, PodTemplateSpec, Probe, Secret, Service, ServiceSpec,
@@ -120,16 +117,7 @@ fn make_secret(
     type_: &str,
     data: &[(&str, &str)],
 ) -> Secret {
-    Secret {
-        metadata: object_meta(c, names, name, Component::Postgres),
-        type_: Some(type_.into()),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Secret::default()
-    }
+    super::secrets::secret(c, names, name, Component::Postgres, type_, data)
 }
 
 /// The Secret `<cluster>-postgres`: the password (`password`) and the brokers' URL (`url`).

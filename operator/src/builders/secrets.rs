@@ -30,15 +30,17 @@ pub struct Material {
     pub postgres_password: Option<String>,
 }
 
-fn secret(
+/// A Secret of `component` holding `data` (text values).
+pub fn secret(
     c: &MqttCluster,
     names: &Names,
     name: String,
+    component: Component,
     type_: &str,
     data: &[(&str, &str)],
 ) -> Secret {
     Secret {
-        metadata: object_meta(c, names, name, Component::Broker),
+        metadata: object_meta(c, names, name, component),
         type_: Some(type_.into()),
         data: Some(
             data.iter()
@@ -54,6 +56,7 @@ fn tls_secret(c: &MqttCluster, names: &Names, name: String, m: &TlsMaterial) -> 
         c,
         names,
         name,
+        Component::Broker,
         "kubernetes.io/tls",
         &[
             ("ca.crt", &m.ca_pem),
@@ -91,6 +94,7 @@ pub fn secrets(c: &MqttCluster, names: &Names, m: &Material) -> Vec<Secret> {
             c,
             names,
             names.admin_secret(),
+            Component::Broker,
             "Opaque",
             &[(paths::ADMIN_TOKEN_KEY, &m.admin_token)],
         ),
@@ -104,6 +108,7 @@ pub fn secrets(c: &MqttCluster, names: &Names, m: &Material) -> Vec<Secret> {
             c,
             names,
             names.auth_secret(),
+            Component::Broker,
             "Opaque",
             &[(paths::PASSWORD_KEY, file)],
         ));

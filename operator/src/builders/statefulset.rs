@@ -8,12 +8,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -205,26 +204,6 @@ fn container_ports(c: &MqttCluster) -> Vec<ContainerPort> {
     p
 }
 
-/// Brokers prefer distinct nodes, unless the user gives an affinity.
-fn default_affinity(names: &Names) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(selector(names, Component::Broker)),
-                        topology_key: "kubernetes.io/hostname".into(),
-                        ..PodAffinityTerm::default()
-                    },
-                },
-            ]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    }
-}
-
 /// Brokers spread across zones and nodes where they can, unless the user gives constraints.
 fn default_spread(names: &Names) -> Vec<TopologySpreadConstraint> {
     ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
@@ -317,7 +296,7 @@ pub fn statefulset(
         affinity: Some(
             spec.affinity
                 .clone()
-                .unwrap_or_else(|| default_affinity(names)),
+                .unwrap_or_else(|| super::meta::spread_affinity(names, Component::Broker)),
         ),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         topology_spread_constraints: Some(if spec.topology_spread_constraints.is_empty() {
@@ -396,6 +375,7 @@ pub fn statefulset(
 mod tests {
     use super::*;
     use crate::crd::MqttClusterSpec;
+    use k8s_openapi::api::core::v1::Affinity;
 
     fn build(spec: serde_json::Value) -> StatefulSet {
         let spec: MqttClusterSpec = serde_json::from_value(spec).unwrap();
