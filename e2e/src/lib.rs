@@ -147,7 +147,13 @@ impl BrokerProcess {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                // Until the readers reach the end of the pipes (the channel disconnects): on a
+                // loaded machine they may lag behind the exit by more than a moment.
+                let drained = Instant::now() + Duration::from_secs(5);
+                while let Ok(line) = self
+                    .lines
+                    .recv_timeout(drained.saturating_duration_since(Instant::now()))
+                {
                     self.log.push(line);
                 }
                 return Ok(status);
