@@ -26,12 +26,11 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::builders::Environment;
-use crate::builders::config::paths;
 use crate::builders::meta::{Component, FIELD_MANAGER, Names, ports, selector_string};
 use crate::crd::{MqttCluster, MqttClusterStatus, NodeStatus};
 use crate::inputs::{self, Inputs};
 use crate::status::{self, Observed};
-use crate::validate::{FieldError, describe, validate};
+use crate::validate::{describe, validate};
 
 /// Errors of one reconcile; the loop retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -132,21 +131,6 @@ fn settled(s: &MqttClusterStatus) -> MqttClusterStatus {
         n.queued_messages = None;
     }
     s
-}
-
-/// Is every field of `want` in `live` with the same value (arrays element by element)?
-/// Fields the API server adds (defaults, status, managed fields) do not matter.
-pub fn contains(live: &Value, want: &Value) -> bool {
-    match (live, want) {
-        (Value::Object(l), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
-        (Value::Array(l), Value::Array(w)) => {
-            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
-        }
-        (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
-        _ => live == want,
-    }
 }
 
 fn resource_of(obj: &Value) -> Result<(ApiResource, String), Error> {
@@ -411,10 +395,6 @@ async fn event(ctx: &Context, c: &MqttCluster, type_: EventType, reason: &str, n
     }
 }
 
-fn invalid_message(errors: &[FieldError]) -> String {
-    describe(errors)
-}
-
 /// One reconcile of one cluster.
 pub async fn reconcile(c: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -440,7 +420,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
     let now = Timestamp::now();
 
     if let Err(errors) = validate(c) {
-        let message = invalid_message(&errors);
+        let message = describe(&errors);
         if write_status(&clusters, c, status::invalid(c, message.clone(), now)).await? {
             warn!(cluster = %key(c), %message, "invalid spec: nothing is changed");
             event(ctx, c, EventType::Warning, "InvalidSpec", message).await;
@@ -477,7 +457,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context) -> Result<Action, Error
         Err(errors) => {
             // A Secret it refers to is missing: the same as an invalid spec, and looked at
             // again soon (Secrets of the user are not watched).
-            let message = invalid_message(&errors);
+            let message = describe(&errors);
             if write_status(&clusters, c, status::invalid(c, message.clone(), now)).await? {
                 event(ctx, c, EventType::Warning, "MissingSecret", message).await;
             }
@@ -896,26 +876,10 @@ pub fn http_drain() -> NodeDrain {
     })
 }
 
-/// Where the brokers' admin token lives in their pods (for the docs and tests).
-pub const ADMIN_TOKEN_FILE: &str = paths::ADMIN_TOKEN_FILE;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn contains_ignores_what_the_server_adds_but_not_what_we_changed() {
-        let want = json!({"a": 1, "b": {"c": [1, {"d": "x"}]}});
-        let live = json!({"a": 1.0, "b": {"c": [1, {"d": "x", "e": 2}], "f": true}, "status": {}});
-        assert!(contains(&live, &want));
-        assert!(!contains(
-            &json!({"a": 2, "b": {"c": [1, {"d": "x"}]}}),
-            &want
-        ));
-        assert!(!contains(&json!({"a": 1, "b": {"c": [1]}}), &want));
-        assert!(!contains(&json!({"a": 1}), &want));
-    }
 
     #[test]
     fn resources_come_from_api_version_and_kind() {
