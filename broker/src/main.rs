@@ -56,6 +56,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, threads: usize, set_log_level: SetLogLevel) -> ExitCode {
+    // The handlers exist before the first listener accepts: a signal sent as soon as the
+    // "listening" line appears must reach them, not the default action (which kills).
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install the signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -101,7 +110,7 @@ async fn run(config: Config, threads: usize, set_log_level: SetLogLevel) -> Exit
             |p| p.describe()
         )
     );
-    if wait_for_signal(&server).await == Stop::Drain {
+    if wait_for_signal(signals, &server).await == Stop::Drain {
         server.drain().await;
     }
     server.shutdown().await;
@@ -118,43 +127,50 @@ enum Stop {
     Now,
 }
 
-async fn wait_for_signal(server: &Server) -> Stop {
-    use tokio::signal::unix::{SignalKind, signal};
+/// SIGTERM, SIGINT and SIGHUP, caught from the start of the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn wait_for_signal(mut signals: Signals, server: &Server) -> Stop {
     let drained = server.broker.drained.clone();
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
-            let stay = server
-                .broker
-                .stay_after_drain
-                .load(std::sync::atomic::Ordering::Relaxed);
-            tokio::select! {
-                _ = term.recv() => {
-                    info!("SIGTERM received: draining, then stopping");
-                    return Stop::Drain;
-                }
-                _ = int.recv() => {
-                    info!("SIGINT received");
+    loop {
+        let stay = server
+            .broker
+            .stay_after_drain
+            .load(std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            _ = signals.term.recv() => {
+                info!("SIGTERM received: draining, then stopping");
+                return Stop::Drain;
+            }
+            _ = signals.int.recv() => {
+                info!("SIGINT received");
+                return Stop::Now;
+            }
+            _ = drained.cancelled(), if !stay || !drained.is_cancelled() => {
+                if !server.broker.stay_after_drain.load(std::sync::atomic::Ordering::Relaxed) {
                     return Stop::Now;
                 }
-                _ = drained.cancelled(), if !stay || !drained.is_cancelled() => {
-                    if !server.broker.stay_after_drain.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Stop::Now;
-                    }
-                    info!("drained: staying up, without clients, until SIGTERM");
-                }
-                _ = hup.recv() => {
-                    info!("SIGHUP received: reloading the configuration, certificate, password and ACL files");
-                    server.reload().await;
-                }
+                info!("drained: staying up, without clients, until SIGTERM");
             }
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            Stop::Now
+            _ = signals.hup.recv() => {
+                info!("SIGHUP received: reloading the configuration, certificate, password and ACL files");
+                server.reload().await;
+            }
         }
     }
 }
