@@ -211,6 +211,28 @@ pub struct Config {
     /// Bytes queued for delivery, broker-wide, above which publishers are paused (0 = half
     /// of the memory the process may use).
     pub memory_high_watermark: u64,
+    /// UDP address of the CoAP gateway (off by default).
+    pub coap_listen: Option<SocketAddr>,
+    /// MQTT topic prefix of a device's resources; `{device_id}` is replaced.
+    pub coap_prefix: String,
+    /// MQTT topic prefix of commands to devices: `{prefix}{device_id}/{path}`.
+    pub coap_command_prefix: String,
+    /// Static device addresses, `ID=HOST:PORT`.
+    pub coap_devices: Vec<String>,
+    /// RFC 7252 ACK_TIMEOUT in milliseconds, for the gateway's confirmable messages.
+    pub coap_ack_timeout_ms: u64,
+    /// RFC 7252 MAX_RETRANSMIT.
+    pub coap_max_retransmit: u32,
+    /// Datagrams per second per source address (burst: twice as many; 0 = no limit).
+    pub coap_rate_limit: u32,
+    /// Seconds without traffic after which a device's MQTT connection is closed (its
+    /// persistent session stays).
+    pub coap_idle_secs: u64,
+    /// Session expiry of a device's MQTT session, seconds (commands queue there while the
+    /// device is away).
+    pub coap_session_expiry_secs: u32,
+    /// Bridges to upstream brokers (`[[bridge]]` sections; configuration file only).
+    pub bridge: Vec<crate::bridge::config::BridgeConfig>,
 }
 
 impl Default for Config {
@@ -291,6 +313,16 @@ impl Default for Config {
             rate_limit_action: RateAction::Slow,
             max_connection_rate: 0,
             memory_high_watermark: 0,
+            coap_listen: None,
+            coap_prefix: "devices/{device_id}/".into(),
+            coap_command_prefix: "commands/".into(),
+            coap_devices: Vec::new(),
+            coap_ack_timeout_ms: 2000,
+            coap_max_retransmit: 4,
+            coap_rate_limit: 100,
+            coap_idle_secs: 300,
+            coap_session_expiry_secs: 86_400,
+            bridge: Vec::new(),
         }
     }
 }
@@ -473,7 +505,48 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return invalid("log_level", &e.to_string());
         }
+        if let Err(reason) = crate::coap::topics::check_prefix(&self.coap_prefix, true) {
+            return invalid("coap_prefix", &reason);
+        }
+        if let Err(reason) = crate::coap::topics::check_prefix(&self.coap_command_prefix, false) {
+            return invalid("coap_command_prefix", &reason);
+        }
+        if let Err(reason) = self.coap_device_map() {
+            return invalid("coap_devices", &reason);
+        }
+        if self.coap_ack_timeout_ms == 0 {
+            return invalid("coap_ack_timeout_ms", "must be at least 1");
+        }
+        for (i, bridge) in self.bridge.iter().enumerate() {
+            if let Err((field, reason)) = bridge.validate() {
+                return invalid("bridge", &format!("{field}: {reason}"));
+            }
+            if self.bridge[..i].iter().any(|b| b.name == bridge.name) {
+                return invalid(
+                    "bridge",
+                    &format!("two bridges are named {:?}", bridge.name),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The static CoAP device addresses, by device id.
+    pub fn coap_device_map(&self) -> Result<std::collections::HashMap<String, SocketAddr>, String> {
+        let mut map = std::collections::HashMap::new();
+        for entry in &self.coap_devices {
+            let Some((id, addr)) = entry.split_once('=') else {
+                return Err(format!("{entry:?} is not ID=HOST:PORT"));
+            };
+            crate::coap::topics::check_device_id(id)
+                .map_err(|reason| format!("{entry:?}: {reason}"))?;
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("{entry:?}: {addr:?} is not HOST:PORT"))?;
+            map.insert(id.to_owned(), addr);
+        }
+        Ok(map)
     }
 
     /// Every listener to bind, in order: mqtt, mqtts, ws, wss.
@@ -850,6 +923,38 @@ pub struct Cli {
     /// Queued bytes above which publishers are paused (0 = half the memory limit).
     #[arg(long, env = "ROOKERY_MEMORY_HIGH_WATERMARK", value_name = "BYTES")]
     pub memory_high_watermark: Option<u64>,
+    /// UDP address of the CoAP gateway.
+    #[arg(long, env = "ROOKERY_COAP_LISTEN", value_name = "ADDR")]
+    pub coap_listen: Option<SocketAddr>,
+    /// MQTT topic prefix of a device's resources (`{device_id}` is replaced).
+    #[arg(long, env = "ROOKERY_COAP_PREFIX", value_name = "PREFIX")]
+    pub coap_prefix: Option<String>,
+    /// MQTT topic prefix of commands to devices.
+    #[arg(long, env = "ROOKERY_COAP_COMMAND_PREFIX", value_name = "PREFIX")]
+    pub coap_command_prefix: Option<String>,
+    /// A static device address, `ID=HOST:PORT` (repeat the flag for more).
+    #[arg(
+        long = "coap-device",
+        env = "ROOKERY_COAP_DEVICES",
+        value_name = "ID=HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub coap_devices: Vec<String>,
+    /// ACK_TIMEOUT of the gateway's confirmable messages, milliseconds.
+    #[arg(long, env = "ROOKERY_COAP_ACK_TIMEOUT_MS", value_name = "MS")]
+    pub coap_ack_timeout_ms: Option<u64>,
+    /// MAX_RETRANSMIT of the gateway's confirmable messages.
+    #[arg(long, env = "ROOKERY_COAP_MAX_RETRANSMIT")]
+    pub coap_max_retransmit: Option<u32>,
+    /// CoAP datagrams per second per source address (0 = no limit).
+    #[arg(long, env = "ROOKERY_COAP_RATE_LIMIT")]
+    pub coap_rate_limit: Option<u32>,
+    /// Seconds without traffic before a device's MQTT connection is closed.
+    #[arg(long, env = "ROOKERY_COAP_IDLE_SECS", value_name = "SECS")]
+    pub coap_idle_secs: Option<u64>,
+    /// Session expiry of a device's MQTT session, seconds.
+    #[arg(long, env = "ROOKERY_COAP_SESSION_EXPIRY_SECS", value_name = "SECS")]
+    pub coap_session_expiry_secs: Option<u32>,
 }
 
 /// Tools run instead of the broker.
@@ -990,7 +1095,20 @@ impl Cli {
             rate_limit_action,
             max_connection_rate,
             memory_high_watermark,
+            coap_prefix,
+            coap_command_prefix,
+            coap_ack_timeout_ms,
+            coap_max_retransmit,
+            coap_rate_limit,
+            coap_idle_secs,
+            coap_session_expiry_secs,
         );
+        if cli.coap_listen.is_some() {
+            config.coap_listen = cli.coap_listen;
+        }
+        if !cli.coap_devices.is_empty() {
+            config.coap_devices = cli.coap_devices;
+        }
         if cli.server_reference.is_some() {
             config.server_reference = cli.server_reference;
         }

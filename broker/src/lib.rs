@@ -16,12 +16,19 @@
 //! - [`limits`]: publish and connection rate limits, the memory high-water mark.
 //! - [`server`]: binds listeners, runs and shuts the broker down.
 //! - [`drain`]: empties a node before it stops (SIGTERM, `POST /admin/drain`).
+//! - [`client`]: an MQTT client, in-process or to another broker (the gateway's and the
+//!   bridge's sessions).
+//! - [`coap`]: the CoAP gateway.
+//! - [`bridge`]: the edge bridge to an upstream broker.
 //!
 //! The wire codec is the `rookery-codec` crate.
 
 pub mod admin;
+pub mod bridge;
 pub mod broker;
+pub mod client;
 pub mod cluster;
+pub mod coap;
 pub mod config;
 pub mod connection;
 pub mod drain;

@@ -117,6 +117,18 @@ impl Server {
             listeners.push((spec.kind, socket.local_addr()?));
             broker.tasks.spawn(listener::run(socket, spec, ctx.clone()));
         }
+        if let Some(addr) = broker.config.coap_listen {
+            let socket = crate::coap::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr} (coap): {e}"))
+            })?;
+            listeners.push((ListenerKind::Coap, socket.local_addr()?));
+            broker.tasks.spawn(crate::coap::run(socket, broker.clone()));
+        }
+        for bridge in &broker.config.bridge {
+            broker
+                .tasks
+                .spawn(crate::bridge::run(bridge.clone(), broker.clone()));
+        }
         let local_addrs = listeners
             .iter()
             .filter(|(k, _)| *k == ListenerKind::Mqtt)

@@ -328,6 +328,58 @@ impl Snapshot {
             broker.security.bans(Instant::now()).len() as f64,
         ));
 
+        if !broker.config.bridge.is_empty() {
+            gauges.push(Family::one(
+                "rookery_bridges_up",
+                "Bridges connected to their upstream broker.",
+                m.bridges_up.load(Ordering::Relaxed) as f64,
+            ));
+            gauges.push(Family::one(
+                "rookery_bridges",
+                "Bridges configured.",
+                broker.config.bridge.len() as f64,
+            ));
+        }
+        // CoAP gateway.
+        if broker.config.coap_listen.is_some() {
+            let labelled =
+                |label: &'static str, names: &[&str], values: &[std::sync::atomic::AtomicU64]| {
+                    names
+                        .iter()
+                        .zip(values)
+                        .map(|(n, v)| (vec![(label, (*n).to_owned())], get(v)))
+                        .collect::<Vec<_>>()
+                };
+            counters.push(Family {
+                name: "rookery_coap_requests",
+                help: "CoAP requests handled, by method.",
+                rows: labelled("method", &crate::coap::METHODS, &m.coap_requests_total),
+            });
+            let reasons: Vec<&str> = crate::coap::Dropped::ALL
+                .iter()
+                .map(|d| d.as_str())
+                .collect();
+            counters.push(Family {
+                name: "rookery_coap_dropped",
+                help: "CoAP datagrams dropped or answered without being handled, by reason.",
+                rows: labelled("reason", &reasons, &m.coap_dropped_total),
+            });
+            counters.push(Family::one(
+                "rookery_coap_notifications",
+                "CoAP Observe notifications sent.",
+                get(&m.coap_notifications_total),
+            ));
+            counters.push(Family {
+                name: "rookery_coap_commands",
+                help: "MQTT commands sent to CoAP devices, by result.",
+                rows: labelled(
+                    "result",
+                    &crate::coap::COMMAND_RESULTS,
+                    &m.coap_commands_total,
+                ),
+            });
+        }
+
         // Overload protection.
         counters.push(Family {
             name: "rookery_rate_limited",

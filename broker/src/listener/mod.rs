@@ -53,6 +53,14 @@ pub enum ListenerKind {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// The CoAP gateway's device sessions (in-process).
+    #[value(skip)]
+    #[serde(skip)]
+    Coap,
+    /// The edge bridge's local side (in-process).
+    #[value(skip)]
+    #[serde(skip)]
+    Bridge,
 }
 
 impl ListenerKind {
@@ -63,6 +71,8 @@ impl ListenerKind {
             ListenerKind::Mqtts => "mqtts",
             ListenerKind::Ws => "ws",
             ListenerKind::Wss => "wss",
+            ListenerKind::Coap => "coap",
+            ListenerKind::Bridge => "bridge",
         }
     }
 

@@ -243,3 +243,49 @@ pub fn client_connector(
         .map_err(|e| config_error(e.to_string()))?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
+
+/// A TLS client configuration for a bridge's upstream: `ca` as the only trust root, TLS 1.2
+/// or 1.3 (the upstream may be another vendor's broker), and a client certificate when given.
+pub fn upstream_connector(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates("CA", ca, &read("CA", ca)?)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            what: "CA",
+            path: ca.into(),
+            message: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .map_err(|e| TlsError::Invalid {
+            what: "CA",
+            path: ca.into(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates("certificate", cert, &read("certificate", cert)?)?;
+            let key_pem = read("key", key)?;
+            let private =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
+                    what: "key",
+                    path: key.into(),
+                    message: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+                })?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| TlsError::Config {
+                    cert: cert.into(),
+                    key: key.into(),
+                    message: e.to_string(),
+                })?
+        }
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}

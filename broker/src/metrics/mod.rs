@@ -22,15 +22,19 @@ pub fn listener_index(kind: ListenerKind) -> usize {
         ListenerKind::Mqtts => 1,
         ListenerKind::Ws => 2,
         ListenerKind::Wss => 3,
+        ListenerKind::Coap => 4,
+        ListenerKind::Bridge => 5,
     }
 }
 
 /// Listener kinds in index order.
-pub const LISTENERS: [ListenerKind; 4] = [
+pub const LISTENERS: [ListenerKind; 6] = [
     ListenerKind::Mqtt,
     ListenerKind::Mqtts,
     ListenerKind::Ws,
     ListenerKind::Wss,
+    ListenerKind::Coap,
+    ListenerKind::Bridge,
 ];
 
 /// Index of a protocol version in per-protocol arrays.
@@ -179,15 +183,25 @@ pub struct Metrics {
     /// Sockets accepted since start.
     pub connections_total: AtomicU64,
     /// Sockets accepted, by listener.
-    pub connection_attempts_total: [AtomicU64; 4],
+    pub connection_attempts_total: [AtomicU64; 6],
     /// Connected clients (CONNACK sent), by listener and protocol.
-    pub clients: [[AtomicI64; 3]; 4],
+    pub clients: [[AtomicI64; 3]; 6],
     /// CONNECTs accepted, by listener and protocol.
-    pub clients_total: [[AtomicU64; 3]; 4],
+    pub clients_total: [[AtomicU64; 3]; 6],
     /// CONNECTs refused (any reason).
     pub connects_refused_total: AtomicU64,
     /// CONNECTs refused, by [`RefuseReason`].
     pub refused_by_reason: [AtomicU64; 11],
+    /// Bridges whose link to their upstream is up.
+    pub bridges_up: AtomicI64,
+    /// CoAP requests, by method ([`crate::coap::METHODS`]).
+    pub coap_requests_total: [AtomicU64; 4],
+    /// CoAP datagrams dropped, by [`crate::coap::Dropped`].
+    pub coap_dropped_total: [AtomicU64; 5],
+    /// CoAP notifications sent to observers.
+    pub coap_notifications_total: AtomicU64,
+    /// MQTT commands sent to CoAP devices, by [`crate::coap::COMMAND_RESULTS`].
+    pub coap_commands_total: [AtomicU64; 3],
     /// Times a limit held a client back, by [`RateLimit`].
     pub rate_limited_total: [AtomicU64; 4],
     /// Outgoing QoS 1/2 messages waiting for their acknowledgement (connections report

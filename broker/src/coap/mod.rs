@@ -1,0 +1,650 @@
+//! The CoAP gateway (RFC 7252, with block-wise transfer, RFC 7959, and Observe, RFC 7641):
+//! devices speak CoAP over UDP, and each becomes an ordinary MQTT session of this broker.
+//!
+//! - [`topics`] and [`request`]: pure mapping of requests to devices and topics.
+//! - [`exchanges`]: duplicate detection by message id.
+//! - [`outbox`]: the gateway's own confirmable messages, retransmitted.
+//! - [`device`]: a device's MQTT session, observers, notifications and commands.
+//!
+//! Message encoding is the `coap-lite` crate's, block-wise transfer its `BlockHandler`.
+
+pub mod device;
+pub mod exchanges;
+pub mod outbox;
+pub mod request;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coap_lite::{
+    BlockHandler, BlockHandlerConfig, CoapOption, CoapRequest, MessageClass, MessageType, Packet,
+    ResponseType,
+};
+use indexmap::IndexMap;
+use parking_lot::Mutex;
+use rookery_codec::{QoS, reason};
+use tokio::net::UdpSocket;
+use tracing::{debug, warn};
+
+use self::device::{Device, Identity, Observer, observe_filter, publish_for};
+use self::exchanges::{EXCHANGE_LIFETIME, Exchanges, Seen};
+use self::outbox::{Outbox, Timing};
+use self::request::{Method, Observe, Request, uint_bytes};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::limits::bucket::TokenBucket;
+
+/// Largest datagram read; anything longer is refused (RFC 7252 section 4.6 keeps messages
+/// within one IP packet, 1280 bytes being the safe size).
+const MAX_DATAGRAM: usize = coap_lite::Packet::MAX_SIZE;
+
+/// Last values kept for reads without a device wake-up.
+const CACHE_ENTRIES: usize = 10_000;
+/// Largest payload cached.
+const CACHE_PAYLOAD: usize = 64 * 1024;
+/// Exchanges remembered for duplicate detection.
+const EXCHANGES: usize = 100_000;
+
+/// Why a datagram was dropped (the `reason` label of `rookery_coap_dropped_total`).
+#[derive(Debug, Clone, Copy)]
+pub enum Dropped {
+    /// Not a CoAP message.
+    Malformed = 0,
+    /// Over the per-address rate.
+    RateLimited,
+    /// A duplicate, answered from the exchange cache or ignored.
+    Duplicate,
+    /// Longer than one datagram may be.
+    TooLarge,
+    /// An ACK, RST or response nobody waits for.
+    Unexpected,
+}
+
+impl Dropped {
+    /// Every reason, in index order.
+    pub const ALL: [Dropped; 5] = [
+        Dropped::Malformed,
+        Dropped::RateLimited,
+        Dropped::Duplicate,
+        Dropped::TooLarge,
+        Dropped::Unexpected,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Malformed => "malformed",
+            Dropped::RateLimited => "rate_limited",
+            Dropped::Duplicate => "duplicate",
+            Dropped::TooLarge => "too_large",
+            Dropped::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// Method labels of `rookery_coap_requests_total`, in index order.
+pub const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
+
+/// Result labels of `rookery_coap_commands_total`, in index order.
+pub const COMMAND_RESULTS: [&str; 3] = ["answered", "error", "timeout"];
+
+struct Cached {
+    payload: Bytes,
+    format: Option<u16>,
+    at: Instant,
+}
+
+/// The gateway's shared state.
+pub struct Gateway {
+    /// The broker it is part of.
+    pub broker: Arc<Broker>,
+    /// The configuration at start.
+    pub config: Config,
+    /// The UDP socket.
+    pub socket: UdpSocket,
+    /// Confirmable messages in flight.
+    pub outbox: Outbox,
+    /// Retransmission parameters.
+    pub timing: Timing,
+    devices: Mutex<HashMap<String, Arc<Device>>>,
+    exchanges: Mutex<Exchanges>,
+    blocks: Mutex<BlockHandler<SocketAddr>>,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    cache: Mutex<IndexMap<String, Cached>>,
+}
+
+/// Binds the gateway's socket.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr).await
+}
+
+/// Runs the gateway on `socket` until the broker shuts down.
+pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
+    let config = broker.config.clone();
+    let statics = config.coap_device_map().unwrap_or_default();
+    let gateway = Arc::new(Gateway {
+        timing: Timing {
+            ack_timeout: Duration::from_millis(config.coap_ack_timeout_ms),
+            max_retransmit: config.coap_max_retransmit,
+        },
+        devices: Mutex::new(
+            statics
+                .iter()
+                .map(|(id, addr)| (id.clone(), Arc::new(Device::new(id, Some(*addr), true))))
+                .collect(),
+        ),
+        exchanges: Mutex::new(Exchanges::new(EXCHANGE_LIFETIME, EXCHANGES)),
+        blocks: Mutex::new(BlockHandler::new(BlockHandlerConfig::default())),
+        buckets: Mutex::new(HashMap::new()),
+        cache: Mutex::new(IndexMap::new()),
+        outbox: Outbox::new(),
+        socket,
+        config,
+        broker: broker.clone(),
+    });
+    broker.tasks.spawn(housekeeping(gateway.clone()));
+    let shutdown = broker.shutdown.clone();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let (len, peer) = tokio::select! {
+            r = gateway.socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; the socket is still good.
+                    debug!("coap: receive failed: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        gateway.datagram(&buf[..len], peer).await;
+    }
+    let devices: Vec<Arc<Device>> = gateway.devices.lock().drain().map(|(_, d)| d).collect();
+    for device in devices {
+        device.disconnect().await;
+    }
+}
+
+/// Connects the static devices (so that their commands flow) and closes idle sessions.
+async fn housekeeping(gateway: Arc<Gateway>) {
+    let idle = Duration::from_secs(gateway.config.coap_idle_secs.max(1));
+    let every = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let shutdown = gateway.broker.shutdown.clone();
+    loop {
+        let devices: Vec<Arc<Device>> = gateway.devices.lock().values().cloned().collect();
+        for device in devices {
+            if device.fixed {
+                if !device.is_connected().await {
+                    let anonymous = Identity {
+                        username: None,
+                        password: Vec::new(),
+                    };
+                    if let Err(code) = device.client(&gateway, &anonymous, None).await {
+                        debug!(device = %device.id, ?code, "static device: no session yet");
+                    }
+                }
+            } else if device.is_idle(idle) {
+                device.disconnect().await;
+                gateway
+                    .devices
+                    .lock()
+                    .retain(|_, d| !Arc::ptr_eq(d, &device));
+            }
+        }
+        // Rate-limit buckets: a flood of source addresses must not grow them without end
+        // (a cleared bucket starts full again, which only forgives a burst).
+        {
+            let mut buckets = gateway.buckets.lock();
+            if buckets.len() > 100_000 {
+                buckets.clear();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A response to `request` with `code` (piggybacked on the ACK of a CON, a NON for a NON).
+fn reply(request: &Packet, code: ResponseType) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(match request.header.get_type() {
+        MessageType::Confirmable => MessageType::Acknowledgement,
+        _ => MessageType::NonConfirmable,
+    });
+    p.header.code = MessageClass::Response(code);
+    p.header.message_id = request.header.message_id;
+    p.set_token(request.get_token().to_vec());
+    p
+}
+
+fn diagnostic(request: &Packet, code: ResponseType, why: &str) -> Packet {
+    let mut p = reply(request, code);
+    p.payload = why.as_bytes().to_vec();
+    p
+}
+
+impl Gateway {
+    fn dropped(&self, why: Dropped) {
+        bump(&self.broker.metrics.coap_dropped_total[why as usize]);
+    }
+
+    /// Sends a packet, ignoring errors (UDP: the peer retransmits or gives up).
+    pub async fn send(&self, peer: SocketAddr, packet: &Packet) {
+        match packet.to_bytes_unlimited() {
+            Ok(bytes) => {
+                let _ = self.socket.send_to(&bytes, peer).await;
+            }
+            Err(e) => warn!(%peer, "coap: cannot encode a response: {e:?}"),
+        }
+    }
+
+    fn allowed(&self, peer: SocketAddr) -> bool {
+        let rate = f64::from(self.config.coap_rate_limit);
+        if rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets
+            .entry(peer.ip())
+            .or_insert_with(|| TokenBucket::new(rate * 2.0, now));
+        bucket.take(1.0, rate, rate * 2.0, now).is_none()
+    }
+
+    async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: SocketAddr) {
+        let limited = !self.allowed(peer);
+        let packet = if bytes.len() > MAX_DATAGRAM {
+            None
+        } else {
+            std::panic::catch_unwind(|| Packet::from_bytes(bytes))
+                .ok()
+                .and_then(Result::ok)
+        };
+        let Some(packet) = packet else {
+            let too_large = bytes.len() > MAX_DATAGRAM;
+            self.dropped(if too_large {
+                Dropped::TooLarge
+            } else {
+                Dropped::Malformed
+            });
+            // RFC 7252 section 4.2: a confirmable message that cannot be processed is
+            // rejected with RST (when at least its header can be read).
+            if !limited && bytes.len() >= 4 && bytes[0] >> 6 == 1 && (bytes[0] >> 4) & 3 == 0 {
+                let mut rst = Packet::new();
+                rst.header.set_version(1);
+                rst.header.set_type(MessageType::Reset);
+                rst.header.message_id = u16::from_be_bytes([bytes[2], bytes[3]]);
+                self.send(peer, &rst).await;
+            }
+            return;
+        };
+        match (packet.header.get_type(), packet.header.code) {
+            (MessageType::Acknowledgement | MessageType::Reset, _) => {
+                if !self.outbox.on_ack(peer, packet) {
+                    self.dropped(Dropped::Unexpected);
+                }
+            }
+            // CoAP ping (an empty CON) is answered with RST.
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                let mut rst = Packet::new();
+                rst.header.set_type(MessageType::Reset);
+                rst.header.message_id = packet.header.message_id;
+                self.send(peer, &rst).await;
+            }
+            (t, MessageClass::Response(_)) => {
+                let id = packet.header.message_id;
+                if t == MessageType::Confirmable {
+                    let mut ack = Packet::new();
+                    ack.header.set_type(MessageType::Acknowledgement);
+                    ack.header.message_id = id;
+                    self.send(peer, &ack).await;
+                }
+                if !self.outbox.on_response(peer, packet) {
+                    self.dropped(Dropped::Unexpected);
+                }
+            }
+            (MessageType::Confirmable | MessageType::NonConfirmable, MessageClass::Request(_)) => {
+                if limited {
+                    self.dropped(Dropped::RateLimited);
+                    if packet.header.get_type() == MessageType::Confirmable {
+                        let mut p = reply(&packet, ResponseType::TooManyRequests);
+                        p.add_option(CoapOption::MaxAge, uint_bytes(1));
+                        self.send(peer, &p).await;
+                    }
+                    return;
+                }
+                let id = packet.header.message_id;
+                let seen = self.exchanges.lock().begin(peer, id, Instant::now());
+                match seen {
+                    Seen::New => {
+                        let gateway = self.clone();
+                        // Publishing waits for the broker: each request runs on its own.
+                        tokio::spawn(async move {
+                            let response = gateway.request(packet, peer).await;
+                            let bytes = response.and_then(|p| p.to_bytes_unlimited().ok());
+                            if let Some(bytes) = &bytes {
+                                let _ = gateway.socket.send_to(bytes, peer).await;
+                            }
+                            gateway
+                                .exchanges
+                                .lock()
+                                .answer(peer, id, bytes.unwrap_or_default());
+                        });
+                    }
+                    Seen::InProgress => self.dropped(Dropped::Duplicate),
+                    Seen::Answered(bytes) => {
+                        self.dropped(Dropped::Duplicate);
+                        if !bytes.is_empty() {
+                            let _ = self.socket.send_to(&bytes, peer).await;
+                        }
+                    }
+                }
+            }
+            _ => self.dropped(Dropped::Malformed),
+        }
+    }
+
+    /// Handles one request; the response to send, if any.
+    async fn request(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
+        let max = self.config.max_packet_size as usize;
+        if let Some(Ok(block1)) =
+            packet.get_first_option_as::<coap_lite::block_handler::BlockValue>(CoapOption::Block1)
+            && usize::from(block1.num).saturating_mul(block1.size()) > max
+        {
+            return Some(diagnostic(
+                &packet,
+                ResponseType::RequestEntityTooLarge,
+                "larger than max_packet_size",
+            ));
+        }
+        let mut exchange = CoapRequest::from_packet(packet, peer);
+        // Block-wise: a Block1 part, or a Block2 follow-up of a cached response.
+        let intercepted = {
+            let mut blocks = self.blocks.lock();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                blocks.intercept_request(&mut exchange)
+            }))
+        };
+        match intercepted {
+            Ok(Ok(true)) => return exchange.response.map(|r| r.message),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                let mut p = reply(
+                    &exchange.message,
+                    e.code.unwrap_or(ResponseType::BadRequest),
+                );
+                p.payload = e.message.into_bytes();
+                return Some(p);
+            }
+            Err(_) => {
+                return Some(reply(&exchange.message, ResponseType::InternalServerError));
+            }
+        }
+        let response = self.handle(&exchange.message, peer).await;
+        let keep_block1 = exchange
+            .response
+            .as_ref()
+            .and_then(|r| r.message.get_option(CoapOption::Block1).cloned());
+        let mut response = response;
+        if let Some(b1) = keep_block1 {
+            response.set_option(CoapOption::Block1, b1);
+        }
+        match exchange.response.as_mut() {
+            Some(r) => r.message = response,
+            // A NON request: the response is a NON too.
+            None => return Some(response),
+        }
+        let mut blocks = self.blocks.lock();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            blocks.intercept_response(&mut exchange)
+        }));
+        exchange.response.map(|r| r.message)
+    }
+
+    /// The first block of a notification too large for one datagram; the rest is served to
+    /// the observer's Block2 follow-ups.
+    pub fn first_block(&self, peer: SocketAddr, path: &[String], packet: Packet) -> Packet {
+        if packet.payload.len() <= 1024 {
+            return packet;
+        }
+        let mut get = Packet::new();
+        get.header.set_type(MessageType::NonConfirmable);
+        get.header.code = MessageClass::Request(coap_lite::RequestType::Get);
+        for segment in path {
+            get.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+        }
+        let mut exchange = CoapRequest::from_packet(get, peer);
+        let token = packet.get_token().to_vec();
+        if let Some(r) = exchange.response.as_mut() {
+            r.message = packet.clone();
+        }
+        let mut blocks = self.blocks.lock();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            blocks.intercept_response(&mut exchange)
+        })) {
+            Ok(Ok(true)) => match exchange.response {
+                Some(r) => {
+                    let mut first = r.message;
+                    first.set_token(token);
+                    first
+                }
+                None => packet,
+            },
+            _ => packet,
+        }
+    }
+
+    /// Remembers the last value of a topic.
+    pub fn cache_put(&self, topic: &str, payload: Bytes, format: Option<u16>) {
+        if payload.len() > CACHE_PAYLOAD {
+            self.cache.lock().shift_remove(topic);
+            return;
+        }
+        let mut cache = self.cache.lock();
+        cache.shift_remove(topic);
+        cache.insert(
+            topic.to_owned(),
+            Cached {
+                payload,
+                format,
+                at: Instant::now(),
+            },
+        );
+        while cache.len() > CACHE_ENTRIES {
+            cache.shift_remove_index(0);
+        }
+    }
+
+    /// The last value of a topic: the newer of the gateway's cache and the retained message.
+    fn last_value(&self, topic: &str) -> Option<(Bytes, Option<u16>)> {
+        let now = Instant::now();
+        let retained = self
+            .broker
+            .retained
+            .read()
+            .get(topic)
+            .filter(|m| !m.is_expired(now))
+            .cloned();
+        let cache = self.cache.lock();
+        let cached = cache.get(topic);
+        match (retained, cached) {
+            (Some(r), Some(c)) if c.at > r.received => Some((c.payload.clone(), c.format)),
+            (Some(r), _) => Some((
+                r.payload.clone(),
+                r.properties
+                    .content_type
+                    .as_deref()
+                    .and_then(request::content_format),
+            )),
+            (None, Some(c)) => Some((c.payload.clone(), c.format)),
+            (None, None) => None,
+        }
+    }
+
+    fn device(&self, id: &str) -> Arc<Device> {
+        self.devices
+            .lock()
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Device::new(id, None, false)))
+            .clone()
+    }
+
+    async fn handle(self: &Arc<Self>, packet: &Packet, peer: SocketAddr) -> Packet {
+        let anonymous = self.broker.config.anonymous_allowed();
+        let req = match request::parse(packet, anonymous) {
+            Ok(r) => r,
+            Err(refusal) => return diagnostic(packet, refusal.code, &refusal.reason),
+        };
+        let slot = match req.method {
+            Method::Get => 0,
+            Method::Post => 1,
+            Method::Put => 2,
+            Method::Delete => 3,
+        };
+        bump(&self.broker.metrics.coap_requests_total[slot]);
+        let device = self.device(&req.device);
+        let identity = Identity {
+            username: req.credentials.as_ref().map(|(u, _)| u.clone()),
+            password: req
+                .credentials
+                .as_ref()
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default(),
+        };
+        let client = match device.client(self, &identity, Some(peer)).await {
+            Ok(c) => c,
+            Err(code) => return reply(packet, code),
+        };
+        device.seen(peer);
+        let topic = topics::resource_topic(&self.config.coap_prefix, &req.device, &req.resource);
+        match req.method {
+            Method::Post | Method::Put => {
+                let retain = req.method == Method::Put;
+                let payload = packet.payload.clone();
+                if payload.len() + topic.len() + 64 > self.config.max_packet_size as usize {
+                    return diagnostic(
+                        packet,
+                        ResponseType::RequestEntityTooLarge,
+                        "larger than max_packet_size",
+                    );
+                }
+                let publish =
+                    publish_for(&topic, payload.clone(), req.qos, retain, req.content_format);
+                match client.publish(publish).await {
+                    Ok(code) if code < 0x80 => {
+                        self.cache_put(&topic, Bytes::from(payload), req.content_format);
+                        reply(packet, ResponseType::Changed)
+                    }
+                    Ok(code) => reply(packet, publish_refusal(code)),
+                    Err(_) => reply(packet, ResponseType::ServiceUnavailable),
+                }
+            }
+            Method::Delete => {
+                let publish = publish_for(&topic, Vec::new(), QoS::AtLeastOnce, true, None);
+                match client.publish(publish).await {
+                    Ok(code) if code < 0x80 => {
+                        self.cache.lock().shift_remove(&topic);
+                        reply(packet, ResponseType::Deleted)
+                    }
+                    Ok(code) => reply(packet, publish_refusal(code)),
+                    Err(_) => reply(packet, ResponseType::ServiceUnavailable),
+                }
+            }
+            Method::Get => {
+                self.get(packet, peer, &req, &device, &client, &topic, &identity)
+                    .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn get(
+        self: &Arc<Self>,
+        packet: &Packet,
+        peer: SocketAddr,
+        req: &Request,
+        device: &Arc<Device>,
+        client: &crate::client::Client,
+        topic: &str,
+        identity: &Identity,
+    ) -> Packet {
+        let client_id = device.client_id();
+        if !self
+            .broker
+            .security
+            .can_read(identity.username.as_deref(), &client_id, topic)
+        {
+            return reply(packet, ResponseType::Forbidden);
+        }
+        let mut observing = None;
+        match req.observe {
+            Some(Observe::Register) => {
+                let path: Vec<String> = packet
+                    .get_option(CoapOption::UriPath)
+                    .into_iter()
+                    .flatten()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
+                // Subscribed before the current value is read: nothing falls in between.
+                match client.subscribe(vec![observe_filter(topic, req.qos)]).await {
+                    Ok(codes) if codes.iter().all(|c| *c < 0x80) => {}
+                    Ok(_) => return reply(packet, ResponseType::Forbidden),
+                    Err(_) => return reply(packet, ResponseType::ServiceUnavailable),
+                }
+                device.observe(Observer {
+                    topic: topic.to_owned(),
+                    addr: peer,
+                    token: packet.get_token().to_vec(),
+                    path,
+                    seq: 2,
+                });
+                observing = Some(2);
+            }
+            Some(Observe::Deregister)
+                if device.unobserve(topic, peer, Some(packet.get_token())) =>
+            {
+                let _ = client.unsubscribe(vec![topic.into()]).await;
+            }
+            Some(Observe::Deregister) | None => {}
+        }
+        let value = self.last_value(topic);
+        let (payload, format) = match (value, observing) {
+            (Some(v), _) => v,
+            (None, Some(_)) => (Bytes::new(), None),
+            (None, None) => return reply(packet, ResponseType::NotFound),
+        };
+        let mut p = reply(packet, ResponseType::Content);
+        if let Some(seq) = observing {
+            p.set_observe_value(seq);
+        }
+        if let Some(cf) = format {
+            p.add_option(CoapOption::ContentFormat, uint_bytes(u32::from(cf)));
+        }
+        p.payload = payload.to_vec();
+        p
+    }
+}
+
+/// The CoAP code for a PUBACK or PUBREC reason code of 0x80 or more.
+fn publish_refusal(code: u8) -> ResponseType {
+    match code {
+        reason::NOT_AUTHORIZED => ResponseType::Forbidden,
+        reason::TOPIC_NAME_INVALID => ResponseType::BadRequest,
+        reason::PACKET_TOO_LARGE => ResponseType::RequestEntityTooLarge,
+        reason::QUOTA_EXCEEDED | reason::MESSAGE_RATE_TOO_HIGH => ResponseType::TooManyRequests,
+        reason::PAYLOAD_FORMAT_INVALID => ResponseType::BadRequest,
+        _ => ResponseType::InternalServerError,
+    }
+}

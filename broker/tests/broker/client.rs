@@ -1,0 +1,184 @@
+//! The broker's own MQTT client (`rookery_broker::client`), in-process and over TCP: what the
+//! CoAP gateway and the bridge are built on.
+
+use std::time::Duration;
+
+use bytestring::ByteString;
+use rookery_broker::client::{Client, ClientError, Options, local};
+use rookery_broker::listener::ListenerKind;
+use rookery_codec::*;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+fn options(protocol: Protocol, id: &str, clean_start: bool) -> Options {
+    let mut connect = connect_packet(protocol, id, clean_start);
+    if protocol.is_v5() {
+        connect.properties.session_expiry_interval = Some(3600);
+        connect.properties.receive_maximum = Some(8);
+    }
+    Options {
+        connect,
+        max_packet_size: 1 << 20,
+        connect_timeout: WAIT,
+    }
+}
+
+fn filter(f: &str, qos: QoS) -> SubscribeFilter {
+    SubscribeFilter {
+        filter: ByteString::from(f),
+        options: SubscriptionOptions {
+            qos,
+            ..Default::default()
+        },
+    }
+}
+
+fn publish(topic: &str, payload: &str, qos: QoS) -> Publish {
+    Publish {
+        qos,
+        topic: topic.into(),
+        payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn every_qos_round_trips_over_tcp_and_in_process() {
+    let server = start(|_| {}).await;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let tcp = TcpStream::connect(server.addr()).await.unwrap();
+        let (sub, ack, mut incoming) = Client::connect(tcp, options(protocol, "sub", true))
+            .await
+            .unwrap();
+        assert_eq!(ack.code, 0);
+        let codes = sub
+            .subscribe(vec![filter("c/#", QoS::ExactlyOnce)])
+            .await
+            .unwrap();
+        assert_eq!(codes, vec![2]);
+        let peer = "127.0.0.9:1".parse().unwrap();
+        let (publ, _, _) = local::connect(
+            &server.broker,
+            peer,
+            ListenerKind::Bridge,
+            options(Protocol::V5, "pub", true),
+        )
+        .await
+        .unwrap();
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+        {
+            let code = publ
+                .publish(publish(&format!("c/{i}"), "x", qos))
+                .await
+                .unwrap();
+            assert_eq!(code, 0, "{qos:?}");
+            let got = tokio::time::timeout(WAIT, incoming.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.publish.topic, format!("c/{i}"));
+            assert_eq!(got.publish.qos, qos);
+            got.ack();
+        }
+        // A refusal comes back as the reason code: nobody subscribes to this one (v5 0x10 is
+        // a success code).
+        let code = publ
+            .publish(publish("none", "x", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        assert_eq!(code, reason::NO_MATCHING_SUBSCRIBERS);
+        assert!(sub.ping().await.is_ok());
+        publ.disconnect();
+        sub.disconnect();
+        assert_eq!(sub.closed().await, "disconnected");
+    }
+}
+
+#[tokio::test]
+async fn a_message_not_acked_is_delivered_again_to_the_resumed_session() {
+    let server = start(|_| {}).await;
+    let peer = "127.0.0.9:1".parse().unwrap();
+    let connect = || {
+        local::connect(
+            &server.broker,
+            peer,
+            ListenerKind::Bridge,
+            options(Protocol::V5, "keeper", false),
+        )
+    };
+    let (sub, _, mut incoming) = connect().await.unwrap();
+    sub.subscribe(vec![filter("k", QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let (publ, _, _) = Client::connect(
+        TcpStream::connect(server.addr()).await.unwrap(),
+        options(Protocol::V311, "p", true),
+    )
+    .await
+    .unwrap();
+    publ.publish(publish("k", "kept", QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first.publish.payload[..], b"kept");
+    // Dropped without an ack, then the connection goes: the broker still owes it.
+    drop(first);
+    sub.disconnect();
+    sub.closed().await;
+    let (again, ack, mut incoming) = connect().await.unwrap();
+    assert!(ack.session_present);
+    let redelivered = tokio::time::timeout(WAIT, incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&redelivered.publish.payload[..], b"kept");
+    assert!(redelivered.publish.dup);
+    redelivered.ack();
+    again.disconnect();
+}
+
+#[tokio::test]
+async fn a_refused_connect_and_a_closed_connection_are_errors() {
+    let server = start(|c| c.allow_anonymous = Some(false)).await;
+    let peer = "127.0.0.9:1".parse().unwrap();
+    let refused = local::connect(
+        &server.broker,
+        peer,
+        ListenerKind::Coap,
+        options(Protocol::V5, "anon", true),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Refused(
+                reason::NOT_AUTHORIZED | reason::BAD_USERNAME_OR_PASSWORD
+            ))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let open = start(|_| {}).await;
+    let (client, _, _) = local::connect(
+        &open.broker,
+        peer,
+        ListenerKind::Coap,
+        options(Protocol::V5, "gone", true),
+    )
+    .await
+    .unwrap();
+    client.disconnect();
+    client.closed().await;
+    let err = client
+        .publish(publish("t", "x", QoS::AtLeastOnce))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.ping()).await;
+}
