@@ -94,6 +94,9 @@ pub fn render(
 
     objects.push(typed(&services::headless(c, &names)));
     objects.push(typed(&services::brokers(c, &names)));
+    if let Some(svc) = services::coap(c, &names) {
+        objects.push(typed(&svc));
+    }
     objects.push(typed(&load_balancer::service(c, &names)));
     if let Some(r) = &managed_redis {
         for s in &r.services {

@@ -272,12 +272,6 @@ pub fn validate(c: &MqttCluster) -> Result<(), Vec<FieldError>> {
             );
         }
     }
-    if spec.coap.enabled {
-        err(
-            "spec.coap.enabled",
-            "this broker version has no CoAP gateway yet".into(),
-        );
-    }
     if let Some(i) = &spec.monitoring.interval
         && !is_prometheus_duration(i)
     {

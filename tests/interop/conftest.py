@@ -27,7 +27,7 @@ BROKER_BIN = Path(
 )
 LOG_LEVEL = os.environ.get("ROOKERY_TEST_LOG_LEVEL", "debug")
 PORT_RE = re.compile(r"listening on [0-9.]+:(\d+)")
-LISTENER_RE = re.compile(r"[0-9.]+:(\d+) \((mqtt|mqtts|ws|wss)\)")
+LISTENER_RE = re.compile(r"[0-9.]+:(\d+) \((mqtt|mqtts|ws|wss|coap)\)")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -39,7 +39,7 @@ class Broker:
         self.log_path = log_path
         self.args = args
         self.port: int = 0
-        # Port of the first listener of each kind ("mqtt", "mqtts", "ws", "wss").
+        # Port of the first listener of each kind ("mqtt", "mqtts", "ws", "wss", and "coap": UDP).
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 

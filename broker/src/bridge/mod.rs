@@ -131,7 +131,52 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
         BridgeProtocol::V5 => Protocol::V5,
         BridgeProtocol::V311 => Protocol::V311,
     };
-    let stream = upstream_stream(bridge).await?;
+    // This broker's side first, with its subscriptions: from the bridge's first start on,
+    // this broker keeps what is published for the upstream, even before the upstream was
+    // ever reached. The session goes offline again when the upstream cannot be reached.
+    let local_options = Options {
+        connect: Connect {
+            protocol: Protocol::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: ByteString::from(local_client_id(bridge)),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties {
+                session_expiry_interval: Some(u32::MAX),
+                receive_maximum: Some(LOCAL_RECEIVE_MAXIMUM),
+                ..ConnectProperties::default()
+            },
+        },
+        max_packet_size: broker.config.max_packet_size as usize + 64,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let peer = tokio::net::lookup_host(&bridge.address)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let identity = local_client_id(bridge);
+    let (local, _, local_rx) = local::connect(
+        broker,
+        peer,
+        ListenerKind::Bridge,
+        Some(&identity),
+        local_options,
+    )
+    .await
+    .map_err(|e| format!("local session: {e}"))?;
+    let local_filters = filters(bridge, false);
+    if !local_filters.is_empty() {
+        let codes = match local.subscribe(local_filters).await {
+            Ok(c) => c,
+            Err(e) => return Err(format!("local session: {e}")),
+        };
+        if let Some(c) = codes.iter().find(|c| **c >= 0x80) {
+            warn!(bridge = %bridge.name, "this broker refused the bridge a subscription ({c:#04x}): does the ACL let user {identity:?} read it?");
+        }
+    }
     let remote_options = Options {
         connect: Connect {
             protocol,
@@ -150,69 +195,12 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
         max_packet_size: broker.config.max_packet_size as usize + 64,
         connect_timeout: Duration::from_secs(10),
     };
-    let (remote, _, remote_rx) = Client::connect(stream, remote_options)
-        .await
-        .map_err(|e| e.to_string())?;
-    let local_options = Options {
-        connect: Connect {
-            protocol: Protocol::V5,
-            clean_start: false,
-            keep_alive: 0,
-            client_id: ByteString::from(format!("bridge-{}", bridge.name)),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties {
-                session_expiry_interval: Some(u32::MAX),
-                receive_maximum: Some(LOCAL_RECEIVE_MAXIMUM),
-                ..ConnectProperties::default()
-            },
-        },
-        max_packet_size: broker.config.max_packet_size as usize + 64,
-        connect_timeout: Duration::from_secs(10),
-    };
-    let peer = tokio::net::lookup_host(&bridge.address)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (local, _, local_rx) =
-        match local::connect(broker, peer, ListenerKind::Bridge, local_options).await {
-            Ok(c) => c,
-            Err(e) => {
-                remote.disconnect();
-                return Err(format!("local session: {e}"));
-            }
-        };
-    let subscribe = |inward: bool| -> Vec<SubscribeFilter> {
-        bridge
-            .topics
-            .iter()
-            .filter(|t| {
-                if inward {
-                    t.direction.inward()
-                } else {
-                    t.direction.out()
-                }
-            })
-            .map(|t| SubscribeFilter {
-                filter: if inward {
-                    t.remote_filter()
-                } else {
-                    t.local_filter()
-                }
-                .into(),
-                options: SubscriptionOptions {
-                    qos: QoS::from_u8(t.qos).unwrap_or(QoS::AtLeastOnce),
-                    no_local: true,
-                    retain_as_published: true,
-                    retain_handling: RetainHandling::SendAtSubscribe,
-                },
-            })
-            .collect()
-    };
-    let (remote_filters, local_filters) = (subscribe(true), subscribe(false));
-    let result = async {
+    let upstream = async {
+        let stream = upstream_stream(bridge).await?;
+        let (remote, _, remote_rx) = Client::connect(stream, remote_options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let remote_filters = filters(bridge, true);
         if !remote_filters.is_empty() {
             let codes = remote
                 .subscribe(remote_filters)
@@ -222,23 +210,18 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
                 warn!(bridge = %bridge.name, "the upstream refused a subscription ({c:#04x})");
             }
         }
-        if !local_filters.is_empty() {
-            let codes = local
-                .subscribe(local_filters)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(c) = codes.iter().find(|c| **c >= 0x80) {
-                warn!(bridge = %bridge.name, "this broker refused a subscription ({c:#04x})");
-            }
+        Ok::<_, String>((remote, remote_rx))
+    };
+    let (remote, remote_rx) = match upstream.await {
+        Ok(r) => r,
+        Err(e) => {
+            // Dropping the receiver ends the local connection even while it waits to hand
+            // over a message; what it held stays owed to the session.
+            drop(local_rx);
+            local.disconnect();
+            return Err(e);
         }
-        Ok::<(), String>(())
-    }
-    .await;
-    if let Err(e) = result {
-        local.disconnect();
-        remote.disconnect();
-        return Err(e);
-    }
+    };
     info!(bridge = %bridge.name, address = %bridge.address, "bridge connected");
     broker
         .metrics
@@ -254,6 +237,40 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
     local.disconnect();
     remote.disconnect();
     Ok(reason)
+}
+
+/// The client id (and trusted username) of the bridge's session on this broker.
+fn local_client_id(bridge: &BridgeConfig) -> String {
+    format!("bridge-{}", bridge.name)
+}
+
+/// The subscriptions of one side: the upstream's (`inward`) or this broker's.
+fn filters(bridge: &BridgeConfig, inward: bool) -> Vec<SubscribeFilter> {
+    bridge
+        .topics
+        .iter()
+        .filter(|t| {
+            if inward {
+                t.direction.inward()
+            } else {
+                t.direction.out()
+            }
+        })
+        .map(|t| SubscribeFilter {
+            filter: if inward {
+                t.remote_filter()
+            } else {
+                t.local_filter()
+            }
+            .into(),
+            options: SubscriptionOptions {
+                qos: QoS::from_u8(t.qos).unwrap_or(QoS::AtLeastOnce),
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: RetainHandling::SendIfNew,
+            },
+        })
+        .collect()
 }
 
 /// Which way a message goes.

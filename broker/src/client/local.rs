@@ -17,18 +17,22 @@ const PIPE_BYTES: usize = 64 * 1024;
 
 /// Connects to `broker` in-process. `peer` is the address the session is reported with
 /// (the device's, for the CoAP gateway); `listener` labels it in metrics and logs.
+/// `trusted_as` authenticates the session as that username without a password, as a
+/// verified client certificate would (the bridge's own session); `None` leaves the CONNECT's
+/// credentials to the password file (a CoAP device's).
 pub async fn connect(
     broker: &Arc<Broker>,
     peer: SocketAddr,
     listener: ListenerKind,
+    trusted_as: Option<&str>,
     options: Options,
 ) -> Result<(Client, ConnAck, mpsc::Receiver<Incoming>), ClientError> {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
     let info = ConnInfo {
         peer,
         listener,
-        cert_identity: None,
-        cert_verified: false,
+        cert_identity: trusted_as.map(str::to_owned),
+        cert_verified: trusted_as.is_some(),
     };
     broker
         .tasks

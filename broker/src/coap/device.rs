@@ -170,7 +170,7 @@ impl Device {
             .or(*self.addr.lock())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (client, _ack, incoming) =
-            match local::connect(&gateway.broker, peer, ListenerKind::Coap, options).await {
+            match local::connect(&gateway.broker, peer, ListenerKind::Coap, None, options).await {
                 Ok(c) => c,
                 Err(e) => {
                     debug!(device = %self.id, "device session refused: {e}");

@@ -215,6 +215,16 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// An empty message (code 0.00: an ACK or RST without a response).
+fn empty(kind: MessageType, message_id: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(kind);
+    p.header.code = MessageClass::Empty;
+    p.header.message_id = message_id;
+    p
+}
+
 /// A response to `request` with `code` (piggybacked on the ACK of a CON, a NON for a NON).
 fn reply(request: &Packet, code: ResponseType) -> Packet {
     let mut p = Packet::new();
@@ -272,6 +282,14 @@ impl Gateway {
                 .ok()
                 .and_then(Result::ok)
         };
+        // A payload marker with no payload after it is a message format error (RFC 7252
+        // section 3); the decoder accepts it, so it is caught here.
+        let packet = packet.filter(|p| {
+            !(p.payload.is_empty()
+                && bytes.last() == Some(&0xff)
+                && p.to_bytes_unlimited()
+                    .is_ok_and(|b| b.len() + 1 == bytes.len() && b[..] == bytes[..b.len()]))
+        });
         let Some(packet) = packet else {
             let too_large = bytes.len() > MAX_DATAGRAM;
             self.dropped(if too_large {
@@ -282,11 +300,8 @@ impl Gateway {
             // RFC 7252 section 4.2: a confirmable message that cannot be processed is
             // rejected with RST (when at least its header can be read).
             if !limited && bytes.len() >= 4 && bytes[0] >> 6 == 1 && (bytes[0] >> 4) & 3 == 0 {
-                let mut rst = Packet::new();
-                rst.header.set_version(1);
-                rst.header.set_type(MessageType::Reset);
-                rst.header.message_id = u16::from_be_bytes([bytes[2], bytes[3]]);
-                self.send(peer, &rst).await;
+                let id = u16::from_be_bytes([bytes[2], bytes[3]]);
+                self.send(peer, &empty(MessageType::Reset, id)).await;
             }
             return;
         };
@@ -298,18 +313,14 @@ impl Gateway {
             }
             // CoAP ping (an empty CON) is answered with RST.
             (MessageType::Confirmable, MessageClass::Empty) => {
-                let mut rst = Packet::new();
-                rst.header.set_type(MessageType::Reset);
-                rst.header.message_id = packet.header.message_id;
-                self.send(peer, &rst).await;
+                self.send(peer, &empty(MessageType::Reset, packet.header.message_id))
+                    .await;
             }
             (t, MessageClass::Response(_)) => {
                 let id = packet.header.message_id;
                 if t == MessageType::Confirmable {
-                    let mut ack = Packet::new();
-                    ack.header.set_type(MessageType::Acknowledgement);
-                    ack.header.message_id = id;
-                    self.send(peer, &ack).await;
+                    self.send(peer, &empty(MessageType::Acknowledgement, id))
+                        .await;
                 }
                 if !self.outbox.on_response(peer, packet) {
                     self.dropped(Dropped::Unexpected);

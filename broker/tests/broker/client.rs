@@ -62,6 +62,7 @@ async fn every_qos_round_trips_over_tcp_and_in_process() {
             &server.broker,
             peer,
             ListenerKind::Bridge,
+            None,
             options(Protocol::V5, "pub", true),
         )
         .await
@@ -106,6 +107,7 @@ async fn a_message_not_acked_is_delivered_again_to_the_resumed_session() {
             &server.broker,
             peer,
             ListenerKind::Bridge,
+            None,
             options(Protocol::V5, "keeper", false),
         )
     };
@@ -151,6 +153,7 @@ async fn a_refused_connect_and_a_closed_connection_are_errors() {
         &server.broker,
         peer,
         ListenerKind::Coap,
+        None,
         options(Protocol::V5, "anon", true),
     )
     .await;
@@ -169,6 +172,7 @@ async fn a_refused_connect_and_a_closed_connection_are_errors() {
         &open.broker,
         peer,
         ListenerKind::Coap,
+        None,
         options(Protocol::V5, "gone", true),
     )
     .await

@@ -493,6 +493,14 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         c.durability = rookery_broker::config::DurabilityMode::Sync;
         c.data_dir = data;
         c.cluster_listen = Some("127.0.0.1:0".parse().unwrap());
+        // And the CoAP gateway and a bridge (to nowhere), for theirs.
+        c.coap_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.bridge = vec![
+            toml::from_str(
+                "name = \"b\"\naddress = \"127.0.0.1:1\"\ntopics = [{ pattern = \"x\" }]",
+            )
+            .unwrap(),
+        ];
     })
     .await;
     let (status, body) = http(metrics, "GET", "/metrics", &[]).await;

@@ -96,6 +96,7 @@ pub const OPERATOR_KEYS: &[&str] = &[
     "drain_timeout_secs",
     "server_reference",
     "log_format",
+    "coap_listen",
 ];
 
 fn listen(port: u16) -> Value {
@@ -219,6 +220,9 @@ pub fn broker_settings(c: &MqttCluster, names: &Names) -> BTreeMap<String, Value
         "metrics_listen".into(),
         s(&format!("0.0.0.0:{}", ports::HTTP)),
     );
+    if spec.coap.enabled {
+        t.insert("coap_listen".into(), s(&format!("0.0.0.0:{}", ports::COAP)));
+    }
     t.insert("admin_token_file".into(), s(paths::ADMIN_TOKEN_FILE));
     t.insert(
         "drain_timeout_secs".into(),
@@ -296,6 +300,13 @@ mod tests {
 
     fn settings(c: &MqttCluster) -> BTreeMap<String, Value> {
         broker_settings(c, &Names::of(c, "cluster.local"))
+    }
+
+    #[test]
+    fn the_coap_gateway_listens_when_enabled() {
+        assert!(!settings(&cluster(serde_json::json!({}))).contains_key("coap_listen"));
+        let t = settings(&cluster(serde_json::json!({"coap": {"enabled": true}})));
+        assert_eq!(t["coap_listen"], s("0.0.0.0:5683"));
     }
 
     #[test]

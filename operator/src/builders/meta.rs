@@ -105,6 +105,10 @@ impl Names {
     pub fn client_service(&self) -> String {
         self.cluster.clone()
     }
+    /// The CoAP gateway's UDP Service.
+    pub fn coap_service(&self) -> String {
+        self.with("coap")
+    }
     /// The brokers' ClusterIP Service for their HTTP port (metrics, admin).
     pub fn broker_service(&self) -> String {
         self.with("brokers")

@@ -1,6 +1,7 @@
 //! The brokers' own Services: the headless one that names each pod (and that peers resolve to
-//! find each other), and a ClusterIP one for their HTTP port (metrics, admin API).
-//! The client-facing Service is HAProxy's, in [`super::load_balancer`].
+//! find each other), a ClusterIP one for their HTTP port (metrics, admin API), and the CoAP
+//! gateway's UDP Service when it is on (HAProxy balances TCP only, so CoAP reaches the brokers
+//! directly). The client-facing MQTT Service is HAProxy's, in [`super::load_balancer`].
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -59,6 +60,45 @@ pub fn brokers(c: &MqttCluster, names: &Names) -> Service {
     }
 }
 
+/// The CoAP gateway's Service (UDP), when `spec.coap.enabled`: of the load balancer's type,
+/// with its annotations and source ranges, straight to the brokers. Client-IP affinity keeps a
+/// device on one broker, whose gateway then holds its session and observations.
+pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
+    if !c.spec.coap.enabled {
+        return None;
+    }
+    let lb = &c.spec.load_balancer;
+    let mut metadata = object_meta(c, names, names.coap_service(), Component::Broker);
+    if !lb.annotations.is_empty() {
+        metadata.annotations = Some(lb.annotations.clone());
+    }
+    let load_balancer = lb.service_type == crate::crd::ServiceType::LoadBalancer;
+    Some(Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(lb.service_type.as_str().into()),
+            selector: Some(selector_labels(names, Component::Broker)),
+            ports: Some(vec![ServicePort {
+                name: Some("coap".into()),
+                port: c.spec.coap.port,
+                target_port: Some(IntOrString::String("coap".into())),
+                protocol: Some("UDP".into()),
+                ..ServicePort::default()
+            }]),
+            session_affinity: Some("ClientIP".into()),
+            // The gateway learns each device's address from its requests: it must see the
+            // device's own address, not a node's.
+            external_traffic_policy: (lb.service_type != crate::crd::ServiceType::ClusterIP)
+                .then(|| "Local".into()),
+            load_balancer_source_ranges: (load_balancer
+                && !lb.load_balancer_source_ranges.is_empty())
+            .then(|| lb.load_balancer_source_ranges.clone()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +117,34 @@ mod tests {
         let b = brokers(&c, &names);
         assert_eq!(b.metadata.name.as_deref(), Some("iot-brokers"));
         assert_eq!(b.spec.unwrap().ports.unwrap()[0].port, 9100);
+        assert!(coap(&c, &names).is_none());
+    }
+
+    #[test]
+    fn the_coap_service_is_udp_to_the_brokers_with_client_affinity() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_value::<MqttClusterSpec>(serde_json::json!({
+                "coap": {"enabled": true, "port": 5684},
+                "loadBalancer": {"annotations": {"a": "b"}, "loadBalancerSourceRanges": ["10.0.0.0/8"]}
+            }))
+            .unwrap(),
+        );
+        let names = Names::of(&c, "cluster.local");
+        let svc = coap(&c, &names).unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("iot-coap"));
+        assert_eq!(svc.metadata.annotations.unwrap()["a"], "b");
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.load_balancer_source_ranges.unwrap(), ["10.0.0.0/8"]);
+        let port = &spec.ports.unwrap()[0];
+        assert_eq!((port.port, port.protocol.as_deref()), (5684, Some("UDP")));
+        assert_eq!(port.target_port, Some(IntOrString::String("coap".into())));
+        assert_eq!(
+            spec.selector,
+            Some(selector_labels(&names, Component::Broker))
+        );
     }
 }
