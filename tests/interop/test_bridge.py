@@ -611,3 +611,55 @@ def test_bridges_up_metric(broker_factory, mosquitto, tmp_path):
     assert metric(url, "rookery_bridges") == 1
     mosquitto.start()
     wait_metric(url, "rookery_bridges_up", 1)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def test_bridge_over_mutual_tls_to_a_rookery_upstream(broker_factory, clients, tmp_path):
+    """The upstream requires a client certificate and takes its CN as the username; the bridge
+    verifies the upstream against the CA only it was given. A bridge given another CA does not
+    connect."""
+    from test_security import Pki
+
+    (tmp_path / "pki").mkdir()
+    pki = Pki(tmp_path / "pki")
+    server_cert, server_key = pki.leaf("server", "localhost", server=True)
+    cloud = broker_factory(
+        "--tls-listen", f"{HOST}:0", "--cert", str(server_cert), "--key", str(server_key),
+        "--ca", str(pki.ca_file), "--require-client-cert", "--cert-identity", "cn",
+        # For the test's plain subscriber; the TLS listener still demands a certificate.
+        "--allow-anonymous",
+    )
+    edge_cert, edge_key = pki.leaf("edge", "edge-7", server=False)
+    cfg = write_config(
+        tmp_path / "edge.toml",
+        bridge_section(
+            "cloud", f"{HOST}:{cloud.ports['mqtts']}", [OUT_SENSORS],
+            ca=str(pki.ca_file), cert=str(edge_cert), key=str(edge_key),
+            server_name="localhost", **FAST_RECONNECT,
+        ),
+    )
+    edge = broker_factory("--config", str(cfg))
+    wait_log(edge, "bridge connected")
+    up = clients(cloud.port).connect()
+    up.subscribe("site1/sensors/#", 1)
+    clients(edge.port).connect().publish("sensors/tls", b"encrypted", qos=1)
+    m = up.expect()
+    assert (m.topic, m.payload) == ("site1/sensors/tls", b"encrypted")
+    # The certificate identity became the bridge's username on the upstream.
+    assert "edge-7" in cloud.log()
+
+    (tmp_path / "other").mkdir()
+    other = Pki(tmp_path / "other")
+    bad = write_config(
+        tmp_path / "bad.toml",
+        bridge_section(
+            "cloud", f"{HOST}:{cloud.ports['mqtts']}", [OUT_SENSORS],
+            ca=str(other.ca_file), cert=str(edge_cert), key=str(edge_key),
+            server_name="localhost", **FAST_RECONNECT,
+        ),
+    )
+    stranger = broker_factory("--config", str(bad))
+    log = wait_log(stranger, "bridge cannot connect")
+    assert "TLS" in log, log[-2000:]

@@ -49,6 +49,8 @@ const CACHE_ENTRIES: usize = 10_000;
 const CACHE_PAYLOAD: usize = 64 * 1024;
 /// Exchanges remembered for duplicate detection.
 const EXCHANGES: usize = 100_000;
+/// Requests handled at once; past it a request gets 5.03 Service Unavailable.
+const CONCURRENT_REQUESTS: usize = 4096;
 
 /// Why a datagram was dropped (the `reason` label of `rookery_coap_dropped_total`).
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +118,7 @@ pub struct Gateway {
     blocks: Mutex<BlockHandler<SocketAddr>>,
     buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
+    handling: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds the gateway's socket.
@@ -142,6 +145,7 @@ pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
         blocks: Mutex::new(BlockHandler::new(BlockHandlerConfig::default())),
         buckets: Mutex::new(HashMap::new()),
         cache: Mutex::new(IndexMap::new()),
+        handling: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
         outbox: Outbox::new(),
         socket,
         config,
@@ -179,7 +183,9 @@ async fn housekeeping(gateway: Arc<Gateway>) {
         let devices: Vec<Arc<Device>> = gateway.devices.lock().values().cloned().collect();
         for device in devices {
             if device.fixed {
-                if !device.is_connected().await {
+                // Without anonymous access the device's session waits for its first
+                // authenticated request.
+                if gateway.broker.config.anonymous_allowed() && !device.is_connected().await {
                     let anonymous = Identity {
                         username: None,
                         password: Vec::new(),
@@ -337,12 +343,20 @@ impl Gateway {
                     return;
                 }
                 let id = packet.header.message_id;
+                let Ok(permit) = self.handling.clone().try_acquire_owned() else {
+                    // Not remembered as seen: its retransmission may find room.
+                    let mut p = reply(&packet, ResponseType::ServiceUnavailable);
+                    p.add_option(CoapOption::MaxAge, uint_bytes(2));
+                    self.send(peer, &p).await;
+                    return;
+                };
                 let seen = self.exchanges.lock().begin(peer, id, Instant::now());
                 match seen {
                     Seen::New => {
                         let gateway = self.clone();
                         // Publishing waits for the broker: each request runs on its own.
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let response = gateway.request(packet, peer).await;
                             let bytes = response.and_then(|p| p.to_bytes_unlimited().ok());
                             if let Some(bytes) = &bytes {
@@ -369,6 +383,16 @@ impl Gateway {
 
     /// Handles one request; the response to send, if any.
     async fn request(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
+        let mut response = self.respond(packet, peer).await?;
+        // A response to a NON is a NON of its own, with its own message id (RFC 7252
+        // section 5.2.3); a response to a CON rides on its ACK, with the request's id.
+        if response.header.get_type() == MessageType::NonConfirmable {
+            response.header.message_id = self.outbox.message_id();
+        }
+        Some(response)
+    }
+
+    async fn respond(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
         let max = self.config.max_packet_size as usize;
         if let Some(Ok(block1)) =
             packet.get_first_option_as::<coap_lite::block_handler::BlockValue>(CoapOption::Block1)
