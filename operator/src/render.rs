@@ -297,6 +297,51 @@ mod tests {
     }
 
     #[test]
+    fn the_coap_gateway_gets_a_udp_port_a_service_and_its_config_key() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_str::<MqttClusterSpec>(r#"{"coap": {"enabled": true}}"#).unwrap(),
+        );
+        let r = render(&c, &Environment::default(), &material(), 0).unwrap();
+        let svc = r
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "iot-coap")
+            .unwrap();
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
+        let sts = r
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "StatefulSet")
+            .unwrap();
+        let ports = &sts["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert!(
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "coap" && p["protocol"] == "UDP"),
+            "{ports}"
+        );
+        let config = r
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "iot-config")
+            .unwrap();
+        let toml = config["data"]["rookery.toml"].as_str().unwrap();
+        assert!(toml.contains("coap_listen = \"0.0.0.0:5683\""), "{toml}");
+        // The file the pods run loads in the broker.
+        let parsed = rookery_broker::Config::from_toml(toml).unwrap();
+        assert_eq!(parsed.coap_listen, Some("0.0.0.0:5683".parse().unwrap()));
+        let policy = r
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "iot")
+            .unwrap();
+        assert!(policy.to_string().contains("\"UDP\""), "{policy}");
+    }
+
+    #[test]
     fn a_service_monitor_needs_its_crd() {
         let c = MqttCluster::new(
             "iot",

@@ -1000,7 +1000,69 @@ async fn the_rendered_production_example_runs_with_tls_acls_and_crosses_nodes() 
     let (none, code, _) = connect_at("intruder", Some(("dashboard", "wrong")), None).await;
     assert!(none.is_none());
     assert_eq!(code, 0x86, "bad user name or password");
+
+    // The CoAP gateway (the example enables it): the same passwords and ACL as MQTT.
+    let gateway: SocketAddr = format!("{}:5683", ips[0]).parse().unwrap();
+    let post = 0x02;
+    let get = 0x01;
+    assert_eq!(
+        coap(gateway, post, "x", &["u=dashboard", "p=wrong"]),
+        0x81,
+        "CoAP with a wrong password: 4.01"
+    );
+    assert_eq!(
+        coap(gateway, post, "x", &["u=dashboard", "p=dashboard-pw"]),
+        0x83,
+        "the ACL does not let dashboard write devices/dashboard/x: 4.03"
+    );
+    assert_eq!(
+        coap(gateway, get, "x", &["u=ingest", "p=ingest-pw"]),
+        0x84,
+        "ingest may read devices/ingest/x, which holds nothing: 4.04"
+    );
     drop(run);
+}
+
+/// Sends a confirmable CoAP request (hand-encoded: Uri-Path `path`, one Uri-Query option per
+/// item) and returns the response code of the piggybacked answer, retrying like a client.
+fn coap(addr: SocketAddr, code: u8, path: &str, queries: &[&str]) -> u8 {
+    fn option(out: &mut Vec<u8>, delta: u8, value: &[u8]) {
+        assert!(delta < 13 && value.len() < 269);
+        if value.len() < 13 {
+            out.push((delta << 4) | value.len() as u8);
+        } else {
+            out.push((delta << 4) | 13);
+            out.push((value.len() - 13) as u8);
+        }
+        out.extend_from_slice(value);
+    }
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let id: u16 = rand_id();
+    let mut msg = vec![0x40, code, (id >> 8) as u8, id as u8];
+    option(&mut msg, 11, path.as_bytes());
+    for (i, q) in queries.iter().enumerate() {
+        option(&mut msg, if i == 0 { 4 } else { 0 }, q.as_bytes());
+    }
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        socket.send_to(&msg, addr).unwrap();
+        if let Ok((n, _)) = socket.recv_from(&mut buf)
+            && n >= 4
+            && u16::from_be_bytes([buf[2], buf[3]]) == id
+        {
+            return buf[1];
+        }
+    }
+    panic!("no CoAP answer from {addr}");
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    (std::process::id() as u16) ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919)
 }
 
 /// Runs `sh -c` in a container: its output when it succeeded.
