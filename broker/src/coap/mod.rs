@@ -8,6 +8,7 @@
 //!
 //! Message encoding is the `coap-lite` crate's, block-wise transfer its `BlockHandler`.
 
+pub mod datagram;
 pub mod device;
 pub mod exchanges;
 pub mod outbox;
@@ -39,9 +40,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::bucket::TokenBucket;
 
-/// Largest datagram read; anything longer is refused (RFC 7252 section 4.6 keeps messages
-/// within one IP packet, 1280 bytes being the safe size).
-const MAX_DATAGRAM: usize = coap_lite::Packet::MAX_SIZE;
+use self::datagram::MAX_DATAGRAM;
 
 /// Last values kept for reads without a device wake-up.
 const CACHE_ENTRIES: usize = 10_000;
@@ -142,7 +141,10 @@ pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
                 .collect(),
         ),
         exchanges: Mutex::new(Exchanges::new(EXCHANGE_LIFETIME, EXCHANGES)),
-        blocks: Mutex::new(BlockHandler::new(BlockHandlerConfig::default())),
+        blocks: Mutex::new(BlockHandler::new(BlockHandlerConfig {
+            max_total_message_size: datagram::BLOCK_MESSAGE_SIZE,
+            cache_expiry_duration: Duration::from_secs(120),
+        })),
         buckets: Mutex::new(HashMap::new()),
         cache: Mutex::new(IndexMap::new()),
         handling: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
@@ -281,35 +283,21 @@ impl Gateway {
 
     async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: SocketAddr) {
         let limited = !self.allowed(peer);
-        let packet = if bytes.len() > MAX_DATAGRAM {
-            None
-        } else {
-            std::panic::catch_unwind(|| Packet::from_bytes(bytes))
-                .ok()
-                .and_then(Result::ok)
-        };
-        // A payload marker with no payload after it is a message format error (RFC 7252
-        // section 3); the decoder accepts it, so it is caught here.
-        let packet = packet.filter(|p| {
-            !(p.payload.is_empty()
-                && bytes.last() == Some(&0xff)
-                && p.to_bytes_unlimited()
-                    .is_ok_and(|b| b.len() + 1 == bytes.len() && b[..] == bytes[..b.len()]))
-        });
-        let Some(packet) = packet else {
-            let too_large = bytes.len() > MAX_DATAGRAM;
-            self.dropped(if too_large {
-                Dropped::TooLarge
-            } else {
-                Dropped::Malformed
-            });
-            // RFC 7252 section 4.2: a confirmable message that cannot be processed is
-            // rejected with RST (when at least its header can be read).
-            if !limited && bytes.len() >= 4 && bytes[0] >> 6 == 1 && (bytes[0] >> 4) & 3 == 0 {
-                let id = u16::from_be_bytes([bytes[2], bytes[3]]);
-                self.send(peer, &empty(MessageType::Reset, id)).await;
+        let packet = match datagram::decode(bytes) {
+            Ok(p) => p,
+            Err(why) => {
+                self.dropped(match why {
+                    datagram::Refused::TooLarge => Dropped::TooLarge,
+                    datagram::Refused::Malformed => Dropped::Malformed,
+                });
+                // RFC 7252 section 4.2: a confirmable message that cannot be processed is
+                // rejected with RST (when at least its header can be read).
+                if !limited && datagram::is_confirmable_header(bytes) {
+                    let id = u16::from_be_bytes([bytes[2], bytes[3]]);
+                    self.send(peer, &empty(MessageType::Reset, id)).await;
+                }
+                return;
             }
-            return;
         };
         match (packet.header.get_type(), packet.header.code) {
             (MessageType::Acknowledgement | MessageType::Reset, _) => {
@@ -402,6 +390,13 @@ impl Gateway {
                 &packet,
                 ResponseType::RequestEntityTooLarge,
                 "larger than max_packet_size",
+            ));
+        }
+        if !datagram::leaves_room_for_a_block(&packet) {
+            return Some(diagnostic(
+                &packet,
+                ResponseType::BadOption,
+                "options too long to leave room for a block",
             ));
         }
         let mut exchange = CoapRequest::from_packet(packet, peer);
