@@ -340,7 +340,53 @@ fn map_error(error: RedisError) -> StoreError {
 /// Where connections go: one server, or the master that Sentinels name.
 enum Target {
     Direct(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Sentinels),
+}
+
+/// The Sentinels of a `redis+sentinel://` URL. Their names are resolved again at every
+/// connection, to every address each has: a Kubernetes Service name resolves to all the
+/// Sentinel pods, and after a failover the first address may be the dead pod's.
+struct Sentinels {
+    /// `host:port` as the URL gives them.
+    hosts: Vec<String>,
+    service: String,
+    node: SentinelNodeConnectionInfo,
+}
+
+impl Sentinels {
+    /// A client over every address of every Sentinel, asked in turn until one names a master
+    /// that answers as master.
+    async fn client(&self) -> Result<SentinelClient, RedisError> {
+        let mut urls = Vec::new();
+        for host in &self.hosts {
+            match tokio::net::lookup_host(host.as_str()).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        let url = format!("redis://{addr}");
+                        if !urls.contains(&url) {
+                            urls.push(url);
+                        }
+                    }
+                }
+                // A name that does not resolve now may later; the others are tried.
+                Err(error) => {
+                    tracing::debug!(%host, %error, "redis: a Sentinel name does not resolve")
+                }
+            }
+        }
+        if urls.is_empty() {
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no Sentinel address resolves",
+            )));
+        }
+        SentinelClient::build(
+            urls,
+            self.service.clone(),
+            Some(self.node.clone()),
+            SentinelServerType::Master,
+        )
+    }
 }
 
 impl Target {
@@ -388,9 +434,9 @@ impl Target {
                     .rsplit_once(':')
                     .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
                 if has_port {
-                    format!("redis://{host}")
+                    host.to_owned()
                 } else {
-                    format!("redis://{host}:26379")
+                    format!("{host}:26379")
                 }
             })
             .collect();
@@ -398,9 +444,20 @@ impl Target {
             return Err(invalid("redis+sentinel:// names no sentinel".into()));
         }
         let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-        SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
-            .map(|client| Target::Sentinel(tokio::sync::Mutex::new(client)))
-            .map_err(|e| invalid(e.to_string()))
+        // Checked once here, with the names as given (a client is built at each connection).
+        let urls: Vec<String> = sentinels.iter().map(|h| format!("redis://{h}")).collect();
+        SentinelClient::build(
+            urls,
+            service.clone(),
+            Some(node.clone()),
+            SentinelServerType::Master,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Target::Sentinel(Sentinels {
+            hosts: sentinels,
+            service,
+            node,
+        }))
     }
 }
 
@@ -474,10 +531,10 @@ impl Connector {
                         .get_multiplexed_async_connection_with_config(&self.config)
                         .await
                 }
-                Target::Sentinel(sentinel) => {
-                    sentinel
-                        .lock()
-                        .await
+                Target::Sentinel(sentinels) => {
+                    sentinels
+                        .client()
+                        .await?
                         .get_async_connection_with_config(&self.config)
                         .await
                 }
