@@ -799,6 +799,56 @@ def test_credentials_in_the_query_and_acl(broker_factory, clients, tmp_path):
 # -- commands -------------------------------------------------------------------------------------
 
 
+def test_forged_failures_ban_no_address_and_anonymous_requests_take_no_device(
+    broker_factory, clients, tmp_path
+):
+    """A UDP source can be forged: wrong passwords sent over CoAP count against the device,
+    never against the address they claim, so the address's MQTT clients still get in. And
+    with anonymous access on, a request without credentials cannot take over a device that
+    authenticated."""
+    pw = make_password_file(tmp_path / "passwd", {"dev1": "secret", "app": "app-pw"})
+    b = coap_broker(
+        broker_factory, "--password-file", str(pw), "--allow-anonymous",
+        "--auth-fail-max", "3",
+    )
+
+    async def scenario():
+        async with coap_client() as ctx:
+            async def post(path: str) -> aiocoap.Code:
+                return (await coap_request(ctx, aiocoap.POST, coap_url(b, path), b"x")).code
+
+            wrong = [await post(f"t?u=dev{i}&p=wrong") for i in range(2, 8)]
+            ok = await post("t?u=dev1&p=secret")
+            anonymous = await post("dev1/t")
+            return wrong, ok, anonymous
+
+    wrong, ok, anonymous = arun(scenario())
+    assert wrong == [aiocoap.UNAUTHORIZED] * 6
+    assert ok == aiocoap.CHANGED
+    assert anonymous == aiocoap.UNAUTHORIZED
+    # Six failures from 127.0.0.1 over CoAP, past --auth-fail-max: the address is not banned.
+    app = clients(b.port, username="app", password="app-pw").connect()
+    app.disconnect()
+
+
+def test_a_block_past_the_end_is_a_bad_option(broker_factory, clients):
+    b = coap_broker(broker_factory)
+    clients(b.port).connect().publish("devices/d/big", b"y" * 3000, qos=1, retain=True)
+    raw = RawCoap(b.ports["coap"])
+    # Block2 option (23): num 5, SZX 6 (1024 bytes): 5 * 1024 is past 3000 bytes.
+    block = bytes([(5 << 4) | 6])
+    mid = raw.next_mid()
+    raw.send(encode(CON, 0x01, mid, raw.new_token(), request_options("d/big", extra=[(23, block)])))
+    reply = raw.recv(WAIT)
+    assert reply is not None and reply.mid == mid and reply.code == 0x82, reply  # 4.02
+    # Block 2 is the last one: 3000 - 2048 bytes, More not set.
+    block = bytes([(2 << 4) | 6])
+    mid = raw.next_mid()
+    raw.send(encode(CON, 0x01, mid, raw.new_token(), request_options("d/big", extra=[(23, block)])))
+    reply = raw.recv(WAIT)
+    assert reply is not None and reply.code == 0x45 and reply.payload == b"y" * 952, reply
+
+
 def test_commands_reach_static_and_learned_devices(broker_factory, clients):
     mport, flags = metrics_flags()
     subs = "rookery_subscriptions"

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use self::config::{BridgeConfig, BridgeProtocol};
 use self::loops::Echoes;
 use crate::broker::Broker;
-use crate::client::{Client, Incoming, Options, local};
+use crate::client::{Client, InDoubt, Incoming, Options, local};
 use crate::listener::ListenerKind;
 
 /// QoS 1/2 messages in flight from this broker to the bridge.
@@ -51,11 +51,12 @@ pub async fn run(bridge: BridgeConfig, broker: Arc<Broker>) {
     let max = Duration::from_millis(bridge.reconnect_max_ms);
     let mut delay = min;
     let mut last_error = String::new();
+    let in_doubt = (InDoubt::default(), InDoubt::default());
     let shutdown = broker.shutdown.clone();
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = session(&bridge, &broker, &me) => r,
+            r = session(&bridge, &broker, &me, &in_doubt) => r,
             _ = shutdown.cancelled() => return,
         };
         match outcome {
@@ -126,7 +127,13 @@ fn password(bridge: &BridgeConfig) -> Result<Option<bytes::Bytes>, String> {
 }
 
 /// One connected period of the bridge: returns why it ended (`Err` when it never connected).
-async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Result<String, String> {
+/// `in_doubt`: the QoS 2 ids in doubt of the local and the upstream session.
+async fn session(
+    bridge: &BridgeConfig,
+    broker: &Arc<Broker>,
+    me: &str,
+    in_doubt: &(InDoubt, InDoubt),
+) -> Result<String, String> {
     let protocol = match bridge.protocol {
         BridgeProtocol::V5 => Protocol::V5,
         BridgeProtocol::V311 => Protocol::V311,
@@ -151,6 +158,7 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
         },
         max_packet_size: broker.config.max_packet_size as usize + 64,
         connect_timeout: Duration::from_secs(10),
+        qos2_in_doubt: in_doubt.0.clone(),
     };
     let peer = tokio::net::lookup_host(&bridge.address)
         .await
@@ -163,6 +171,7 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
         peer,
         ListenerKind::Bridge,
         Some(&identity),
+        true,
         local_options,
     )
     .await
@@ -194,6 +203,7 @@ async fn session(bridge: &BridgeConfig, broker: &Arc<Broker>, me: &str) -> Resul
         },
         max_packet_size: broker.config.max_packet_size as usize + 64,
         connect_timeout: Duration::from_secs(10),
+        qos2_in_doubt: in_doubt.1.clone(),
     };
     let upstream = async {
         let stream = upstream_stream(bridge).await?;

@@ -19,12 +19,14 @@ const PIPE_BYTES: usize = 64 * 1024;
 /// (the device's, for the CoAP gateway); `listener` labels it in metrics and logs.
 /// `trusted_as` authenticates the session as that username without a password, as a
 /// verified client certificate would (the bridge's own session); `None` leaves the CONNECT's
-/// credentials to the password file (a CoAP device's).
+/// credentials to the password file (a CoAP device's). `address_verified`: see
+/// [`ConnInfo::address_verified`] (false for a UDP source).
 pub async fn connect(
     broker: &Arc<Broker>,
     peer: SocketAddr,
     listener: ListenerKind,
     trusted_as: Option<&str>,
+    address_verified: bool,
     options: Options,
 ) -> Result<(Client, ConnAck, mpsc::Receiver<Incoming>), ClientError> {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
@@ -33,6 +35,7 @@ pub async fn connect(
         listener,
         cert_identity: trusted_as.map(str::to_owned),
         cert_verified: trusted_as.is_some(),
+        address_verified,
     };
     broker
         .tasks

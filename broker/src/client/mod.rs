@@ -9,7 +9,7 @@
 //! when its [`Incoming`] is acked (or dropped: dropping without ack leaves it unacknowledged,
 //! so the sender redelivers it on the next connection).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +46,15 @@ pub struct Options {
     pub max_packet_size: usize,
     /// How long the CONNACK may take.
     pub connect_timeout: Duration,
+    /// Packet ids of our QoS 2 publishes not known to be complete. Give every connection of
+    /// one persistent session the same set: a resumed session releases them (PUBREL) before
+    /// anything else, and they are not reused until completed (the server still holds them,
+    /// and would take a new message with one of them for a duplicate).
+    pub qos2_in_doubt: InDoubt,
 }
+
+/// See [`Options::qos2_in_doubt`].
+pub type InDoubt = Arc<parking_lot::Mutex<BTreeSet<u16>>>;
 
 /// A received PUBLISH; [`Incoming::ack`] acknowledges it to the sender.
 #[derive(Debug)]
@@ -144,13 +152,30 @@ impl Client {
         let window = ack.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
         let inflight = Arc::new(Semaphore::new(usize::from(window)));
         let (tx, rx) = mpsc::unbounded_channel();
-        // Room for every QoS 1/2 message the server may have in flight to us, and some QoS 0.
-        let ours = options
-            .connect
-            .properties
-            .receive_maximum
-            .unwrap_or(u16::MAX);
-        let (incoming_tx, incoming_rx) = mpsc::channel(usize::from(ours.min(1024)) + 64);
+        // Room for every QoS 1/2 message the server may have unacknowledged with us (our
+        // receive maximum; MQTT 3.1.1 has none, so the server's own window, rarely above a
+        // few hundred, is trusted), so that handing one over never waits: the connection
+        // task must keep reading acknowledgements. QoS 0 messages that find it full are
+        // dropped, as a broker drops them for a slow subscriber.
+        let ours = options.connect.properties.receive_maximum.unwrap_or(1024);
+        let (incoming_tx, incoming_rx) = mpsc::channel(usize::from(ours) + 64);
+        let in_doubt = options.qos2_in_doubt.clone();
+        let mut wbuf = BytesMut::new();
+        if ack.session_present {
+            // Releases first: the server keeps these ids until it gets them.
+            for id in in_doubt.lock().iter() {
+                encode(
+                    &Packet::PubRel(Ack {
+                        packet_id: *id,
+                        ..Ack::default()
+                    }),
+                    protocol,
+                    &mut wbuf,
+                );
+            }
+        } else {
+            in_doubt.lock().clear();
+        }
         let (closed_tx, closed) = watch::channel(None);
         let keep_alive = match ack.properties.server_keep_alive {
             Some(k) => k,
@@ -160,16 +185,18 @@ impl Client {
             protocol,
             max_packet_size: options.max_packet_size,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
-            self_tx: tx.clone(),
+            self_tx: tx.downgrade(),
             incoming: incoming_tx,
             pending: HashMap::new(),
             received_qos2: HashSet::new(),
-            pings: Vec::new(),
+            pings: VecDeque::new(),
+            in_doubt,
+            qos0_dropped: 0,
             next_id: 0,
             aliases: HashMap::new(),
         };
         tokio::spawn(async move {
-            let reason = conn.run(stream, rbuf, rx).await;
+            let reason = conn.run(stream, rbuf, wbuf, rx).await;
             let _ = closed_tx.send(Some(reason));
         });
         Ok((
@@ -311,13 +338,18 @@ struct Connection {
     protocol: Protocol,
     max_packet_size: usize,
     keep_alive: Duration,
-    self_tx: mpsc::UnboundedSender<Command>,
+    /// Weak: the connection closes when every [`Client`] is gone (acks of messages still
+    /// held by the consumer hold strong ones).
+    self_tx: mpsc::WeakUnboundedSender<Command>,
     incoming: mpsc::Sender<Incoming>,
     pending: HashMap<u16, Pending>,
     /// QoS 2 messages received whose PUBREL has not come: a resent PUBLISH with one of these
     /// ids is the same message.
     received_qos2: HashSet<u16>,
-    pings: Vec<oneshot::Sender<Result<u8, ClientError>>>,
+    /// One entry per PINGREQ sent, in order: a caller's, or `None` for a keep-alive one.
+    pings: VecDeque<Option<oneshot::Sender<Result<u8, ClientError>>>>,
+    in_doubt: InDoubt,
+    qos0_dropped: u64,
     next_id: u16,
     /// Topic aliases the server set (MQTT 5.0), should it use them.
     aliases: HashMap<u16, bytestring::ByteString>,
@@ -325,9 +357,13 @@ struct Connection {
 
 impl Connection {
     fn packet_id(&mut self) -> u16 {
+        let in_doubt = self.in_doubt.lock();
         loop {
             self.next_id = self.next_id.wrapping_add(1);
-            if self.next_id != 0 && !self.pending.contains_key(&self.next_id) {
+            if self.next_id != 0
+                && !self.pending.contains_key(&self.next_id)
+                && !in_doubt.contains(&self.next_id)
+            {
                 return self.next_id;
             }
         }
@@ -337,13 +373,13 @@ impl Connection {
         mut self,
         stream: S,
         mut rbuf: BytesMut,
+        mut wbuf: BytesMut,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> String
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut wbuf = BytesMut::new();
         let ping_every = if self.keep_alive.is_zero() {
             Duration::from_secs(3600)
         } else {
@@ -399,6 +435,7 @@ impl Connection {
                         break "the server stopped answering (keep alive)".to_owned();
                     }
                     encode(&Packet::PingReq, self.protocol, &mut wbuf);
+                    self.pings.push_back(None);
                 }
             }
         };
@@ -417,8 +454,14 @@ impl Connection {
                 }
             }
         }
-        for done in self.pings.drain(..) {
+        for done in self.pings.drain(..).flatten() {
             let _ = done.send(Err(ClientError::Closed(reason.clone())));
+        }
+        if self.qos0_dropped > 0 {
+            tracing::debug!(
+                dropped = self.qos0_dropped,
+                "QoS 0 messages dropped: the consumer was behind"
+            );
         }
         reason
     }
@@ -435,6 +478,9 @@ impl Connection {
                 let id = self.packet_id();
                 publish.packet_id = id;
                 let qos = publish.qos;
+                if qos == QoS::ExactlyOnce {
+                    self.in_doubt.lock().insert(id);
+                }
                 encode(&Packet::Publish(publish), self.protocol, wbuf);
                 self.pending.insert(
                     id,
@@ -474,7 +520,7 @@ impl Connection {
             }
             Command::Ping(done) => {
                 encode(&Packet::PingReq, self.protocol, wbuf);
-                self.pings.push(done);
+                self.pings.push_back(Some(done));
             }
             Command::AckIncoming(packet_id, qos) => {
                 let ack = Ack {
@@ -512,14 +558,21 @@ impl Connection {
                     // only sent once the consumer acked, so say nothing now.
                     return Ok(());
                 }
-                let acker = (qos != QoS::AtMostOnce).then(|| (self.self_tx.clone(), id, qos));
-                // Waiting here is the backpressure: a slow consumer stops our reads.
-                if self
-                    .incoming
-                    .send(Incoming { publish, acker })
-                    .await
-                    .is_err()
-                {
+                let Some(tx) = self.self_tx.upgrade() else {
+                    return Err("the client is gone".into());
+                };
+                let acker = (qos != QoS::AtMostOnce).then_some((tx, id, qos));
+                let incoming = Incoming { publish, acker };
+                if qos == QoS::AtMostOnce {
+                    match self.incoming.try_send(incoming) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => self.qos0_dropped += 1,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err("the consumer is gone".into());
+                        }
+                    }
+                } else if self.incoming.send(incoming).await.is_err() {
+                    // Never waits in practice: the channel has room for the whole window.
                     return Err("the consumer is gone".into());
                 }
             }
@@ -536,6 +589,7 @@ impl Connection {
                 }) => {
                     if ack.reason >= 0x80 {
                         // Refused: the exchange ends here (MQTT 5.0 section 4.3.3).
+                        self.in_doubt.lock().remove(&ack.packet_id);
                         if let Some(Pending::Publish { done, .. }) =
                             self.pending.remove(&ack.packet_id)
                         {
@@ -566,6 +620,7 @@ impl Connection {
                 }
             },
             Packet::PubComp(ack) => {
+                self.in_doubt.lock().remove(&ack.packet_id);
                 if let Some(Pending::Publish { done, rec, .. }) =
                     self.pending.remove(&ack.packet_id)
                 {
@@ -594,8 +649,7 @@ impl Connection {
                 }
             }
             Packet::PingResp => {
-                if !self.pings.is_empty() {
-                    let done = self.pings.remove(0);
+                if let Some(Some(done)) = self.pings.pop_front() {
                     let _ = done.send(Ok(0));
                 }
             }

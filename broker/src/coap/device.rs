@@ -20,11 +20,13 @@ use tracing::{debug, warn};
 use super::outbox::Outcome;
 use super::request::{code_text, content_format, uint_bytes};
 use super::{Gateway, topics};
-use crate::client::{Client, ClientError, Incoming, Options, local};
+use crate::client::{Client, ClientError, InDoubt, Incoming, Options, local};
 use crate::listener::ListenerKind;
 
 /// Commands and notifications in flight per device session (the broker holds the rest).
 const RECEIVE_MAXIMUM: u16 = 16;
+/// Observations per device; a new one past it replaces the oldest.
+const MAX_OBSERVERS: usize = 16;
 
 /// Who a device session connects as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct Device {
     last_seen: Mutex<Instant>,
     /// Its observers.
     pub observers: Mutex<Vec<Observer>>,
+    /// The session's QoS 2 publishes not known to be complete, across connections.
+    in_doubt: InDoubt,
 }
 
 /// Why a device session could not be used, as a CoAP response code.
@@ -92,6 +96,7 @@ impl Device {
             fixed,
             last_seen: Mutex::new(Instant::now()),
             observers: Mutex::new(Vec::new()),
+            in_doubt: InDoubt::default(),
         }
     }
 
@@ -136,11 +141,15 @@ impl Device {
         peer: Option<SocketAddr>,
     ) -> Result<Client, ResponseType> {
         let mut conn = self.conn.lock().await;
-        if let Some(c) = conn.as_ref()
-            && !c.client.is_closed()
-            && c.identity == *identity
-        {
-            return Ok(c.client.clone());
+        if let Some(c) = conn.as_ref() {
+            if !c.client.is_closed() && c.identity == *identity {
+                return Ok(c.client.clone());
+            }
+            // A device that authenticated is not taken over by a request without
+            // credentials (which would clear its session: another user's).
+            if identity.username.is_none() && c.identity.username.is_some() {
+                return Err(ResponseType::Unauthorized);
+            }
         }
         let connect = Connect {
             protocol: Protocol::V5,
@@ -163,20 +172,29 @@ impl Device {
             connect,
             max_packet_size: gateway.config.max_packet_size as usize + 64,
             connect_timeout: Duration::from_secs(gateway.config.connect_timeout_secs.max(1)),
+            qos2_in_doubt: self.in_doubt.clone(),
         };
         // The address the session is reported with (logs, per-address limits); the device's
         // address for commands changes only once the request is authenticated.
         let peer = peer
             .or(*self.addr.lock())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (client, _ack, incoming) =
-            match local::connect(&gateway.broker, peer, ListenerKind::Coap, None, options).await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(device = %self.id, "device session refused: {e}");
-                    return Err(refusal_code(&e));
-                }
-            };
+        let (client, _ack, incoming) = match local::connect(
+            &gateway.broker,
+            peer,
+            ListenerKind::Coap,
+            None,
+            false,
+            options,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(device = %self.id, "device session refused: {e}");
+                return Err(refusal_code(&e));
+            }
+        };
         // Commands for this device, whatever node they are published on.
         let commands = SubscribeFilter {
             filter: topics::command_filter(&gateway.config.coap_command_prefix, &self.id).into(),
@@ -215,6 +233,9 @@ impl Device {
         let mut observers = self.observers.lock();
         let first = !observers.iter().any(|o| o.topic == observer.topic);
         observers.retain(|o| !(o.addr == observer.addr && o.topic == observer.topic));
+        if observers.len() >= MAX_OBSERVERS {
+            observers.remove(0);
+        }
         observers.push(observer);
         first
     }
@@ -370,7 +391,7 @@ async fn notify(
             packet.add_option(CoapOption::ContentFormat, uint_bytes(u32::from(cf)));
         }
         packet.payload = publish.payload.to_vec();
-        let packet = gateway.first_block(observer.addr, &observer.path, packet);
+        let packet = gateway.first_block(packet);
         gateway
             .broker
             .metrics

@@ -8,6 +8,7 @@
 //!
 //! Message encoding is the `coap-lite` crate's, block-wise transfer its `BlockHandler`.
 
+pub mod blocks;
 pub mod datagram;
 pub mod device;
 pub mod exchanges;
@@ -16,12 +17,13 @@ pub mod request;
 pub mod topics;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use coap_lite::block_handler::BlockValue;
 use coap_lite::{
     BlockHandler, BlockHandlerConfig, CoapOption, CoapRequest, MessageClass, MessageType, Packet,
     ResponseType,
@@ -40,6 +42,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::bucket::TokenBucket;
 
+use self::blocks::Slice;
 use self::datagram::MAX_DATAGRAM;
 
 /// Last values kept for reads without a device wake-up.
@@ -50,6 +53,10 @@ const CACHE_PAYLOAD: usize = 64 * 1024;
 const EXCHANGES: usize = 100_000;
 /// Requests handled at once; past it a request gets 5.03 Service Unavailable.
 const CONCURRENT_REQUESTS: usize = 4096;
+/// Devices known at once (each is a session); past it a new device gets 5.03.
+const MAX_DEVICES: usize = 100_000;
+/// Largest request body reassembled from Block1 parts.
+const MAX_BLOCK1_BODY: usize = 64 * 1024;
 
 /// Why a datagram was dropped (the `reason` label of `rookery_coap_dropped_total`).
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +122,8 @@ pub struct Gateway {
     devices: Mutex<HashMap<String, Arc<Device>>>,
     exchanges: Mutex<Exchanges>,
     blocks: Mutex<BlockHandler<SocketAddr>>,
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    /// Per source address (an IPv6 source by its /64).
+    buckets: Mutex<HashMap<String, TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
     handling: Arc<tokio::sync::Semaphore>,
 }
@@ -187,7 +195,10 @@ async fn housekeeping(gateway: Arc<Gateway>) {
             if device.fixed {
                 // Without anonymous access the device's session waits for its first
                 // authenticated request.
-                if gateway.broker.config.anonymous_allowed() && !device.is_connected().await {
+                if gateway.broker.config.anonymous_allowed()
+                    && gateway.broker.security.passwords().is_none()
+                    && !device.is_connected().await
+                {
                     let anonymous = Identity {
                         username: None,
                         password: Vec::new(),
@@ -276,7 +287,7 @@ impl Gateway {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
         let bucket = buckets
-            .entry(peer.ip())
+            .entry(crate::security::authenticate::address_key(peer.ip()))
             .or_insert_with(|| TokenBucket::new(rate * 2.0, now));
         bucket.take(1.0, rate, rate * 2.0, now).is_none()
     }
@@ -381,16 +392,20 @@ impl Gateway {
     }
 
     async fn respond(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
-        let max = self.config.max_packet_size as usize;
-        if let Some(Ok(block1)) =
-            packet.get_first_option_as::<coap_lite::block_handler::BlockValue>(CoapOption::Block1)
-            && usize::from(block1.num).saturating_mul(block1.size()) > max
+        let limit = (self.config.max_packet_size as usize).min(MAX_BLOCK1_BODY);
+        let block1 = packet
+            .get_first_option_as::<BlockValue>(CoapOption::Block1)
+            .and_then(Result::ok);
+        if let Some(b) = &block1
+            && (usize::from(b.num) + 1).saturating_mul(b.size()) > limit
         {
-            return Some(diagnostic(
+            let mut p = diagnostic(
                 &packet,
                 ResponseType::RequestEntityTooLarge,
-                "larger than max_packet_size",
-            ));
+                "request body too large",
+            );
+            p.add_option(CoapOption::Size1, uint_bytes(limit as u32));
+            return Some(p);
         }
         if !datagram::leaves_room_for_a_block(&packet) {
             return Some(diagnostic(
@@ -399,81 +414,67 @@ impl Gateway {
                 "options too long to leave room for a block",
             ));
         }
+        let asked2 = packet
+            .get_first_option_as::<BlockValue>(CoapOption::Block2)
+            .and_then(Result::ok);
         let mut exchange = CoapRequest::from_packet(packet, peer);
-        // Block-wise: a Block1 part, or a Block2 follow-up of a cached response.
-        let intercepted = {
-            let mut blocks = self.blocks.lock();
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                blocks.intercept_request(&mut exchange)
-            }))
-        };
-        match intercepted {
-            Ok(Ok(true)) => return exchange.response.map(|r| r.message),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                let mut p = reply(
-                    &exchange.message,
-                    e.code.unwrap_or(ResponseType::BadRequest),
-                );
-                p.payload = e.message.into_bytes();
-                return Some(p);
-            }
-            Err(_) => {
-                return Some(reply(&exchange.message, ResponseType::InternalServerError));
+        // Block1 parts are put together by coap-lite's handler (2.31 Continue for each but
+        // the last, which comes back whole).
+        if block1.is_some() {
+            let intercepted = {
+                let mut blocks = self.blocks.lock();
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    blocks.intercept_request(&mut exchange)
+                }))
+            };
+            match intercepted {
+                Ok(Ok(true)) => return exchange.response.map(|r| r.message),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    let mut p = reply(
+                        &exchange.message,
+                        e.code.unwrap_or(ResponseType::BadRequest),
+                    );
+                    p.payload = e.message.into_bytes();
+                    return Some(p);
+                }
+                Err(_) => return Some(reply(&exchange.message, ResponseType::InternalServerError)),
             }
         }
-        let response = self.handle(&exchange.message, peer).await;
-        let keep_block1 = exchange
+        let mut response = self.handle(&exchange.message, peer).await;
+        if let Some(b1) = exchange
             .response
             .as_ref()
-            .and_then(|r| r.message.get_option(CoapOption::Block1).cloned());
-        let mut response = response;
-        if let Some(b1) = keep_block1 {
+            .and_then(|r| r.message.get_option(CoapOption::Block1).cloned())
+        {
             response.set_option(CoapOption::Block1, b1);
         }
-        match exchange.response.as_mut() {
-            Some(r) => r.message = response,
-            // A NON request: the response is a NON too.
-            None => return Some(response),
+        // Block2: the part of the value asked for, cut from the current value.
+        match blocks::block2(response.payload.len(), asked2.as_ref()) {
+            Slice::Whole => {}
+            Slice::Block(range, value) => {
+                response.payload = response.payload[range].to_vec();
+                response.add_option_as(CoapOption::Block2, value);
+            }
+            Slice::OutOfRange => {
+                return Some(diagnostic(
+                    &exchange.message,
+                    ResponseType::BadOption,
+                    "no such block",
+                ));
+            }
         }
-        let mut blocks = self.blocks.lock();
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            blocks.intercept_response(&mut exchange)
-        }));
-        exchange.response.map(|r| r.message)
+        Some(response)
     }
 
-    /// The first block of a notification too large for one datagram; the rest is served to
-    /// the observer's Block2 follow-ups.
-    pub fn first_block(&self, peer: SocketAddr, path: &[String], packet: Packet) -> Packet {
-        if packet.payload.len() <= 1024 {
-            return packet;
+    /// The first block of a notification too large for one datagram; the observer fetches
+    /// the rest with GETs for the following blocks.
+    pub fn first_block(&self, mut packet: Packet) -> Packet {
+        if let Slice::Block(range, value) = blocks::block2(packet.payload.len(), None) {
+            packet.payload = packet.payload[range].to_vec();
+            packet.add_option_as(CoapOption::Block2, value);
         }
-        let mut get = Packet::new();
-        get.header.set_type(MessageType::NonConfirmable);
-        get.header.code = MessageClass::Request(coap_lite::RequestType::Get);
-        for segment in path {
-            get.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-        }
-        let mut exchange = CoapRequest::from_packet(get, peer);
-        let token = packet.get_token().to_vec();
-        if let Some(r) = exchange.response.as_mut() {
-            r.message = packet.clone();
-        }
-        let mut blocks = self.blocks.lock();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            blocks.intercept_response(&mut exchange)
-        })) {
-            Ok(Ok(true)) => match exchange.response {
-                Some(r) => {
-                    let mut first = r.message;
-                    first.set_token(token);
-                    first
-                }
-                None => packet,
-            },
-            _ => packet,
-        }
+        packet
     }
 
     /// Remembers the last value of a topic.
@@ -523,12 +524,17 @@ impl Gateway {
         }
     }
 
-    fn device(&self, id: &str) -> Arc<Device> {
-        self.devices
-            .lock()
-            .entry(id.to_owned())
-            .or_insert_with(|| Arc::new(Device::new(id, None, false)))
-            .clone()
+    fn device(&self, id: &str) -> Option<Arc<Device>> {
+        let mut devices = self.devices.lock();
+        if let Some(d) = devices.get(id) {
+            return Some(d.clone());
+        }
+        if devices.len() >= MAX_DEVICES {
+            return None;
+        }
+        let d = Arc::new(Device::new(id, None, false));
+        devices.insert(id.to_owned(), d.clone());
+        Some(d)
     }
 
     async fn handle(self: &Arc<Self>, packet: &Packet, peer: SocketAddr) -> Packet {
@@ -544,7 +550,9 @@ impl Gateway {
             Method::Delete => 3,
         };
         bump(&self.broker.metrics.coap_requests_total[slot]);
-        let device = self.device(&req.device);
+        let Some(device) = self.device(&req.device) else {
+            return reply(packet, ResponseType::ServiceUnavailable);
+        };
         let identity = Identity {
             username: req.credentials.as_ref().map(|(u, _)| u.clone()),
             password: req
@@ -627,19 +635,26 @@ impl Gateway {
                     .flatten()
                     .map(|s| String::from_utf8_lossy(s).into_owned())
                     .collect();
-                // Subscribed before the current value is read: nothing falls in between.
-                match client.subscribe(vec![observe_filter(topic, req.qos)]).await {
-                    Ok(codes) if codes.iter().all(|c| *c < 0x80) => {}
-                    Ok(_) => return reply(packet, ResponseType::Forbidden),
-                    Err(_) => return reply(packet, ResponseType::ServiceUnavailable),
-                }
+                // The observer first, so that a message arriving as the subscription is
+                // made finds it; subscribed before the current value is read, so that
+                // nothing falls in between.
+                let token = packet.get_token().to_vec();
                 device.observe(Observer {
                     topic: topic.to_owned(),
                     addr: peer,
-                    token: packet.get_token().to_vec(),
+                    token: token.clone(),
                     path,
                     seq: 2,
                 });
+                let refused = match client.subscribe(vec![observe_filter(topic, req.qos)]).await {
+                    Ok(codes) if codes.iter().all(|c| *c < 0x80) => None,
+                    Ok(_) => Some(ResponseType::Forbidden),
+                    Err(_) => Some(ResponseType::ServiceUnavailable),
+                };
+                if let Some(code) = refused {
+                    device.unobserve(topic, peer, Some(&token));
+                    return reply(packet, code);
+                }
                 observing = Some(2);
             }
             Some(Observe::Deregister)

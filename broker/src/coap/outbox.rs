@@ -43,6 +43,8 @@ pub enum Outcome {
 enum Reply {
     Ack(Packet),
     Reset,
+    /// A separate response, before its ACK.
+    Response(Packet),
 }
 
 /// Requests of ours that wait for a separate response, by peer and token.
@@ -73,12 +75,15 @@ impl Outbox {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A fresh token (8 bytes).
+    /// A fresh token: 8 random bytes, so that an off-path sender cannot guess it to forge a
+    /// device's response (RFC 7252 section 5.3.1).
     pub fn token(&self) -> Vec<u8> {
-        self.next_token
-            .fetch_add(1, Ordering::Relaxed)
-            .to_be_bytes()
-            .to_vec()
+        let mut token = (self.next_token.fetch_add(1, Ordering::Relaxed)
+            ^ rand::thread_rng().r#gen::<u64>())
+        .to_be_bytes()
+        .to_vec();
+        token.truncate(8);
+        token
     }
 
     /// Sends `packet` as a confirmable message to `peer` and waits for its ACK or RST,
@@ -101,7 +106,7 @@ impl Outbox {
         let token = packet.get_token().to_vec();
         let (tx, mut rx) = oneshot::channel();
         self.by_id.lock().insert((peer, id), tx);
-        let (separate_tx, separate_rx) = oneshot::channel();
+        let (separate_tx, mut separate_rx) = oneshot::channel();
         if expect_response {
             self.by_token
                 .lock()
@@ -112,7 +117,21 @@ impl Outbox {
         let mut outcome = Outcome::Timeout;
         for attempt in 0..=timing.max_retransmit {
             let _ = socket.send_to(&bytes, peer).await;
-            match tokio::time::timeout(wait, &mut rx).await {
+            let replied = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    r = &mut rx => r,
+                    // A separate response that overtakes its empty ACK acknowledges the
+                    // request as well (RFC 7252 section 5.3.2).
+                    Ok(response) = &mut separate_rx, if expect_response => {
+                        Ok(Reply::Response(response))
+                    }
+                }
+            });
+            match replied.await {
+                Ok(Ok(Reply::Response(response))) => {
+                    outcome = Outcome::Answered(response);
+                    break;
+                }
                 Ok(Ok(Reply::Reset)) => {
                     outcome = Outcome::Reset;
                     break;

@@ -82,6 +82,11 @@ pub struct ConnInfo {
     pub cert_identity: Option<String>,
     /// The client presented a certificate that chains to the configured CA.
     pub cert_verified: bool,
+    /// `peer` is where the bytes really come from (a TCP peer, or a PROXY header from our
+    /// load balancer). A UDP source address (a CoAP device's) can be forged: failed logins
+    /// and flapping are then counted against the client id, not against the address, so
+    /// that forged datagrams cannot get a victim's address banned.
+    pub address_verified: bool,
 }
 
 impl ConnInfo {
@@ -92,6 +97,7 @@ impl ConnInfo {
             listener: ListenerKind::Mqtt,
             cert_identity: None,
             cert_verified: false,
+            address_verified: true,
         }
     }
 }

@@ -260,6 +260,7 @@ async fn connect_layers(
         listener: spec.kind,
         cert_identity: None,
         cert_verified: false,
+        address_verified: true,
     };
     if spec.proxy_protocol {
         // Boxed: only listeners behind a load balancer pay for this step's future.

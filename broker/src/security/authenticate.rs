@@ -60,7 +60,7 @@ pub async fn authenticate(
     let security = &broker.security;
     let config = &broker.config;
     let now = Instant::now();
-    let addr_key = address_key(info.peer.ip());
+    let addr_key = counted_address(info, &connect.client_id);
 
     if config.cert_identity_as_client_id
         && let Some(identity) = &info.cert_identity
@@ -195,7 +195,7 @@ pub async fn admit(
     let security = &broker.security;
     let now = Instant::now();
     let id_key = key("id/", &connect.client_id);
-    let addr_key = address_key(info.peer.ip());
+    let addr_key = counted_address(info, &connect.client_id);
     let mut by_id = security.flapping.record(&id_key, now);
     let mut by_addr = security.flapping_addr.record(&addr_key, now);
     if let Some(cluster) = security.cluster_bans() {
@@ -230,6 +230,16 @@ fn key(prefix: &str, name: &str) -> String {
         end -= 1;
     }
     format!("{prefix}{}", &name[..end])
+}
+
+/// The key failures and flapping are counted against for the connection's address: the
+/// address itself, or, where it could be forged, the client id.
+fn counted_address(info: &ConnInfo, client_id: &str) -> String {
+    if info.address_verified {
+        address_key(info.peer.ip())
+    } else {
+        key("unverified/", client_id)
+    }
 }
 
 /// The ban key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's usual allocation,

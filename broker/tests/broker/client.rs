@@ -21,6 +21,7 @@ fn options(protocol: Protocol, id: &str, clean_start: bool) -> Options {
         connect,
         max_packet_size: 1 << 20,
         connect_timeout: WAIT,
+        qos2_in_doubt: Default::default(),
     }
 }
 
@@ -63,6 +64,7 @@ async fn every_qos_round_trips_over_tcp_and_in_process() {
             peer,
             ListenerKind::Bridge,
             None,
+            true,
             options(Protocol::V5, "pub", true),
         )
         .await
@@ -108,6 +110,7 @@ async fn a_message_not_acked_is_delivered_again_to_the_resumed_session() {
             peer,
             ListenerKind::Bridge,
             None,
+            true,
             options(Protocol::V5, "keeper", false),
         )
     };
@@ -154,6 +157,7 @@ async fn a_refused_connect_and_a_closed_connection_are_errors() {
         peer,
         ListenerKind::Coap,
         None,
+        true,
         options(Protocol::V5, "anon", true),
     )
     .await;
@@ -173,6 +177,7 @@ async fn a_refused_connect_and_a_closed_connection_are_errors() {
         peer,
         ListenerKind::Coap,
         None,
+        true,
         options(Protocol::V5, "gone", true),
     )
     .await
@@ -185,4 +190,180 @@ async fn a_refused_connect_and_a_closed_connection_are_errors() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
     let _ = tokio::time::timeout(Duration::from_secs(1), client.ping()).await;
+}
+
+/// Plays the server on the other end of a pipe: reads one packet.
+async fn server_reads(s: &mut tokio::io::DuplexStream, buf: &mut bytes::BytesMut) -> Packet {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(p) = decode(buf, Protocol::V5, usize::MAX).unwrap() {
+            return p;
+        }
+        let n = tokio::time::timeout(WAIT, s.read_buf(buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the client closed");
+    }
+}
+
+async fn server_sends(s: &mut tokio::io::DuplexStream, p: Packet) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    encode(&p, Protocol::V5, &mut out);
+    s.write_all(&out).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_qos2_id_in_doubt_is_released_on_resume_and_not_reused() {
+    let in_doubt = rookery_broker::client::InDoubt::default();
+    let mut opts = options(Protocol::V5, "q2", false);
+    opts.qos2_in_doubt = in_doubt.clone();
+
+    // First connection: the server takes the PUBLISH (PUBREC), then the link dies.
+    let (ours, mut server) = tokio::io::duplex(4096);
+    let mut buf = bytes::BytesMut::new();
+    let accept = async {
+        assert!(matches!(
+            server_reads(&mut server, &mut buf).await,
+            Packet::Connect(_)
+        ));
+        server_sends(&mut server, Packet::ConnAck(ConnAck::default())).await;
+    };
+    let (connected, ()) = tokio::join!(Client::connect(ours, opts.clone()), accept);
+    let (client, _, _rx) = connected.unwrap();
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish(publish("t", "once", QoS::ExactlyOnce)).await }
+    });
+    let Packet::Publish(p) = server_reads(&mut server, &mut buf).await else {
+        panic!("expected PUBLISH")
+    };
+    let id = p.packet_id;
+    server_sends(
+        &mut server,
+        Packet::PubRec(Ack {
+            packet_id: id,
+            ..Ack::default()
+        }),
+    )
+    .await;
+    assert!(
+        matches!(server_reads(&mut server, &mut buf).await, Packet::PubRel(a) if a.packet_id == id)
+    );
+    drop(server);
+    assert!(
+        publishing.await.unwrap().is_err(),
+        "not completed: an error to the caller"
+    );
+    assert!(in_doubt.lock().contains(&id));
+
+    // The session resumes: the release comes first, and a new message takes another id.
+    let (ours, mut server) = tokio::io::duplex(4096);
+    let mut buf = bytes::BytesMut::new();
+    let accept = async {
+        assert!(matches!(
+            server_reads(&mut server, &mut buf).await,
+            Packet::Connect(_)
+        ));
+        server_sends(
+            &mut server,
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                ..ConnAck::default()
+            }),
+        )
+        .await;
+    };
+    let (connected, ()) = tokio::join!(Client::connect(ours, opts), accept);
+    let (client, _, _rx) = connected.unwrap();
+    let again = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish(publish("t", "next", QoS::ExactlyOnce)).await }
+    });
+    assert!(
+        matches!(server_reads(&mut server, &mut buf).await, Packet::PubRel(a) if a.packet_id == id)
+    );
+    let Packet::Publish(p) = server_reads(&mut server, &mut buf).await else {
+        panic!("expected PUBLISH")
+    };
+    assert_ne!(p.packet_id, id, "an id in doubt is not reused");
+    server_sends(
+        &mut server,
+        Packet::PubComp(Ack {
+            packet_id: id,
+            ..Ack::default()
+        }),
+    )
+    .await;
+    server_sends(
+        &mut server,
+        Packet::PubRec(Ack {
+            packet_id: p.packet_id,
+            ..Ack::default()
+        }),
+    )
+    .await;
+    assert!(matches!(
+        server_reads(&mut server, &mut buf).await,
+        Packet::PubRel(_)
+    ));
+    server_sends(
+        &mut server,
+        Packet::PubComp(Ack {
+            packet_id: p.packet_id,
+            ..Ack::default()
+        }),
+    )
+    .await;
+    assert_eq!(again.await.unwrap(), Ok(0));
+    assert!(in_doubt.lock().is_empty());
+}
+
+#[tokio::test]
+async fn the_connection_closes_when_every_client_is_dropped() {
+    let server = start(|_| {}).await;
+    let peer = "127.0.0.9:1".parse().unwrap();
+    let (client, _, _rx) = local::connect(
+        &server.broker,
+        peer,
+        ListenerKind::Bridge,
+        None,
+        true,
+        options(Protocol::V5, "dropped", true),
+    )
+    .await
+    .unwrap();
+    let watcher = client.clone();
+    let closed = tokio::spawn(async move { watcher.closed().await });
+    drop(client);
+    // `watcher` moved into the task still holds a clone: the connection stays until that goes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while server
+                .broker
+                .sessions
+                .get("dropped")
+                .is_none_or(|s| !s.is_online())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    );
+    closed.abort();
+    let _ = closed.await;
+    tokio::time::timeout(WAIT, async {
+        while server
+            .broker
+            .sessions
+            .get("dropped")
+            .is_some_and(|s| s.is_online())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the broker sees the connection end once no client is left");
 }
