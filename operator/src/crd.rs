@@ -750,6 +750,11 @@ pub struct CoapSpec {
     #[serde(default = "default_coap_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Annotations of the gateway's Service (a cloud load balancer for UDP usually needs its
+    /// own; the TCP load balancer's are not copied, since an address annotation there would
+    /// make two Services claim one address).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Default for CoapSpec {
@@ -757,6 +762,7 @@ impl Default for CoapSpec {
         CoapSpec {
             enabled: false,
             port: default_coap_port(),
+            annotations: BTreeMap::new(),
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct Device {
     pub observers: Mutex<Vec<Observer>>,
     /// The session's QoS 2 publishes not known to be complete, across connections.
     in_doubt: InDoubt,
+    /// Who the session last connected as: an observed device whose connection ended (taken
+    /// over, kicked) is connected again as that identity.
+    last_identity: Mutex<Option<Identity>>,
 }
 
 /// Why a device session could not be used, as a CoAP response code.
@@ -97,6 +100,7 @@ impl Device {
             last_seen: Mutex::new(Instant::now()),
             observers: Mutex::new(Vec::new()),
             in_doubt: InDoubt::default(),
+            last_identity: Mutex::new(None),
         }
     }
 
@@ -225,7 +229,22 @@ impl Device {
             client: client.clone(),
             identity: identity.clone(),
         });
+        *self.last_identity.lock() = Some(identity.clone());
         Ok(client)
+    }
+
+    /// Connects again, as before, a device that is observed and whose connection ended (its
+    /// persistent session still has the observations' subscriptions).
+    pub async fn keep_observed(self: &Arc<Self>, gateway: &Arc<Gateway>) {
+        if self.observers.lock().is_empty() || self.is_connected().await {
+            return;
+        }
+        let identity = self.last_identity.lock().clone();
+        if let Some(identity) = identity
+            && let Err(code) = self.client(gateway, &identity, None).await
+        {
+            debug!(device = %self.id, ?code, "an observed device could not be connected again");
+        }
     }
 
     /// Adds (or renews) an observer; true when the topic had none before.

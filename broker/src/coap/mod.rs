@@ -207,6 +207,8 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                         debug!(device = %device.id, ?code, "static device: no session yet");
                     }
                 }
+            } else if !device.observers.lock().is_empty() {
+                device.keep_observed(&gateway).await;
             } else if device.is_idle(idle) {
                 device.disconnect().await;
                 gateway

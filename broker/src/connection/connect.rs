@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
+use crate::listener::ListenerKind;
 use crate::router::topic;
 use crate::security::authenticate::Identity;
 use crate::session::{Attachment, Control, NEVER_EXPIRES, Session};
@@ -196,6 +197,24 @@ pub fn check(broker: &Broker, connect: &Connect) -> Result<(), Refusal> {
             code: reason::CLIENT_IDENTIFIER_NOT_VALID,
             connack_for_v3: true,
             why: "keep alive above max_keepalive_secs",
+        });
+    }
+    Ok(())
+}
+
+/// Client id prefixes of the sessions the broker makes for itself: the CoAP gateway's devices
+/// and the bridges' local sides.
+pub const RESERVED_PREFIXES: [&str; 2] = ["coap-", "bridge-"];
+
+/// Refuses a network client that names one of the broker's own sessions: taking it over
+/// would end a device's observations or empty a bridge's queue for its upstream.
+pub fn check_reserved(listener: ListenerKind, client_id: &str) -> Result<(), Refusal> {
+    let internal = matches!(listener, ListenerKind::Coap | ListenerKind::Bridge);
+    if !internal && RESERVED_PREFIXES.iter().any(|p| client_id.starts_with(p)) {
+        return Err(Refusal {
+            code: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_for_v3: true,
+            why: "client id reserved for the gateway's and the bridges' sessions",
         });
     }
     Ok(())

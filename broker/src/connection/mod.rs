@@ -233,6 +233,10 @@ where
             return None;
         }
     };
+    if let Err(refusal) = connect::check_reserved(info.listener, &connect.client_id) {
+        refuse(&broker, writer, protocol, &refusal).await;
+        return None;
+    }
     let assigned = connect.client_id.is_empty();
     if assigned {
         connect.client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));

@@ -283,3 +283,16 @@ async fn a_will_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
     let (_c, ack) = Raw::try_connect(server.addr(), connect).await;
     assert_eq!(ack.code, reason::PAYLOAD_FORMAT_INVALID);
 }
+
+#[tokio::test]
+async fn client_ids_of_the_gateways_sessions_are_reserved() {
+    let server = start(|_| {}).await;
+    for id in ["coap-dev1", "bridge-cloud"] {
+        let (_, ack) =
+            Raw::try_connect(server.addr(), connect_packet(Protocol::V5, id, true)).await;
+        assert_eq!(ack.code, reason::CLIENT_IDENTIFIER_NOT_VALID, "{id}");
+    }
+    let (_, ack) =
+        Raw::try_connect(server.addr(), connect_packet(Protocol::V5, "coap", true)).await;
+    assert_eq!(ack.code, 0);
+}

@@ -61,7 +61,7 @@ pub fn brokers(c: &MqttCluster, names: &Names) -> Service {
 }
 
 /// The CoAP gateway's Service (UDP), when `spec.coap.enabled`: of the load balancer's type,
-/// with its annotations and source ranges, straight to the brokers. Client-IP affinity keeps a
+/// with its source ranges and `spec.coap.annotations`, straight to the brokers. Client-IP affinity keeps a
 /// device on one broker, whose gateway then holds its session and observations.
 pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
     if !c.spec.coap.enabled {
@@ -69,8 +69,8 @@ pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
     }
     let lb = &c.spec.load_balancer;
     let mut metadata = object_meta(c, names, names.coap_service(), Component::Broker);
-    if !lb.annotations.is_empty() {
-        metadata.annotations = Some(lb.annotations.clone());
+    if !c.spec.coap.annotations.is_empty() {
+        metadata.annotations = Some(c.spec.coap.annotations.clone());
     }
     let load_balancer = lb.service_type == crate::crd::ServiceType::LoadBalancer;
     Some(Service {
@@ -125,8 +125,8 @@ mod tests {
         let c = MqttCluster::new(
             "iot",
             serde_json::from_value::<MqttClusterSpec>(serde_json::json!({
-                "coap": {"enabled": true, "port": 5684},
-                "loadBalancer": {"annotations": {"a": "b"}, "loadBalancerSourceRanges": ["10.0.0.0/8"]}
+                "coap": {"enabled": true, "port": 5684, "annotations": {"a": "b"}},
+                "loadBalancer": {"annotations": {"tcp": "only"}, "loadBalancerSourceRanges": ["10.0.0.0/8"]}
             }))
             .unwrap(),
         );
