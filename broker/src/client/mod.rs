@@ -164,14 +164,7 @@ impl Client {
         if ack.session_present {
             // Releases first: the server keeps these ids until it gets them.
             for id in in_doubt.lock().iter() {
-                encode(
-                    &Packet::PubRel(Ack {
-                        packet_id: *id,
-                        ..Ack::default()
-                    }),
-                    protocol,
-                    &mut wbuf,
-                );
+                encode(&ack_packet(Packet::PubRel, *id), protocol, &mut wbuf);
             }
         } else {
             in_doubt.lock().clear();
@@ -319,6 +312,14 @@ impl Client {
             Err(_) => "connection task ended".into(),
         }
     }
+}
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP for `packet_id`, success and no properties.
+fn ack_packet(kind: fn(Ack) -> Packet, packet_id: u16) -> Packet {
+    kind(Ack {
+        packet_id,
+        ..Ack::default()
+    })
 }
 
 enum Pending {
@@ -523,16 +524,12 @@ impl Connection {
                 self.pings.push_back(Some(done));
             }
             Command::AckIncoming(packet_id, qos) => {
-                let ack = Ack {
-                    packet_id,
-                    ..Ack::default()
-                };
-                let packet = if qos == QoS::ExactlyOnce {
-                    Packet::PubRec(ack)
+                let kind = if qos == QoS::ExactlyOnce {
+                    Packet::PubRec
                 } else {
-                    Packet::PubAck(ack)
+                    Packet::PubAck
                 };
-                encode(&packet, self.protocol, wbuf);
+                encode(&ack_packet(kind, packet_id), self.protocol, wbuf);
             }
             Command::Disconnect => {}
         }
@@ -598,10 +595,7 @@ impl Connection {
                     } else {
                         *rec = Some(ack.reason);
                         encode(
-                            &Packet::PubRel(Ack {
-                                packet_id: ack.packet_id,
-                                ..Ack::default()
-                            }),
+                            &ack_packet(Packet::PubRel, ack.packet_id),
                             self.protocol,
                             wbuf,
                         );
@@ -610,10 +604,7 @@ impl Connection {
                 _ => {
                     // Not ours (a session resumed by the server): release it anyway.
                     encode(
-                        &Packet::PubRel(Ack {
-                            packet_id: ack.packet_id,
-                            ..Ack::default()
-                        }),
+                        &ack_packet(Packet::PubRel, ack.packet_id),
                         self.protocol,
                         wbuf,
                     );
@@ -630,10 +621,7 @@ impl Connection {
             Packet::PubRel(ack) => {
                 self.received_qos2.remove(&ack.packet_id);
                 encode(
-                    &Packet::PubComp(Ack {
-                        packet_id: ack.packet_id,
-                        ..Ack::default()
-                    }),
+                    &ack_packet(Packet::PubComp, ack.packet_id),
                     self.protocol,
                     wbuf,
                 );

@@ -207,20 +207,18 @@ fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError>
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A TLS client configuration for cluster links: the node's own certificate (mutual TLS) and
-/// the cluster CA as the only trust root.
-pub fn client_connector(
-    cert: &Path,
-    key: &Path,
-    ca: &Path,
-) -> Result<tokio_rustls::TlsConnector, TlsError> {
-    let chain = certificates("certificate", cert, &read("certificate", cert)?)?;
+/// A private key from a PEM file.
+fn private_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let key_pem = read("key", key)?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
         what: "key",
         path: key.into(),
         message: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
-    })?;
+    })
+}
+
+/// The certificates of a CA bundle, as the only roots a client trusts.
+fn trust_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certificates("CA", ca, &read("CA", ca)?)? {
         roots.add(c).map_err(|e| TlsError::Invalid {
@@ -229,6 +227,19 @@ pub fn client_connector(
             message: e.to_string(),
         })?;
     }
+    Ok(roots)
+}
+
+/// A TLS client configuration for cluster links: the node's own certificate (mutual TLS) and
+/// the cluster CA as the only trust root.
+pub fn client_connector(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let chain = certificates("certificate", cert, &read("certificate", cert)?)?;
+    let private = private_key(key)?;
+    let roots = trust_roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config_error = |message: String| TlsError::Config {
         cert: cert.into(),
@@ -250,14 +261,7 @@ pub fn upstream_connector(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<tokio_rustls::TlsConnector, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in certificates("CA", ca, &read("CA", ca)?)? {
-        roots.add(c).map_err(|e| TlsError::Invalid {
-            what: "CA",
-            path: ca.into(),
-            message: e.to_string(),
-        })?;
-    }
+    let roots = trust_roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])
@@ -271,13 +275,7 @@ pub fn upstream_connector(
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = certificates("certificate", cert, &read("certificate", cert)?)?;
-            let key_pem = read("key", key)?;
-            let private =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
-                    what: "key",
-                    path: key.into(),
-                    message: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
-                })?;
+            let private = private_key(key)?;
             builder
                 .with_client_auth_cert(chain, private)
                 .map_err(|e| TlsError::Config {

@@ -225,6 +225,19 @@ pub fn deployment(
 /// The uid HAProxy runs as (the image's `haproxy` user is created with this id).
 pub const HAPROXY_UID: i64 = 65533;
 
+/// `externalTrafficPolicy: Local` for a Service that devices reach from outside: their
+/// addresses are kept (not replaced by a node's on a hop between nodes).
+pub fn keep_client_address(lb: &crate::crd::LoadBalancerSpec) -> Option<String> {
+    (lb.service_type != crate::crd::ServiceType::ClusterIP).then(|| "Local".into())
+}
+
+/// `loadBalancerSourceRanges`, for a LoadBalancer Service when some are given.
+pub fn source_ranges(lb: &crate::crd::LoadBalancerSpec) -> Option<Vec<String>> {
+    (lb.service_type == crate::crd::ServiceType::LoadBalancer
+        && !lb.load_balancer_source_ranges.is_empty())
+    .then(|| lb.load_balancer_source_ranges.clone())
+}
+
 /// The client-facing Service: the LoadBalancer (by default) devices connect to.
 pub fn service(c: &MqttCluster, names: &Names) -> Service {
     let lb = &c.spec.load_balancer;
@@ -232,7 +245,6 @@ pub fn service(c: &MqttCluster, names: &Names) -> Service {
     if !lb.annotations.is_empty() {
         meta.annotations = Some(lb.annotations.clone());
     }
-    let load_balancer = lb.service_type == crate::crd::ServiceType::LoadBalancer;
     Service {
         metadata: meta,
         spec: Some(ServiceSpec {
@@ -252,11 +264,8 @@ pub fn service(c: &MqttCluster, names: &Names) -> Service {
             ),
             // Devices' addresses reach HAProxy (and, through PROXY v2, the brokers) only when
             // traffic is not bounced through another node.
-            external_traffic_policy: (lb.service_type != crate::crd::ServiceType::ClusterIP)
-                .then(|| "Local".into()),
-            load_balancer_source_ranges: (load_balancer
-                && !lb.load_balancer_source_ranges.is_empty())
-            .then(|| lb.load_balancer_source_ranges.clone()),
+            external_traffic_policy: keep_client_address(lb),
+            load_balancer_source_ranges: source_ranges(lb),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -72,7 +72,6 @@ pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
     if !c.spec.coap.annotations.is_empty() {
         metadata.annotations = Some(c.spec.coap.annotations.clone());
     }
-    let load_balancer = lb.service_type == crate::crd::ServiceType::LoadBalancer;
     Some(Service {
         metadata,
         spec: Some(ServiceSpec {
@@ -88,11 +87,8 @@ pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
             session_affinity: Some("ClientIP".into()),
             // The gateway learns each device's address from its requests: it must see the
             // device's own address, not a node's.
-            external_traffic_policy: (lb.service_type != crate::crd::ServiceType::ClusterIP)
-                .then(|| "Local".into()),
-            load_balancer_source_ranges: (load_balancer
-                && !lb.load_balancer_source_ranges.is_empty())
-            .then(|| lb.load_balancer_source_ranges.clone()),
+            external_traffic_policy: super::load_balancer::keep_client_address(lb),
+            load_balancer_source_ranges: super::load_balancer::source_ranges(lb),
             ..ServiceSpec::default()
         }),
         ..Service::default()
