@@ -583,10 +583,20 @@ impl Gateway {
                 let publish =
                     publish_for(&topic, payload.clone(), req.qos, retain, req.content_format);
                 match client.publish(publish).await {
-                    Ok(code) if code < 0x80 => {
+                    // A QoS 0 publish the ACL refuses is dropped without a word: only what
+                    // the device may write becomes its last value.
+                    Ok(code)
+                        if code < 0x80
+                            && self.broker.security.can_publish(
+                                identity.username.as_deref(),
+                                &device.client_id(),
+                                &topic,
+                            ) =>
+                    {
                         self.cache_put(&topic, Bytes::from(payload), req.content_format);
                         reply(packet, ResponseType::Changed)
                     }
+                    Ok(code) if code < 0x80 => reply(packet, ResponseType::Forbidden),
                     Ok(code) => reply(packet, publish_refusal(code)),
                     Err(_) => reply(packet, ResponseType::ServiceUnavailable),
                 }
