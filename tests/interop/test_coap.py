@@ -704,6 +704,17 @@ def test_observe_ends_on_deregistration_rst_and_unacknowledged_notification(
     assert {(m.mtype, m.mid, m.payload) for m in copies} == {(CON, copies[0].mid, b"c1")}
     pub.publish("devices/dev1/c", b"c2", qos=1)
     raw.expect_silence()
+
+    # 4. RST in reply to a NON notification (a QoS 0 message).
+    observe("d", b"tok-d")
+    wait_metric(mport, subs, lambda v: v == observing, "no subscription for the 4th Observe")
+    pub.publish("devices/dev1/d", b"d1", qos=0)
+    n = raw.wait_for_token(b"tok-d")
+    assert (n.mtype, n.payload) == (NON, b"d1"), n
+    raw.reset(n)
+    wait_metric(mport, subs, lambda v: v == observing - 1, "an RST to a NON did not unsubscribe")
+    pub.publish("devices/dev1/d", b"d2", qos=0)
+    raw.expect_silence()
     raw.close()
 
 

@@ -247,6 +247,14 @@ impl Device {
         }
     }
 
+    /// Unsubscribes the device's session from `topic` (an observation ended).
+    pub async fn unsubscribe(&self, topic: &str) {
+        let client = self.conn.lock().await.as_ref().map(|c| c.client.clone());
+        if let Some(client) = client {
+            let _ = client.unsubscribe(vec![topic.into()]).await;
+        }
+    }
+
     /// Adds (or renews) an observer; true when the topic had none before.
     pub fn observe(&self, observer: Observer) -> bool {
         let mut observers = self.observers.lock();
@@ -420,6 +428,7 @@ async fn notify(
             let mut packet = packet;
             packet.header.set_type(MessageType::NonConfirmable);
             packet.header.message_id = gateway.outbox.message_id();
+            gateway.sent_non(&device.id, &observer, packet.header.message_id);
             gateway.send(observer.addr, &packet).await;
             false
         } else {

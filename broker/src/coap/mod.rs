@@ -126,7 +126,23 @@ pub struct Gateway {
     buckets: Mutex<HashMap<String, TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
     handling: Arc<tokio::sync::Semaphore>,
+    /// NON notifications sent lately, by (observer, message id): an RST in answer ends the
+    /// observation (RFC 7641 section 3.6).
+    non_sent: Mutex<IndexMap<(SocketAddr, u16), SentNotification>>,
 }
+
+/// A NON notification, remembered for a while in case its observer answers with RST.
+struct SentNotification {
+    at: Instant,
+    device: String,
+    topic: String,
+    token: Vec<u8>,
+}
+
+/// NON notifications remembered at once (the oldest go first).
+const NON_REMEMBERED: usize = 10_000;
+/// How long an RST may follow a NON notification (RFC 7252's NON_LIFETIME).
+const NON_LIFETIME: Duration = Duration::from_secs(145);
 
 /// Binds the gateway's socket.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -156,6 +172,7 @@ pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
         buckets: Mutex::new(HashMap::new()),
         cache: Mutex::new(IndexMap::new()),
         handling: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
+        non_sent: Mutex::new(IndexMap::new()),
         outbox: Outbox::new(),
         socket,
         config,
@@ -313,6 +330,7 @@ impl Gateway {
             }
         };
         match (packet.header.get_type(), packet.header.code) {
+            (MessageType::Reset, _) if self.reset_of_notification(peer, &packet) => {}
             (MessageType::Acknowledgement | MessageType::Reset, _) => {
                 if !self.outbox.on_ack(peer, packet) {
                     self.dropped(Dropped::Unexpected);
@@ -467,6 +485,47 @@ impl Gateway {
             }
         }
         Some(response)
+    }
+
+    /// Remembers a NON notification sent to `observer` of `device`.
+    pub fn sent_non(&self, device: &str, observer: &Observer, message_id: u16) {
+        let now = Instant::now();
+        let mut sent = self.non_sent.lock();
+        while sent.len() >= NON_REMEMBERED
+            || sent
+                .first()
+                .is_some_and(|(_, n)| now.duration_since(n.at) > NON_LIFETIME)
+        {
+            sent.shift_remove_index(0);
+        }
+        sent.insert(
+            (observer.addr, message_id),
+            SentNotification {
+                at: now,
+                device: device.to_owned(),
+                topic: observer.topic.clone(),
+                token: observer.token.clone(),
+            },
+        );
+    }
+
+    /// An RST answering a NON notification: the observer is gone. True when it was one.
+    fn reset_of_notification(&self, peer: SocketAddr, packet: &Packet) -> bool {
+        let Some(sent) = self
+            .non_sent
+            .lock()
+            .shift_remove(&(peer, packet.header.message_id))
+        else {
+            return false;
+        };
+        let device = self.devices.lock().get(&sent.device).cloned();
+        if let Some(device) = device
+            && device.unobserve(&sent.topic, peer, Some(&sent.token))
+        {
+            let topic = sent.topic.clone();
+            tokio::spawn(async move { device.unsubscribe(&topic).await });
+        }
+        true
     }
 
     /// The first block of a notification too large for one datagram; the observer fetches
