@@ -1057,3 +1057,55 @@ def test_rate_limit_per_source_address(broker_factory, clients):
     assert dotted(r.code) == "2.04", r
     flood.close()
     other.close()
+
+
+# -- in a cluster ---------------------------------------------------------------------------------
+
+
+def test_in_a_cluster_readings_and_commands_cross_nodes(broker_factory, clients):
+    """Two clustered brokers, each with its gateway. A device talks to node 0's gateway; an
+    application on node 1 gets its readings and sends it a command, whose result comes back
+    on node 1: the device's session is an ordinary session of the cluster."""
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"{HOST}:{p}" for p in ports)
+    nodes = [
+        coap_broker(
+            broker_factory, "--node-id", f"node-{i}", "--cluster-name", "coap",
+            "--cluster-listen", f"{HOST}:{port}", "--peers", peers,
+        )
+        for i, port in enumerate(ports)
+    ]  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not all("cluster link up" in n.log() for n in nodes):
+        assert time.monotonic() < deadline, "the nodes did not link"
+        time.sleep(0.05)
+
+    async def scenario():
+        led = Led()
+        async with device_server(led) as (dev, _):
+            app = await off(lambda: clients(nodes[1].port).connect())
+            await off(app.subscribe, "devices/#", 1)
+            await off(app.subscribe, "commands/+/led/result", 1)
+            # Routes reach node 0 shortly after the subscription: retry until one arrives.
+            got = None
+            for attempt in range(50):
+                r = await coap_request(
+                    dev, aiocoap.POST, coap_url(nodes[0], "dev9/temp"), f"{attempt}".encode()
+                )
+                assert r.code == aiocoap.CHANGED, r
+                got = await off(app.drain, 0.1)
+                if got:
+                    break
+            assert got and got[0].topic == "devices/dev9/temp", got
+            # The device's command subscription lives in its session on node 0.
+            for _ in range(50):
+                await off(app.publish, "commands/dev9/led", b"blink", 1)
+                results = await off(app.drain, 0.3)
+                if results:
+                    break
+            assert [(m.topic, m.payload) for m in results][:1] == [
+                ("commands/dev9/led/result", b"2.04")
+            ], results
+            assert led.requests and led.requests[0].payload == b"blink"
+
+    arun(scenario())
