@@ -56,6 +56,10 @@ pub struct Options {
     /// Load shape.
     #[arg(long, value_enum, default_value = "fan-in")]
     pub scenario: Scenario,
+    /// Put into client ids and topics of the flow scenarios, so that several load tools can
+    /// run against one broker or cluster without taking each other's sessions over.
+    #[arg(long, default_value = "")]
+    pub tag: String,
     /// Publishers (fan-in), pairs (pairs) or subscribers (fan-out).
     #[arg(long, default_value_t = 10)]
     pub clients: usize,
@@ -313,7 +317,8 @@ async fn publisher(
         Protocol::V311
     };
     let qos = qos_of(opts.qos)?;
-    let mut c = Client::connect(&dialer, protocol, format!("bench-pub-{index}")).await?;
+    let mut c =
+        Client::connect(&dialer, protocol, format!("bench-pub-{}{index}", opts.tag)).await?;
     let mut seq: u64 = 0;
     let mut inflight = 0usize;
     let mut pid: u16 = 0;
@@ -438,7 +443,7 @@ async fn subscriber(
         // Unique per run: a persistent session of an earlier run must not be resumed.
         format!("bench-sub-{index}-{}-{}", std::process::id(), rand_suffix())
     } else {
-        format!("bench-sub-{index}")
+        format!("bench-sub-{}{index}", opts.tag)
     };
     let mut c = Client::connect_as(&dialer, protocol, id, opts.persistent).await?;
     subscribe(&mut c, &filter, qos).await?;
@@ -829,10 +834,10 @@ async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     };
     for i in 0..subscribers {
         let filter = match opts.scenario {
-            Scenario::FanIn => "bench/in".to_string(),
-            Scenario::Pairs => format!("bench/pair/{i}"),
-            Scenario::Shared => "$share/bench/bench/shared".to_string(),
-            _ => "bench/out".to_string(),
+            Scenario::FanIn => format!("bench{}/in", opts.tag),
+            Scenario::Pairs => format!("bench{}/pair/{i}", opts.tag),
+            Scenario::Shared => format!("$share/bench/bench{}/shared", opts.tag),
+            _ => format!("bench{}/out", opts.tag),
         };
         subs.push(tokio::spawn(subscriber(
             opts.clone(),
@@ -857,10 +862,10 @@ async fn run_flow(opts: Options, dialer: Dialer) -> anyhow::Result<Report> {
     let mut pubs = Vec::new();
     for i in 0..publishers {
         let topic = match opts.scenario {
-            Scenario::FanIn => "bench/in".to_string(),
-            Scenario::Pairs => format!("bench/pair/{i}"),
-            Scenario::Shared => "bench/shared".to_string(),
-            _ => "bench/out".to_string(),
+            Scenario::FanIn => format!("bench{}/in", opts.tag),
+            Scenario::Pairs => format!("bench{}/pair/{i}", opts.tag),
+            Scenario::Shared => format!("bench{}/shared", opts.tag),
+            _ => format!("bench{}/out", opts.tag),
         };
         pubs.push(tokio::spawn(publisher(
             opts.clone(),

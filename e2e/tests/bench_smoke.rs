@@ -14,6 +14,7 @@ fn options(broker: &BrokerProcess, scenario: Scenario, qos: u8) -> Options {
         broker: broker.addr,
         subscriber_broker: None,
         scenario,
+        tag: String::new(),
         clients: 3,
         qos,
         payload: 64,
