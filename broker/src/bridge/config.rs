@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::router::topic::{has_wildcard, validate_filter};
+
 /// Which way a topic rule forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,23 +135,6 @@ fn default_reconnect_max() -> u64 {
     30_000
 }
 
-fn has_wildcard(s: &str) -> bool {
-    s.contains(['+', '#'])
-}
-
-/// Checks a topic filter's wildcards (MQTT 4.7.1).
-fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i == levels.len() - 1,
-        "+" => true,
-        l => !has_wildcard(l),
-    })
-}
-
 impl BridgeConfig {
     /// Checks the section; errors name the field, `bridge[NAME].field`.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -171,11 +156,14 @@ impl BridgeConfig {
         }
         for (i, t) in self.topics.iter().enumerate() {
             let f = |n: &str| field(&format!("topics[{i}].{n}"));
-            if !valid_filter(&t.pattern) {
-                return Err((
-                    f("pattern"),
-                    format!("{:?} is not a topic filter", t.pattern),
-                ));
+            // The rule's filters as each side subscribes them, by the broker's own rules.
+            for filter in [t.local_filter(), t.remote_filter()] {
+                if let Err(e) = validate_filter(&filter, usize::MAX) {
+                    return Err((
+                        f("pattern"),
+                        format!("{:?} is not a topic filter: {e}", t.pattern),
+                    ));
+                }
             }
             if t.qos > 2 {
                 return Err((f("qos"), "0, 1 or 2".into()));

@@ -46,8 +46,6 @@ pub struct Observer {
     pub addr: SocketAddr,
     /// The registration's token.
     pub token: Vec<u8>,
-    /// The Uri-Path of the registration (block-wise follow-ups use it).
-    pub path: Vec<String>,
     /// The last Observe sequence number sent.
     pub seq: u32,
 }

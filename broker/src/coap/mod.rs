@@ -700,12 +700,6 @@ impl Gateway {
         let mut observing = None;
         match req.observe {
             Some(Observe::Register) => {
-                let path: Vec<String> = packet
-                    .get_option(CoapOption::UriPath)
-                    .into_iter()
-                    .flatten()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
                 // The observer first, so that a message arriving as the subscription is
                 // made finds it; subscribed before the current value is read, so that
                 // nothing falls in between.
@@ -714,7 +708,6 @@ impl Gateway {
                     topic: topic.to_owned(),
                     addr: peer,
                     token: token.clone(),
-                    path,
                     seq: 2,
                 });
                 let refused = match client.subscribe(vec![observe_filter(topic, req.qos)]).await {
