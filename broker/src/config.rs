@@ -213,6 +213,14 @@ pub struct Config {
     pub memory_high_watermark: u64,
     /// UDP address of the CoAP gateway (off by default).
     pub coap_listen: Option<SocketAddr>,
+    /// UDP address of the CoAP gateway over DTLS with pre-shared keys (`coaps://`; off by
+    /// default; needs `psk_file`).
+    pub coaps_listen: Option<SocketAddr>,
+    /// Mosquitto-format PSK file (`identity:hexkey` lines) for `coaps_listen`: the identity
+    /// is the device id and its trusted username.
+    pub psk_file: Option<PathBuf>,
+    /// PSK identity hint sent to DTLS clients (none by default).
+    pub psk_hint: Option<String>,
     /// MQTT topic prefix of a device's resources; `{device_id}` is replaced.
     pub coap_prefix: String,
     /// MQTT topic prefix of commands to devices: `{prefix}{device_id}/{path}`.
@@ -314,6 +322,9 @@ impl Default for Config {
             max_connection_rate: 0,
             memory_high_watermark: 0,
             coap_listen: None,
+            coaps_listen: None,
+            psk_file: None,
+            psk_hint: None,
             coap_prefix: "devices/{device_id}/".into(),
             coap_command_prefix: "commands/".into(),
             coap_devices: Vec::new(),
@@ -516,6 +527,24 @@ impl Config {
         }
         if self.coap_ack_timeout_ms == 0 {
             return invalid("coap_ack_timeout_ms", "must be at least 1");
+        }
+        if self.coaps_listen.is_some() && self.psk_file.is_none() {
+            return invalid(
+                "coaps_listen",
+                "needs psk_file: the keys DTLS clients authenticate with",
+            );
+        }
+        if self.psk_file.is_some() && self.coaps_listen.is_none() {
+            return invalid("psk_file", "is used only by coaps_listen, which is not set");
+        }
+        if self.psk_hint.is_some() && self.coaps_listen.is_none() {
+            return invalid("psk_hint", "is used only by coaps_listen, which is not set");
+        }
+        if let (Some(a), Some(b)) = (self.coap_listen, self.coaps_listen)
+            && a == b
+            && a.port() != 0
+        {
+            return invalid("coaps_listen", &format!("{b} is coap_listen's address too"));
         }
         for (i, bridge) in self.bridge.iter().enumerate() {
             if let Err((field, reason)) = bridge.validate() {
@@ -926,6 +955,15 @@ pub struct Cli {
     /// UDP address of the CoAP gateway.
     #[arg(long, env = "ROOKERY_COAP_LISTEN", value_name = "ADDR")]
     pub coap_listen: Option<SocketAddr>,
+    /// UDP address of the CoAP gateway over DTLS with pre-shared keys (needs --psk-file).
+    #[arg(long, env = "ROOKERY_COAPS_LISTEN", value_name = "ADDR")]
+    pub coaps_listen: Option<SocketAddr>,
+    /// Mosquitto-format PSK file (`identity:hexkey`) for --coaps-listen.
+    #[arg(long, env = "ROOKERY_PSK_FILE", value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+    /// PSK identity hint sent to DTLS clients.
+    #[arg(long, env = "ROOKERY_PSK_HINT", value_name = "HINT")]
+    pub psk_hint: Option<String>,
     /// MQTT topic prefix of a device's resources (`{device_id}` is replaced).
     #[arg(long, env = "ROOKERY_COAP_PREFIX", value_name = "PREFIX")]
     pub coap_prefix: Option<String>,
@@ -1032,6 +1070,7 @@ impl Cli {
             (&mut config.ca, cli.ca),
             (&mut config.password_file, cli.password_file),
             (&mut config.acl_file, cli.acl_file),
+            (&mut config.psk_file, cli.psk_file),
         ] {
             if value.is_some() {
                 *slot = value;
@@ -1105,6 +1144,12 @@ impl Cli {
         );
         if cli.coap_listen.is_some() {
             config.coap_listen = cli.coap_listen;
+        }
+        if cli.coaps_listen.is_some() {
+            config.coaps_listen = cli.coaps_listen;
+        }
+        if cli.psk_hint.is_some() {
+            config.psk_hint = cli.psk_hint;
         }
         if !cli.coap_devices.is_empty() {
             config.coap_devices = cli.coap_devices;

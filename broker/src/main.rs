@@ -90,6 +90,7 @@ async fn run(config: Config, threads: usize, set_log_level: SetLogLevel) -> Exit
         .listeners
         .iter()
         .map(|(kind, addr)| format!("{addr} ({kind})"))
+        .chain(server.coaps_addr.map(|a| format!("{a} (coaps)")))
         .collect();
     let access = if c.anonymous_allowed() {
         "anonymous access allowed"
@@ -176,11 +177,15 @@ async fn wait_for_signal(mut signals: Signals, server: &Server) -> Stop {
 }
 
 /// The filter for a `log_level`. The storage engine's own progress lines ("creating
-/// database", compactions) are noise at `info`; a filter that names it still decides.
+/// database", compactions) are noise at `info`, and the DTLS crate warns of every TLS
+/// extension a client offers that it does not know; a filter that names them still decides.
 fn filter_for(level: &str) -> Result<EnvFilter, String> {
     let mut directives = level.to_owned();
     if !directives.contains("fjall") && !directives.contains("lsm_tree") {
         directives.push_str(",fjall=warn,lsm_tree=warn");
+    }
+    if !directives.contains("webrtc") {
+        directives.push_str(",webrtc_dtls=error,webrtc_util=error");
     }
     EnvFilter::try_new(&directives).map_err(|e| format!("log_level `{level}`: {e}"))
 }

@@ -30,6 +30,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// The address of the cluster listener, when `cluster_listen` is set.
     pub cluster_addr: Option<SocketAddr>,
+    /// The UDP address of the CoAP gateway's DTLS listener, when `coaps_listen` is set.
+    pub coaps_addr: Option<SocketAddr>,
     tls: Option<Arc<ReloadingTls>>,
     source: Arc<ConfigSource>,
 }
@@ -117,12 +119,27 @@ impl Server {
             listeners.push((spec.kind, socket.local_addr()?));
             broker.tasks.spawn(listener::run(socket, spec, ctx.clone()));
         }
+        let mut plain = None;
         if let Some(addr) = broker.config.coap_listen {
             let socket = crate::coap::bind(addr).await.map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on {addr} (coap): {e}"))
             })?;
             listeners.push((ListenerKind::Coap, socket.local_addr()?));
-            broker.tasks.spawn(crate::coap::run(socket, broker.clone()));
+            plain = Some(socket);
+        }
+        let mut secure = None;
+        let mut coaps_addr = None;
+        if let Some(addr) = broker.config.coaps_listen {
+            let socket = crate::coap::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr} (coaps): {e}"))
+            })?;
+            coaps_addr = Some(socket.local_addr()?);
+            secure = Some(socket);
+        }
+        if plain.is_some() || secure.is_some() {
+            broker
+                .tasks
+                .spawn(crate::coap::run(plain, secure, broker.clone()));
         }
         for bridge in &broker.config.bridge {
             broker
@@ -156,6 +173,7 @@ impl Server {
             local_addrs,
             metrics_addr,
             cluster_addr,
+            coaps_addr,
             tls,
             source,
         };
@@ -378,6 +396,9 @@ fn reload(broker: &Broker, tls: Option<&ReloadingTls>, source: &ConfigSource, as
     }
     if reloaded.acl {
         applied.push("ACL file".into());
+    }
+    if reloaded.psk {
+        applied.push("PSK file".into());
     }
     let mut restart: Vec<String> = Vec::new();
     if let Some(build) = &source.build {

@@ -13,6 +13,8 @@ mod pki;
 mod client;
 #[path = "broker/cluster.rs"]
 mod cluster;
+#[path = "broker/coaps.rs"]
+mod coaps;
 #[path = "broker/connect.rs"]
 mod connect;
 #[path = "broker/drain.rs"]

@@ -186,6 +186,58 @@ fn config_file_errors_name_the_field_and_exit_2() {
 }
 
 #[test]
+fn coaps_settings_are_checked_and_a_bad_psk_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, "dev1:00ff\n").unwrap();
+    let psk = psk.to_str().unwrap();
+    for (args, field) in [
+        (&["--coaps-listen", "127.0.0.1:0"][..], "coaps_listen"),
+        (&["--psk-file", psk][..], "psk_file"),
+        (&["--psk-hint", "h"][..], "psk_hint"),
+    ] {
+        let (status, stderr) = run_to_exit(binary(), args, &[]).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+    }
+    let bad = dir.path().join("bad-psk");
+    std::fs::write(&bad, "dev1:00ff\nsensors/7:00ff\n").unwrap();
+    let (status, stderr) = run_to_exit(
+        binary(),
+        &[
+            "--coaps-listen",
+            "127.0.0.1:0",
+            "--psk-file",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("sensors/7"),
+        "{stderr}"
+    );
+    std::fs::write(&bad, "dev1:0g\n").unwrap();
+    let (status, stderr) = run_to_exit(
+        binary(),
+        &[
+            "--coaps-listen",
+            "127.0.0.1:0",
+            "--psk-file",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("line 1") && stderr.contains("not hexadecimal"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn json_logs_are_one_object_per_line() {
     let mut broker = BrokerProcess::start(binary(), &["--log-format", "json"]).unwrap();
     broker.signal(15).unwrap();

@@ -27,7 +27,7 @@ BROKER_BIN = Path(
 )
 LOG_LEVEL = os.environ.get("ROOKERY_TEST_LOG_LEVEL", "debug")
 PORT_RE = re.compile(r"listening on [0-9.]+:(\d+)")
-LISTENER_RE = re.compile(r"[0-9.]+:(\d+) \((mqtt|mqtts|ws|wss|coap)\)")
+LISTENER_RE = re.compile(r"[0-9.]+:(\d+) \((mqtt|mqtts|ws|wss|coap|coaps)\)")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 

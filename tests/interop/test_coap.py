@@ -1109,3 +1109,133 @@ def test_in_a_cluster_readings_and_commands_cross_nodes(broker_factory, clients)
             assert led.requests and led.requests[0].payload == b"blink"
 
     arun(scenario())
+
+
+# -- DTLS with pre-shared keys (coaps://) ---------------------------------------------------------
+#
+# libcoap's command-line client, built on GnuTLS and on OpenSSL (Debian's libcoap3-bin): two DTLS
+# stacks we did not write. Its `-k` takes the key as text; the PSK file holds its hex.
+
+DTLS_CLIENTS = ["coap-client-gnutls", "coap-client-openssl"]
+PSK_KEYS = {"dev1": b"device-one-secret", "dev2": b"device-two-secret"}
+
+
+def write_psk(path: Path, keys: dict[str, bytes]) -> Path:
+    path.write_text("".join(f"{ident}:{key.hex()}\n" for ident, key in keys.items()))
+    return path
+
+
+def coaps_broker(broker_factory: Callable[..., Broker], tmp_path: Path, *extra: str) -> Broker:
+    psk = write_psk(tmp_path / "psk", PSK_KEYS)
+    b = broker_factory(
+        "--coaps-listen", f"{HOST}:0", "--psk-file", str(psk), "--allow-anonymous", "false", *extra
+    )
+    assert "coaps" in b.ports, f"no `ADDR (coaps)` in the first log line:\n{b.log()[:3000]}"
+    return b
+
+
+def libcoap(
+    client: str, b: Broker, ident: str, key: bytes, method: str, path: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [client, "-m", method, "-u", ident, "-k", key.decode(), "-B", "5", *extra,
+         f"coaps://{HOST}:{b.ports['coaps']}/{path}"],
+        capture_output=True, text=True, timeout=WAIT + 10,
+    )
+
+
+def app_client(clients, b: Broker):
+    """An MQTT application: anonymous access is off, so it logs in with the password file."""
+    return clients(b.port, username="app", password="app-password").connect()
+
+
+def app_password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(path), "app", "app-password"],
+                   check=True, capture_output=True)
+    return path
+
+
+@pytest.mark.parametrize("client", DTLS_CLIENTS)
+def test_a_psk_device_posts_puts_and_gets_over_dtls(broker_factory, clients, tmp_path, client):
+    b = coaps_broker(broker_factory, tmp_path, "--password-file", str(app_password_file(tmp_path)))
+    app = app_client(clients, b)
+    app.subscribe("devices/#", 1)
+    r = libcoap(client, b, "dev1", PSK_KEYS["dev1"], "post", "sensor/temp", "-e", "21.5")
+    assert r.returncode == 0, r
+    # The PSK identity is the device id: the whole path is the resource.
+    m = app.expect()
+    assert (m.topic, m.payload, m.retain) == ("devices/dev1/sensor/temp", b"21.5", False)
+    r = libcoap(client, b, "dev1", PSK_KEYS["dev1"], "put", "config/mode", "-e", "eco")
+    m = app.expect()
+    assert (m.topic, m.payload) == ("devices/dev1/config/mode", b"eco")
+    late = app_client(clients, b)
+    late.subscribe("devices/dev1/config/mode", 1)
+    m = late.expect()
+    assert (m.payload, m.retain) == (b"eco", True), "PUT retains"
+    r = libcoap(client, b, "dev1", PSK_KEYS["dev1"], "get", "config/mode")
+    assert r.stdout.strip() == "eco", r
+    # Another device reads its own resources, not dev1's.
+    r = libcoap(client, b, "dev2", PSK_KEYS["dev2"], "get", "config/mode")
+    assert "eco" not in r.stdout and "4.04" in r.stderr + r.stdout, r
+
+
+@pytest.mark.parametrize("client", DTLS_CLIENTS)
+def test_observe_over_dtls_gets_each_message(broker_factory, clients, tmp_path, client):
+    port, flags = metrics_flags()
+    b = coaps_broker(
+        broker_factory, tmp_path, "--password-file", str(app_password_file(tmp_path)), *flags
+    )
+    app = app_client(clients, b)
+    before = wait_metric(port, "rookery_subscriptions", lambda v: True, "metrics up")
+    observer = subprocess.Popen(
+        [client, "-m", "get", "-s", "4", "-u", "dev1", "-k", PSK_KEYS["dev1"].decode(),
+         f"coaps://{HOST}:{b.ports['coaps']}/sensor/temp"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_metric(port, "rookery_subscriptions", lambda v: v > before, "the observation's subscription")
+        app.publish("devices/dev1/sensor/temp", b"one", 1)  # a CON notification
+        app.publish("devices/dev1/sensor/temp", b"two", 0)  # a NON notification
+        out, err = observer.communicate(timeout=WAIT + 10)
+    finally:
+        observer.kill()
+    assert out.strip() == "onetwo", (out, err)
+    assert metric(port, "rookery_coap_notifications_total") == 2
+
+
+@pytest.mark.parametrize("client", DTLS_CLIENTS)
+def test_a_wrong_key_or_unknown_identity_gets_no_session(broker_factory, clients, tmp_path, client):
+    port, flags = metrics_flags()
+    b = coaps_broker(
+        broker_factory, tmp_path, "--password-file", str(app_password_file(tmp_path)), *flags
+    )
+    app = app_client(clients, b)
+    app.subscribe("devices/#", 1)
+    libcoap(client, b, "dev1", b"not-the-key", "post", "t", "-e", "x")
+    libcoap(client, b, "intruder", PSK_KEYS["dev1"], "post", "t", "-e", "x")
+    app.expect_none()
+    failed = 'rookery_coap_handshakes_total{result="failed"}'
+    assert (metric(port, failed) or 0) >= 2, b.log()[-3000:]
+    assert metric(port, 'rookery_coap_handshakes_total{result="established"}') == 0
+
+
+def test_plain_and_secure_listeners_side_by_side(broker_factory, clients, tmp_path):
+    """A device on coaps:// keeps its session from anonymous requests on coap://, and the
+    plain listener still serves devices with query credentials."""
+    passwords = app_password_file(tmp_path)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "dev3", "pw3"],
+                   check=True, capture_output=True)
+    b = coaps_broker(broker_factory, tmp_path, "--coap-listen", f"{HOST}:0",
+                     "--password-file", str(passwords))
+    app = app_client(clients, b)
+    app.subscribe("devices/#", 1)
+    r = libcoap("coap-client-gnutls", b, "dev1", PSK_KEYS["dev1"], "post", "t", "-e", "secure")
+    assert app.expect().payload == b"secure", r
+    r = arun(coap_once(aiocoap.POST, coap_url(b, "dev1/t"), b"forged"))
+    assert r.code == aiocoap.UNAUTHORIZED, r
+    r = arun(coap_once(aiocoap.POST, coap_url(b, "t?u=dev3&p=pw3"), b"plain"))
+    assert r.code == aiocoap.CHANGED, r
+    m = app.expect()
+    assert (m.topic, m.payload) == ("devices/dev3/t", b"plain")
+    app.expect_none()

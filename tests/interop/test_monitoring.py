@@ -572,18 +572,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
     metrics_port = free_port()
     instance = f"127.0.0.1:{metrics_port}"
-    # Clustered (with no peers), with the CoAP gateway and a bridge (to a port where nothing
+    # Clustered (with no peers), with the CoAP gateway (plain and DTLS) and a bridge (to a port where nothing
     # listens), so that the cluster link, CoAP and bridge metrics are declared too.
     config = tmp / "bridge.toml"
     config.write_text(
         '[[bridge]]\nname = "nowhere"\naddress = "127.0.0.1:1"\n'
         'topics = [{ pattern = "bridged/#" }]\n'
     )
+    psk = tmp / "psk"
+    psk.write_text("dev1:00ff\n")
     broker = Broker(
         tmp / "broker.log",
         [
             "--metrics-listen", instance, "--cluster-listen", "127.0.0.1:0",
-            "--coap-listen", "127.0.0.1:0", "--config", str(config),
+            "--coap-listen", "127.0.0.1:0", "--coaps-listen", "127.0.0.1:0",
+            "--psk-file", str(psk), "--config", str(config),
         ],
     )
     prometheus = Prometheus(tmp, instance)

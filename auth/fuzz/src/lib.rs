@@ -7,9 +7,11 @@
 //! - With a parsed ACL file, no check panics; subscribing to a filter without wildcards is
 //!   allowed exactly when reading that topic is; a subscription allowed without per-message
 //!   checks only matches readable topics (among those tried).
+//! - A parsed PSK file names each identity on the line it says, with the key that line spells.
 
 use rookery_auth::acl::{Acl, Subject, SubscribeDecision, matches};
 use rookery_auth::password::{PasswordFile, Verify};
+use rookery_auth::psk::{MAX_KEY_LEN, PskFile};
 
 /// See the crate documentation.
 pub fn check_password_file(text: &str) {
@@ -97,4 +99,24 @@ pub fn check_acl_file(text: &str) {
             }
         }
     }
+}
+
+/// See the crate documentation.
+pub fn check_psk_file(text: &str) {
+    let Ok(file) = PskFile::parse(text) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut count = 0;
+    for (identity, line) in file.identities() {
+        count += 1;
+        let key = file.key(identity).expect("a listed identity has a key");
+        assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+        let l = lines[line - 1].trim_end_matches('\r');
+        let (id, hex) = l.split_once(':').expect("the line has a colon");
+        assert_eq!(id, identity);
+        let spelled: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(spelled, hex.trim_end().to_ascii_lowercase());
+    }
+    assert_eq!(count, file.len());
 }

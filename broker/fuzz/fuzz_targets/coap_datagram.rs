@@ -24,8 +24,9 @@ fuzz_target!(|data: &[u8]| {
         again.options().collect::<Vec<_>>(),
         packet.options().collect::<Vec<_>>()
     );
-    let _ = request::parse(&packet, true);
-    let _ = request::parse(&packet, false);
+    let _ = request::parse(&packet, true, None);
+    let _ = request::parse(&packet, false, None);
+    let _ = request::parse(&packet, false, Some("psk-device"));
     let peer: SocketAddr = "192.0.2.1:5683".parse().expect("an address");
     // As the gateway does: the block handler sees only requests whose options leave room
     // for a block.

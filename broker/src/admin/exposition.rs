@@ -341,7 +341,7 @@ impl Snapshot {
             ));
         }
         // CoAP gateway.
-        if broker.config.coap_listen.is_some() {
+        if broker.config.coap_listen.is_some() || broker.config.coaps_listen.is_some() {
             let labelled =
                 |label: &'static str, names: &[&str], values: &[std::sync::atomic::AtomicU64]| {
                     names
@@ -378,6 +378,22 @@ impl Snapshot {
                     &m.coap_commands_total,
                 ),
             });
+            if broker.config.coaps_listen.is_some() {
+                counters.push(Family {
+                    name: "rookery_coap_handshakes",
+                    help: "DTLS handshakes on the CoAP gateway's secure listener, by result.",
+                    rows: labelled(
+                        "result",
+                        &crate::coap::dtls::HANDSHAKE_RESULTS,
+                        &m.coap_handshakes_total,
+                    ),
+                });
+                gauges.push(Family::one(
+                    "rookery_coap_dtls_sessions",
+                    "DTLS sessions of the CoAP gateway, established or in their handshake.",
+                    m.coap_dtls_sessions.load(Ordering::Relaxed) as f64,
+                ));
+            }
         }
 
         // Overload protection.

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::outbox::Outcome;
 use super::request::{code_text, content_format, uint_bytes};
+use super::transport::Peer;
 use super::{Gateway, topics};
 use crate::client::{Client, ClientError, InDoubt, Incoming, Options, local};
 use crate::listener::ListenerKind;
@@ -35,6 +36,9 @@ pub struct Identity {
     pub username: Option<String>,
     /// The password given with it.
     pub password: Vec<u8>,
+    /// True when `username` is a PSK identity the DTLS handshake proved: the session is
+    /// trusted as that user, as for a client certificate.
+    pub trusted: bool,
 }
 
 /// Someone observing a resource of this device.
@@ -43,7 +47,7 @@ pub struct Observer {
     /// The MQTT topic observed.
     pub topic: String,
     /// Where notifications go.
-    pub addr: SocketAddr,
+    pub addr: Peer,
     /// The registration's token.
     pub token: Vec<u8>,
     /// The last Observe sequence number sent.
@@ -61,7 +65,7 @@ pub struct Device {
     pub id: String,
     conn: tokio::sync::Mutex<Option<Conn>>,
     /// Where it was last heard from (or its static address).
-    pub addr: Mutex<Option<SocketAddr>>,
+    pub addr: Mutex<Option<Peer>>,
     /// Its address from the configuration: such a device stays connected.
     pub fixed: bool,
     last_seen: Mutex<Instant>,
@@ -89,7 +93,7 @@ pub fn refusal_code(error: &ClientError) -> ResponseType {
 
 impl Device {
     /// A device not connected yet.
-    pub fn new(id: &str, addr: Option<SocketAddr>, fixed: bool) -> Device {
+    pub fn new(id: &str, addr: Option<Peer>, fixed: bool) -> Device {
         Device {
             id: id.to_owned(),
             conn: tokio::sync::Mutex::new(None),
@@ -103,7 +107,7 @@ impl Device {
     }
 
     /// The device spoke from `addr`.
-    pub fn seen(&self, addr: SocketAddr) {
+    pub fn seen(&self, addr: Peer) {
         *self.last_seen.lock() = Instant::now();
         *self.addr.lock() = Some(addr);
     }
@@ -125,6 +129,20 @@ impl Device {
         }
     }
 
+    /// Closes the device's MQTT connection if it was made as a PSK identity (which has just
+    /// been revoked); observers and the remembered identity go too, so that nothing connects
+    /// it again as that identity.
+    pub async fn disconnect_trusted(&self) {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_some_and(|c| c.identity.trusted) {
+            if let Some(c) = conn.take() {
+                c.client.disconnect();
+            }
+            self.observers.lock().clear();
+            *self.last_identity.lock() = None;
+        }
+    }
+
     /// True while the device's MQTT connection is up.
     pub async fn is_connected(&self) -> bool {
         self.conn
@@ -140,7 +158,7 @@ impl Device {
         self: &Arc<Self>,
         gateway: &Arc<Gateway>,
         identity: &Identity,
-        peer: Option<SocketAddr>,
+        peer: Option<Peer>,
     ) -> Result<Client, ResponseType> {
         let mut conn = self.conn.lock().await;
         if let Some(c) = conn.as_ref() {
@@ -180,13 +198,15 @@ impl Device {
         // address for commands changes only once the request is authenticated.
         let peer = peer
             .or(*self.addr.lock())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.addr);
+        let trusted_as = identity.username.as_deref().filter(|_| identity.trusted);
+        // A DTLS handshake proves the address (its cookie exchange).
         let (client, _ack, incoming) = match local::connect(
             &gateway.broker,
             peer,
             ListenerKind::Coap,
-            None,
-            false,
+            trusted_as,
+            identity.trusted,
             options,
         )
         .await
@@ -267,7 +287,7 @@ impl Device {
 
     /// Removes the observers of `topic` at `addr` (with `token`, when given); true when the
     /// topic has none left.
-    pub fn unobserve(&self, topic: &str, addr: SocketAddr, token: Option<&[u8]>) -> bool {
+    pub fn unobserve(&self, topic: &str, addr: Peer, token: Option<&[u8]>) -> bool {
         let mut observers = self.observers.lock();
         observers.retain(|o| {
             !(o.topic == topic && o.addr == addr && token.is_none_or(|t| t == o.token.as_slice()))
@@ -342,7 +362,7 @@ async fn command(
             packet.payload = publish.payload.to_vec();
             match gateway
                 .outbox
-                .confirm(&gateway.socket, addr, packet, gateway.timing, true)
+                .confirm(&gateway.transport, addr, packet, gateway.timing, true)
                 .await
             {
                 Outcome::Answered(response) => code_text(u8::from(response.header.code)),
@@ -434,7 +454,7 @@ async fn notify(
                 gateway
                     .outbox
                     .confirm(
-                        &gateway.socket,
+                        &gateway.transport,
                         observer.addr,
                         packet,
                         gateway.timing,

@@ -3,13 +3,14 @@
 //! it got the first time, and is not acted on twice. Pure logic: callers pass the time.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use super::transport::Peer;
 
 /// EXCHANGE_LIFETIME with the default transmission parameters (RFC 7252 section 4.8.2).
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 
-type Key = (SocketAddr, u16);
+type Key = (Peer, u16);
 
 enum Entry {
     /// Being handled: a duplicate now is ignored (the answer follows).
@@ -63,7 +64,7 @@ impl Exchanges {
     }
 
     /// Records a message id from `peer`; says whether it was seen.
-    pub fn begin(&mut self, peer: SocketAddr, message_id: u16, now: Instant) -> Seen {
+    pub fn begin(&mut self, peer: Peer, message_id: u16, now: Instant) -> Seen {
         self.expire(now);
         let key = (peer, message_id);
         match self.entries.get(&key) {
@@ -78,14 +79,14 @@ impl Exchanges {
     }
 
     /// Records the answer to a message (empty for none).
-    pub fn answer(&mut self, peer: SocketAddr, message_id: u16, response: Vec<u8>) {
+    pub fn answer(&mut self, peer: Peer, message_id: u16, response: Vec<u8>) {
         if let Some((_, entry)) = self.entries.get_mut(&(peer, message_id)) {
             *entry = Entry::Answered(response);
         }
     }
 
     /// Forgets a message that was not handled (it may come again and be handled then).
-    pub fn forget(&mut self, peer: SocketAddr, message_id: u16) {
+    pub fn forget(&mut self, peer: Peer, message_id: u16) {
         self.entries.remove(&(peer, message_id));
     }
 
@@ -104,8 +105,8 @@ impl Exchanges {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> Peer {
+        Peer::plain(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     #[test]

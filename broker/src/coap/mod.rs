@@ -5,19 +5,21 @@
 //! - [`exchanges`]: duplicate detection by message id.
 //! - [`outbox`]: the gateway's own confirmable messages, retransmitted.
 //! - [`device`]: a device's MQTT session, observers, notifications and commands.
+//! - [`transport`] and [`dtls`]: the plain UDP listener and the DTLS-PSK one (`coaps://`).
 //!
 //! Message encoding is the `coap-lite` crate's, block-wise transfer its `BlockHandler`.
 
 pub mod blocks;
 pub mod datagram;
 pub mod device;
+pub mod dtls;
 pub mod exchanges;
 pub mod outbox;
 pub mod request;
 pub mod topics;
+pub mod transport;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,6 +40,7 @@ use self::device::{Device, Identity, Observer, observe_filter, publish_for};
 use self::exchanges::{EXCHANGE_LIFETIME, Exchanges, Seen};
 use self::outbox::{Outbox, Timing};
 use self::request::{Method, Observe, Request, uint_bytes};
+use self::transport::{Peer, Transport};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::bucket::TokenBucket;
@@ -113,22 +116,22 @@ pub struct Gateway {
     pub broker: Arc<Broker>,
     /// The configuration at start.
     pub config: Config,
-    /// The UDP socket.
-    pub socket: UdpSocket,
+    /// The listeners, for sending.
+    pub transport: Transport,
     /// Confirmable messages in flight.
     pub outbox: Outbox,
     /// Retransmission parameters.
     pub timing: Timing,
     devices: Mutex<HashMap<String, Arc<Device>>>,
     exchanges: Mutex<Exchanges>,
-    blocks: Mutex<BlockHandler<SocketAddr>>,
+    blocks: Mutex<BlockHandler<Peer>>,
     /// Per source address (an IPv6 source by its /64).
     buckets: Mutex<HashMap<String, TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
     handling: Arc<tokio::sync::Semaphore>,
     /// NON notifications sent lately, by (observer, message id): an RST in answer ends the
     /// observation (RFC 7641 section 3.6).
-    non_sent: Mutex<IndexMap<(SocketAddr, u16), SentNotification>>,
+    non_sent: Mutex<IndexMap<(Peer, u16), SentNotification>>,
 }
 
 /// A NON notification, remembered for a while in case its observer answers with RST.
@@ -144,13 +147,14 @@ const NON_REMEMBERED: usize = 10_000;
 /// How long an RST may follow a NON notification (RFC 7252's NON_LIFETIME).
 const NON_LIFETIME: Duration = Duration::from_secs(145);
 
-/// Binds the gateway's socket.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Binds one of the gateway's sockets.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(addr).await
 }
 
-/// Runs the gateway on `socket` until the broker shuts down.
-pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
+/// Runs the gateway on its plain socket (`coap_listen`) and its secure one (`coaps_listen`)
+/// until the broker shuts down.
+pub async fn run(plain: Option<UdpSocket>, secure: Option<UdpSocket>, broker: Arc<Broker>) {
     let config = broker.config.clone();
     let statics = config.coap_device_map().unwrap_or_default();
     let gateway = Arc::new(Gateway {
@@ -161,7 +165,10 @@ pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
         devices: Mutex::new(
             statics
                 .iter()
-                .map(|(id, addr)| (id.clone(), Arc::new(Device::new(id, Some(*addr), true))))
+                .map(|(id, addr)| {
+                    let device = Device::new(id, Some(Peer::plain(*addr)), true);
+                    (id.clone(), Arc::new(device))
+                })
                 .collect(),
         ),
         exchanges: Mutex::new(Exchanges::new(EXCHANGE_LIFETIME, EXCHANGES)),
@@ -174,26 +181,42 @@ pub async fn run(socket: UdpSocket, broker: Arc<Broker>) {
         handling: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS)),
         non_sent: Mutex::new(IndexMap::new()),
         outbox: Outbox::new(),
-        socket,
+        transport: Transport {
+            plain: plain.map(Arc::new),
+            secure: secure.map(|s| {
+                Arc::new(dtls::Sessions::new(
+                    s,
+                    broker.config.psk_hint.as_deref(),
+                    broker.clone(),
+                ))
+            }),
+        },
         config,
         broker: broker.clone(),
     });
     broker.tasks.spawn(housekeeping(gateway.clone()));
-    let shutdown = broker.shutdown.clone();
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    loop {
-        let (len, peer) = tokio::select! {
-            r = gateway.socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors surface here on some systems; the socket is still good.
-                    debug!("coap: receive failed: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        gateway.datagram(&buf[..len], peer).await;
+    if let Some(sessions) = gateway.transport.secure.clone() {
+        broker.tasks.spawn(dtls::serve(gateway.clone(), sessions));
+    }
+    if let Some(socket) = gateway.transport.plain.clone() {
+        let shutdown = broker.shutdown.clone();
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let (len, addr) = tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // ICMP errors surface here on some systems; the socket is still good.
+                        debug!("coap: receive failed: {e}");
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            gateway.datagram(&buf[..len], Peer::plain(addr), None).await;
+        }
+    } else {
+        broker.shutdown.cancelled().await;
     }
     let devices: Vec<Arc<Device>> = gateway.devices.lock().drain().map(|(_, d)| d).collect();
     for device in devices {
@@ -219,6 +242,7 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                     let anonymous = Identity {
                         username: None,
                         password: Vec::new(),
+                        trusted: false,
                     };
                     if let Err(code) = device.client(&gateway, &anonymous, None).await {
                         debug!(device = %device.id, ?code, "static device: no session yet");
@@ -232,6 +256,16 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                     .devices
                     .lock()
                     .retain(|_, d| !Arc::ptr_eq(d, &device));
+            }
+        }
+        if let Some(sessions) = &gateway.transport.secure {
+            let revoked = sessions.revoke(|id| gateway.broker.security.psk_key(id).is_some());
+            for id in revoked {
+                let device = gateway.devices.lock().get(&*id).cloned();
+                if let Some(device) = device {
+                    debug!(device = %id, "coaps: identity revoked: its session is closed");
+                    device.disconnect_trusted().await;
+                }
             }
         }
         // Rate-limit buckets: a flood of source addresses must not grow them without end
@@ -289,16 +323,14 @@ impl Gateway {
     }
 
     /// Sends a packet, ignoring errors (UDP: the peer retransmits or gives up).
-    pub async fn send(&self, peer: SocketAddr, packet: &Packet) {
+    pub async fn send(&self, peer: Peer, packet: &Packet) {
         match packet.to_bytes_unlimited() {
-            Ok(bytes) => {
-                let _ = self.socket.send_to(&bytes, peer).await;
-            }
+            Ok(bytes) => self.transport.send(peer, &bytes).await,
             Err(e) => warn!(%peer, "coap: cannot encode a response: {e:?}"),
         }
     }
 
-    fn allowed(&self, peer: SocketAddr) -> bool {
+    fn allowed(&self, peer: std::net::SocketAddr) -> bool {
         let rate = f64::from(self.config.coap_rate_limit);
         if rate <= 0.0 {
             return true;
@@ -311,8 +343,9 @@ impl Gateway {
         bucket.take(1.0, rate, rate * 2.0, now).is_none()
     }
 
-    async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: SocketAddr) {
-        let limited = !self.allowed(peer);
+    /// One datagram from `peer`; `identity` is the PSK identity of a DTLS session.
+    async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: Peer, identity: Option<&str>) {
+        let limited = !self.allowed(peer.addr);
         let packet = match datagram::decode(bytes) {
             Ok(p) => p,
             Err(why) => {
@@ -373,13 +406,14 @@ impl Gateway {
                 match seen {
                     Seen::New => {
                         let gateway = self.clone();
+                        let identity = identity.map(str::to_owned);
                         // Publishing waits for the broker: each request runs on its own.
                         tokio::spawn(async move {
                             let _permit = permit;
-                            let response = gateway.request(packet, peer).await;
+                            let response = gateway.request(packet, peer, identity.as_deref()).await;
                             let bytes = response.and_then(|p| p.to_bytes_unlimited().ok());
                             if let Some(bytes) = &bytes {
-                                let _ = gateway.socket.send_to(bytes, peer).await;
+                                gateway.transport.send(peer, bytes).await;
                             }
                             gateway
                                 .exchanges
@@ -391,7 +425,7 @@ impl Gateway {
                     Seen::Answered(bytes) => {
                         self.dropped(Dropped::Duplicate);
                         if !bytes.is_empty() {
-                            let _ = self.socket.send_to(&bytes, peer).await;
+                            self.transport.send(peer, &bytes).await;
                         }
                     }
                 }
@@ -401,8 +435,13 @@ impl Gateway {
     }
 
     /// Handles one request; the response to send, if any.
-    async fn request(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
-        let mut response = self.respond(packet, peer).await?;
+    async fn request(
+        self: &Arc<Self>,
+        packet: Packet,
+        peer: Peer,
+        identity: Option<&str>,
+    ) -> Option<Packet> {
+        let mut response = self.respond(packet, peer, identity).await?;
         // A response to a NON is a NON of its own, with its own message id (RFC 7252
         // section 5.2.3); a response to a CON rides on its ACK, with the request's id.
         if response.header.get_type() == MessageType::NonConfirmable {
@@ -411,7 +450,12 @@ impl Gateway {
         Some(response)
     }
 
-    async fn respond(self: &Arc<Self>, packet: Packet, peer: SocketAddr) -> Option<Packet> {
+    async fn respond(
+        self: &Arc<Self>,
+        packet: Packet,
+        peer: Peer,
+        identity: Option<&str>,
+    ) -> Option<Packet> {
         let limit = (self.config.max_packet_size as usize).min(MAX_BLOCK1_BODY);
         let block1 = packet
             .get_first_option_as::<BlockValue>(CoapOption::Block1)
@@ -461,7 +505,7 @@ impl Gateway {
                 Err(_) => return Some(reply(&exchange.message, ResponseType::InternalServerError)),
             }
         }
-        let mut response = self.handle(&exchange.message, peer).await;
+        let mut response = self.handle(&exchange.message, peer, identity).await;
         if let Some(b1) = exchange
             .response
             .as_ref()
@@ -510,7 +554,7 @@ impl Gateway {
     }
 
     /// An RST answering a NON notification: the observer is gone. True when it was one.
-    fn reset_of_notification(&self, peer: SocketAddr, packet: &Packet) -> bool {
+    fn reset_of_notification(&self, peer: Peer, packet: &Packet) -> bool {
         let Some(sent) = self
             .non_sent
             .lock()
@@ -598,9 +642,14 @@ impl Gateway {
         Some(d)
     }
 
-    async fn handle(self: &Arc<Self>, packet: &Packet, peer: SocketAddr) -> Packet {
+    async fn handle(
+        self: &Arc<Self>,
+        packet: &Packet,
+        peer: Peer,
+        authenticated: Option<&str>,
+    ) -> Packet {
         let anonymous = self.broker.config.anonymous_allowed();
-        let req = match request::parse(packet, anonymous) {
+        let req = match request::parse(packet, anonymous, authenticated) {
             Ok(r) => r,
             Err(refusal) => return diagnostic(packet, refusal.code, &refusal.reason),
         };
@@ -614,13 +663,21 @@ impl Gateway {
         let Some(device) = self.device(&req.device) else {
             return reply(packet, ResponseType::ServiceUnavailable);
         };
-        let identity = Identity {
-            username: req.credentials.as_ref().map(|(u, _)| u.clone()),
-            password: req
-                .credentials
-                .as_ref()
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default(),
+        let identity = match authenticated {
+            Some(id) => Identity {
+                username: Some(id.to_owned()),
+                password: Vec::new(),
+                trusted: true,
+            },
+            None => Identity {
+                username: req.credentials.as_ref().map(|(u, _)| u.clone()),
+                password: req
+                    .credentials
+                    .as_ref()
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or_default(),
+                trusted: false,
+            },
         };
         let client = match device.client(self, &identity, Some(peer)).await {
             Ok(c) => c,
@@ -682,7 +739,7 @@ impl Gateway {
     async fn get(
         self: &Arc<Self>,
         packet: &Packet,
-        peer: SocketAddr,
+        peer: Peer,
         req: &Request,
         device: &Arc<Device>,
         client: &crate::client::Client,

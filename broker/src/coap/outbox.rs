@@ -2,15 +2,15 @@
 //! retransmission with the RFC 7252 timers, and matching of ACK, RST and separate responses.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use coap_lite::{MessageType, Packet};
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
+
+use super::transport::{Peer, Transport};
 
 /// ACK_RANDOM_FACTOR (RFC 7252 section 4.8).
 const ACK_RANDOM_FACTOR: f64 = 1.5;
@@ -48,11 +48,11 @@ enum Reply {
 }
 
 /// Requests of ours that wait for a separate response, by peer and token.
-type AwaitingResponse = HashMap<(SocketAddr, Vec<u8>), oneshot::Sender<Packet>>;
+type AwaitingResponse = HashMap<(Peer, Vec<u8>), oneshot::Sender<Packet>>;
 
 /// Pending confirmable messages.
 pub struct Outbox {
-    by_id: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<Reply>>>,
+    by_id: Mutex<HashMap<(Peer, u16), oneshot::Sender<Reply>>>,
     by_token: Mutex<AwaitingResponse>,
     next_id: AtomicU16,
     next_token: AtomicU64,
@@ -91,8 +91,8 @@ impl Outbox {
     /// separately, matched by token.
     pub async fn confirm(
         &self,
-        socket: &UdpSocket,
-        peer: SocketAddr,
+        transport: &Transport,
+        peer: Peer,
         mut packet: Packet,
         timing: Timing,
         expect_response: bool,
@@ -116,7 +116,7 @@ impl Outbox {
         let mut wait = timing.ack_timeout.mul_f64(factor);
         let mut outcome = Outcome::Timeout;
         for attempt in 0..=timing.max_retransmit {
-            let _ = socket.send_to(&bytes, peer).await;
+            transport.send(peer, &bytes).await;
             let replied = tokio::time::timeout(wait, async {
                 tokio::select! {
                     r = &mut rx => r,
@@ -162,7 +162,7 @@ impl Outbox {
     }
 
     /// An ACK or RST from `peer`: true when it was for one of ours.
-    pub fn on_ack(&self, peer: SocketAddr, packet: Packet) -> bool {
+    pub fn on_ack(&self, peer: Peer, packet: Packet) -> bool {
         let id = packet.header.message_id;
         let Some(tx) = self.by_id.lock().remove(&(peer, id)) else {
             return false;
@@ -178,7 +178,7 @@ impl Outbox {
 
     /// A separate response (CON or NON carrying a response code): true when it answers one of
     /// ours.
-    pub fn on_response(&self, peer: SocketAddr, packet: Packet) -> bool {
+    pub fn on_response(&self, peer: Peer, packet: Packet) -> bool {
         let key = (peer, packet.get_token().to_vec());
         match self.by_token.lock().remove(&key) {
             Some(tx) => {

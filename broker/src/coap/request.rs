@@ -84,8 +84,14 @@ fn utf8(bytes: &[u8], what: &str) -> Result<String, Refusal> {
 }
 
 /// Reads a request. `anonymous` says whether requests without credentials are served (the
-/// device id is then the first path segment).
-pub fn parse(packet: &Packet, anonymous: bool) -> Result<Request, Refusal> {
+/// device id is then the first path segment). `authenticated` is the PSK identity of a DTLS
+/// session: it names the device, the whole path is the resource, and `u=` and `p=` are
+/// ignored.
+pub fn parse(
+    packet: &Packet,
+    anonymous: bool,
+    authenticated: Option<&str>,
+) -> Result<Request, Refusal> {
     let method = match packet.header.code {
         MessageClass::Request(RequestType::Get) => Method::Get,
         MessageClass::Request(RequestType::Post) => Method::Post,
@@ -147,17 +153,22 @@ pub fn parse(packet: &Packet, anonymous: bool) -> Result<Request, Refusal> {
             None => return Err(refuse(ResponseType::BadOption, "bad Content-Format")),
         },
     };
-    let (device, credentials, resource) = match (user, password) {
-        (Some(user), password) => {
+    let (device, credentials, resource) = match (authenticated, user, password) {
+        (Some(identity), _, _) => {
+            topics::check_device_id(identity)
+                .map_err(|reason| refuse(ResponseType::Forbidden, reason))?;
+            (identity.to_owned(), None, path)
+        }
+        (None, Some(user), password) => {
             topics::check_device_id(&user)
                 .map_err(|reason| refuse(ResponseType::BadRequest, reason))?;
             let credentials = (user.clone(), password.unwrap_or_default());
             (user, Some(credentials), path)
         }
-        (None, Some(_)) => {
+        (None, None, Some(_)) => {
             return Err(refuse(ResponseType::BadRequest, "p= without u="));
         }
-        (None, None) => {
+        (None, None, None) => {
             if !anonymous {
                 return Err(refuse(
                     ResponseType::Unauthorized,
@@ -242,15 +253,20 @@ mod tests {
 
     #[test]
     fn anonymous_requests_name_the_device_first() {
-        let r = parse(&request(RequestType::Post, "dev42/sensor/temp", &[]), true).unwrap();
+        let r = parse(
+            &request(RequestType::Post, "dev42/sensor/temp", &[]),
+            true,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.method, Method::Post);
         assert_eq!(r.device, "dev42");
         assert_eq!(r.resource, ["sensor", "temp"]);
         assert_eq!(r.qos, QoS::AtLeastOnce);
         assert_eq!(r.credentials, None);
-        let refused = parse(&request(RequestType::Post, "dev42/t", &[]), false).unwrap_err();
+        let refused = parse(&request(RequestType::Post, "dev42/t", &[]), false, None).unwrap_err();
         assert_eq!(refused.code, ResponseType::Unauthorized);
-        let refused = parse(&request(RequestType::Post, "dev42", &[]), true).unwrap_err();
+        let refused = parse(&request(RequestType::Post, "dev42", &[]), true, None).unwrap_err();
         assert_eq!(refused.code, ResponseType::BadRequest);
     }
 
@@ -263,6 +279,7 @@ mod tests {
                 &["u=dev1", "p=s3cr=t", "qos=2"],
             ),
             false,
+            None,
         )
         .unwrap();
         assert_eq!(r.device, "dev1");
@@ -270,10 +287,32 @@ mod tests {
         assert_eq!(r.credentials, Some(("dev1".into(), b"s3cr=t".to_vec())));
         assert_eq!(r.qos, QoS::ExactlyOnce);
         assert_eq!(r.method, Method::Put);
-        let bad = parse(&request(RequestType::Put, "t", &["u=a/b", "p=x"]), false).unwrap_err();
+        let bad = parse(
+            &request(RequestType::Put, "t", &["u=a/b", "p=x"]),
+            false,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(bad.code, ResponseType::BadRequest);
-        let bad = parse(&request(RequestType::Put, "t", &["p=x"]), true).unwrap_err();
+        let bad = parse(&request(RequestType::Put, "t", &["p=x"]), true, None).unwrap_err();
         assert_eq!(bad.code, ResponseType::BadRequest);
+    }
+
+    #[test]
+    fn a_psk_identity_names_the_device_whatever_the_query_says() {
+        let r = parse(
+            &request(RequestType::Post, "sensor/temp", &["u=other", "p=x"]),
+            false,
+            Some("dev7"),
+        )
+        .unwrap();
+        assert_eq!(r.device, "dev7");
+        assert_eq!(r.resource, ["sensor", "temp"]);
+        assert_eq!(r.credentials, None);
+        let r = parse(&request(RequestType::Get, "t", &["p=x"]), false, Some("d")).unwrap();
+        assert_eq!(r.device, "d");
+        let bad = parse(&request(RequestType::Get, "t", &[]), true, Some("a/b")).unwrap_err();
+        assert_eq!(bad.code, ResponseType::Forbidden);
     }
 
     #[test]
@@ -300,7 +339,7 @@ mod tests {
                 ResponseType::MethodNotAllowed,
             ),
         ] {
-            let refused = parse(&request(code, path, query), true).unwrap_err();
+            let refused = parse(&request(code, path, query), true, None).unwrap_err();
             assert_eq!(refused.code, expected, "{path} {query:?}");
         }
     }
@@ -310,15 +349,21 @@ mod tests {
         let mut p = request(RequestType::Get, "d/t", &[]);
         p.add_option(CoapOption::Observe, vec![]);
         p.add_option(CoapOption::ContentFormat, vec![50]);
-        let r = parse(&p, true).unwrap();
+        let r = parse(&p, true, None).unwrap();
         assert_eq!(r.observe, Some(Observe::Register));
         assert_eq!(r.content_format, Some(50));
         let mut p = request(RequestType::Get, "d/t", &[]);
         p.add_option(CoapOption::Observe, vec![1]);
-        assert_eq!(parse(&p, true).unwrap().observe, Some(Observe::Deregister));
+        assert_eq!(
+            parse(&p, true, None).unwrap().observe,
+            Some(Observe::Deregister)
+        );
         let mut p = request(RequestType::Get, "d/t", &[]);
         p.add_option(CoapOption::Observe, vec![7]);
-        assert_eq!(parse(&p, true).unwrap_err().code, ResponseType::BadOption);
+        assert_eq!(
+            parse(&p, true, None).unwrap_err().code,
+            ResponseType::BadOption
+        );
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub struct Metrics {
     pub coap_notifications_total: AtomicU64,
     /// MQTT commands sent to CoAP devices, by [`crate::coap::COMMAND_RESULTS`].
     pub coap_commands_total: [AtomicU64; 3],
+    /// DTLS handshakes on the CoAP gateway's secure listener, by
+    /// [`crate::coap::dtls::HANDSHAKE_RESULTS`].
+    pub coap_handshakes_total: [AtomicU64; 3],
+    /// DTLS sessions of the CoAP gateway (established or in their handshake).
+    pub coap_dtls_sessions: AtomicI64,
     /// Times a limit held a client back, by [`RateLimit`].
     pub rate_limited_total: [AtomicU64; 4],
     /// Outgoing QoS 1/2 messages waiting for their acknowledgement (connections report

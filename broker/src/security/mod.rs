@@ -21,6 +21,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use rookery_auth::acl::{Acl, Subject, SubscribeDecision};
 use rookery_auth::password::PasswordFile;
+use rookery_auth::psk::PskFile;
 use rookery_auth::tracker::{Tracker, TrackerConfig};
 use tokio::sync::Semaphore;
 
@@ -65,17 +66,22 @@ pub struct Reloaded {
     pub passwords: bool,
     /// A new ACL is in force.
     pub acl: bool,
+    /// A new PSK file is in force.
+    pub psk: bool,
 }
 
 /// The security state of a running broker.
 pub struct Security {
     password_path: Option<PathBuf>,
     acl_path: Option<PathBuf>,
+    psk_path: Option<PathBuf>,
     passwords: ArcSwapOption<PasswordFile>,
     acl: ArcSwapOption<Acl>,
+    psk: ArcSwapOption<PskFile>,
     /// The text each file had when last loaded (or refused), to skip unchanged files.
     password_text: Mutex<Option<String>>,
     acl_text: Mutex<Option<String>>,
+    psk_text: Mutex<Option<String>>,
     /// Bounds the password hashes running at once.
     pub(crate) workers: Semaphore,
     /// Failed logins by `addr/IP` and `user/NAME`.
@@ -112,6 +118,24 @@ fn parse_acl(path: &Path, text: &str) -> Result<Acl, SecurityError> {
         path: path.into(),
         message: e.to_string(),
     })
+}
+
+/// A PSK file whose identities are all usable as CoAP device ids (they become topic levels).
+fn parse_psk(path: &Path, text: &str) -> Result<PskFile, SecurityError> {
+    let error = |message: String| SecurityError::Parse {
+        what: "PSK file",
+        path: path.into(),
+        message,
+    };
+    let file = PskFile::parse(text).map_err(|e| error(e.to_string()))?;
+    for (identity, line) in file.identities() {
+        if let Err(reason) = crate::coap::topics::check_device_id(identity) {
+            return Err(error(format!(
+                "line {line}: identity {identity:?} cannot be a device id: {reason}"
+            )));
+        }
+    }
+    Ok(file)
 }
 
 /// A ban tracker, or nothing when its limit is 0: the one place where "0 disables" lives.
@@ -169,10 +193,13 @@ impl Security {
         let security = Security {
             password_path: config.password_file.clone(),
             acl_path: config.acl_file.clone(),
+            psk_path: config.psk_file.clone(),
             passwords: ArcSwapOption::empty(),
             acl: ArcSwapOption::empty(),
+            psk: ArcSwapOption::empty(),
             password_text: Mutex::new(None),
             acl_text: Mutex::new(None),
+            psk_text: Mutex::new(None),
             workers: Semaphore::new(match config.auth_workers {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
@@ -207,6 +234,11 @@ impl Security {
             security.acl.store(Some(Arc::new(parse_acl(path, &text)?)));
             *security.acl_text.lock() = Some(text);
         }
+        if let Some(path) = &security.psk_path {
+            let text = read("PSK file", path)?;
+            security.psk.store(Some(Arc::new(parse_psk(path, &text)?)));
+            *security.psk_text.lock() = Some(text);
+        }
         Ok(security)
     }
 
@@ -231,6 +263,16 @@ impl Security {
                 Ok(Some(a)) => {
                     self.acl.store(Some(Arc::new(a)));
                     done.acl = true;
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(path) = &self.psk_path {
+            match self.reload_one(path, "PSK file", &self.psk_text, parse_psk) {
+                Ok(Some(p)) => {
+                    self.psk.store(Some(Arc::new(p)));
+                    done.psk = true;
                 }
                 Ok(None) => {}
                 Err(e) => errors.push(e),
@@ -275,6 +317,14 @@ impl Security {
             .load()
             .as_ref()
             .is_none_or(|p| p.contains(username))
+    }
+
+    /// The pre-shared key of a DTLS identity, from the PSK file in force.
+    pub fn psk_key(&self, identity: &str) -> Option<Vec<u8>> {
+        self.psk
+            .load()
+            .as_ref()
+            .and_then(|f| f.key(identity).map(<[u8]>::to_vec))
     }
 
     /// True when an ACL file is configured.

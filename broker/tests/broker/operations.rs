@@ -491,10 +491,15 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     let data = dir.path().to_owned();
     let (server, metrics) = start_with_metrics(move |c| {
         c.durability = rookery_broker::config::DurabilityMode::Sync;
-        c.data_dir = data;
+        c.data_dir = data.clone();
         c.cluster_listen = Some("127.0.0.1:0".parse().unwrap());
         // And the CoAP gateway and a bridge (to nowhere), for theirs.
         c.coap_listen = Some("127.0.0.1:0".parse().unwrap());
+        // And its DTLS listener, for the handshake metrics.
+        let psk = data.join("psk");
+        std::fs::write(&psk, "dev:00ff\n").unwrap();
+        c.coaps_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.psk_file = Some(psk);
         c.bridge = vec![
             toml::from_str(
                 "name = \"b\"\naddress = \"127.0.0.1:1\"\ntopics = [{ pattern = \"x\" }]",

@@ -1,0 +1,81 @@
+//! Where a CoAP message comes from and goes to: a [`Peer`] is an address on the plain UDP
+//! listener (`coap://`) or a DTLS session on the secure one (`coaps://`), and the
+//! [`Transport`] sends to either.
+//!
+//! The two are kept apart everywhere a peer is a key (duplicate detection, block-wise
+//! transfers, observers, the outbox): a UDP source address can be forged on the plain
+//! listener, and must never reach state that belongs to an authenticated DTLS session.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+
+use super::dtls::Sessions;
+
+/// A CoAP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    /// Its UDP address.
+    pub addr: SocketAddr,
+    /// True for a DTLS session on the secure listener.
+    pub secure: bool,
+}
+
+impl Peer {
+    /// An address on the plain listener.
+    pub fn plain(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            secure: false,
+        }
+    }
+
+    /// A DTLS session on the secure listener.
+    pub fn secure(addr: SocketAddr) -> Peer {
+        Peer { addr, secure: true }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.secure { "coaps" } else { "coap" };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
+/// The gateway's listeners, for sending.
+pub struct Transport {
+    /// The plain UDP socket (`coap_listen`).
+    pub plain: Option<Arc<UdpSocket>>,
+    /// The DTLS sessions (`coaps_listen`).
+    pub secure: Option<Arc<Sessions>>,
+}
+
+impl Transport {
+    /// Sends one datagram to `peer`, ignoring errors (UDP: the peer retransmits or gives
+    /// up). A secure peer without a session (it ended) gets nothing.
+    pub async fn send(&self, peer: Peer, bytes: &[u8]) {
+        match (peer.secure, &self.plain, &self.secure) {
+            (false, Some(socket), _) => {
+                let _ = socket.send_to(bytes, peer.addr).await;
+            }
+            (true, _, Some(sessions)) => sessions.send(peer.addr, bytes).await,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_secure_peers_differ() {
+        let addr = SocketAddr::from(([192, 0, 2, 1], 5683));
+        assert_ne!(Peer::plain(addr), Peer::secure(addr));
+        assert_eq!(Peer::plain(addr).to_string(), "coap://192.0.2.1:5683");
+        assert_eq!(Peer::secure(addr).to_string(), "coaps://192.0.2.1:5683");
+    }
+}
