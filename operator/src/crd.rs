@@ -740,8 +740,9 @@ impl QueueOverflow {
 }
 
 /// The CoAP gateway.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.plain || has(self.dtls)").message("coap: plain: false needs dtls (the gateway would serve nothing)"))]
 pub struct CoapSpec {
     /// Open the gateway (UDP).
     #[serde(default)]
@@ -755,6 +756,12 @@ pub struct CoapSpec {
     /// make two Services claim one address).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Serve plain CoAP (`coap://`) on `port`; false serves DTLS only.
+    #[serde(default = "yes")]
+    pub plain: bool,
+    /// CoAP over DTLS with pre-shared keys (`coaps://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtls: Option<CoapDtlsSpec>,
 }
 
 impl Default for CoapSpec {
@@ -763,12 +770,32 @@ impl Default for CoapSpec {
             enabled: false,
             port: default_coap_port(),
             annotations: BTreeMap::new(),
+            plain: true,
+            dtls: None,
         }
     }
 }
 
+/// The CoAP gateway's DTLS listener.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CoapDtlsSpec {
+    /// The Secret key holding the pre-shared keys: `identity:hexkey` lines, the format of
+    /// Mosquitto's `psk_file`. The identity is the device id and its username for the ACL.
+    /// The brokers re-read it when the Secret changes.
+    pub psk_secret_ref: SecretKeyRef,
+    /// UDP port of `coaps://` on the gateway's Service.
+    #[serde(default = "default_coaps_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
 fn default_coap_port() -> i32 {
     5683
+}
+
+fn default_coaps_port() -> i32 {
+    5684
 }
 
 /// Prometheus scraping.

@@ -342,6 +342,71 @@ mod tests {
     }
 
     #[test]
+    fn coap_over_dtls_gets_its_port_its_psk_secret_and_its_config_keys() {
+        let c = MqttCluster::new(
+            "iot",
+            serde_json::from_str::<MqttClusterSpec>(
+                r#"{"coap": {"enabled": true, "plain": false,
+                    "dtls": {"pskSecretRef": {"name": "devices-psk", "key": "keys"}, "port": 15684}}}"#,
+            )
+            .unwrap(),
+        );
+        let r = render(&c, &Environment::default(), &material(), 0).unwrap();
+        let find = |kind: &str, name: &str| {
+            r.objects
+                .iter()
+                .find(|o| o["kind"] == kind && (name.is_empty() || o["metadata"]["name"] == name))
+                .unwrap()
+                .clone()
+        };
+        let svc = find("Service", "iot-coap");
+        let ports = svc["spec"]["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "DTLS only: {ports:?}");
+        assert_eq!(ports[0]["name"], "coaps");
+        assert_eq!(ports[0]["port"], 15684);
+        assert_eq!(ports[0]["protocol"], "UDP");
+        let sts = find("StatefulSet", "");
+        let pod = &sts["spec"]["template"]["spec"];
+        let container_ports = pod["containers"][0]["ports"].as_array().unwrap();
+        assert!(
+            container_ports.iter().any(|p| p["name"] == "coaps"
+                && p["containerPort"] == 5684
+                && p["protocol"] == "UDP")
+        );
+        assert!(!container_ports.iter().any(|p| p["name"] == "coap"));
+        let psk = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "psk")
+            .unwrap();
+        assert_eq!(psk["secret"]["secretName"], "devices-psk");
+        assert_eq!(psk["secret"]["items"][0]["key"], "keys");
+        assert!(
+            pod["containers"][0]["volumeMounts"]
+                .to_string()
+                .contains("/etc/rookery/psk")
+        );
+        let toml = find("ConfigMap", "iot-config")["data"]["rookery.toml"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let parsed = rookery_broker::Config::from_toml(&toml).unwrap();
+        assert_eq!(parsed.coap_listen, None);
+        assert_eq!(parsed.coaps_listen, Some("0.0.0.0:5684".parse().unwrap()));
+        assert_eq!(
+            parsed.psk_file.as_deref(),
+            Some(std::path::Path::new("/etc/rookery/psk/psk"))
+        );
+        parsed.validate().unwrap();
+        let policy = find("NetworkPolicy", "iot").to_string();
+        assert!(
+            policy.contains("5684") && !policy.contains("5683"),
+            "{policy}"
+        );
+    }
+
+    #[test]
     fn a_service_monitor_needs_its_crd() {
         let c = MqttCluster::new(
             "iot",

@@ -229,6 +229,28 @@ pub fn validate(c: &MqttCluster) -> Result<(), Vec<FieldError>> {
         );
     }
 
+    if !spec.coap.plain && spec.coap.dtls.is_none() {
+        err(
+            "spec.coap.plain",
+            "is false, but spec.coap.dtls is not set: the gateway would serve nothing".into(),
+        );
+    }
+    if spec.coap.dtls.is_some()
+        && spec.coap.plain
+        && spec
+            .coap
+            .dtls
+            .as_ref()
+            .is_some_and(|d| d.port == spec.coap.port)
+    {
+        err(
+            "spec.coap.dtls.port",
+            format!(
+                "is spec.coap.port too ({}): coap and coaps need ports of their own",
+                spec.coap.port
+            ),
+        );
+    }
     if let Some(acl) = &spec.acl
         && acl.inline.is_some() == acl.config_map_ref.is_some()
     {
@@ -334,6 +356,22 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect()
+    }
+
+    #[test]
+    fn coap_needs_something_to_serve_and_ports_of_its_own() {
+        let dtls = serde_json::json!({"pskSecretRef": {"name": "psk", "key": "psk"}});
+        check(serde_json::json!({"coap": {"enabled": true, "plain": false, "dtls": dtls}}))
+            .unwrap();
+        check(serde_json::json!({"coap": {"enabled": true, "dtls": dtls}})).unwrap();
+        assert_eq!(
+            fields(serde_json::json!({"coap": {"enabled": true, "plain": false}})),
+            ["spec.coap.plain"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"coap": {"enabled": true, "port": 5684, "dtls": dtls}})),
+            ["spec.coap.dtls.port"]
+        );
     }
 
     #[test]

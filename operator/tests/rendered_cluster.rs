@@ -695,6 +695,10 @@ async fn the_rendered_production_example_runs_with_tls_acls_and_crosses_nodes() 
             &[("url", "postgres://rookery:secret@pg.data.svc:5432/rookery")],
         ),
         secret("device-ca", &[("ca.crt", &devices.pem)]),
+        secret(
+            "mqtt-coap-psk",
+            &[("psk", &format!("sensor-9:{}\n", hex(SENSOR_9_KEY)))],
+        ),
     ];
     let env = Environment {
         broker_image: "rookery-broker:dev".into(),
@@ -1020,7 +1024,91 @@ async fn the_rendered_production_example_runs_with_tls_acls_and_crosses_nodes() 
         0x84,
         "ingest may read devices/ingest/x, which holds nothing: 4.04"
     );
+
+    // CoAP over DTLS (the example enables it): the key from the user's Secret, mounted where
+    // the configuration says; the PSK identity is the user name the ACL sees.
+    let secure: SocketAddr = format!("{}:5684", ips[0]).parse().unwrap();
+    assert_eq!(
+        coaps(secure, "sensor-9", SENSOR_9_KEY, "telemetry/temp", b"7").await,
+        Some(0x44),
+        "a DTLS device writes its telemetry: 2.04"
+    );
+    assert_eq!(
+        dashboard.expect_message().await,
+        ("devices/sensor-9/telemetry/temp".to_owned(), b"7".to_vec())
+    );
+    assert_eq!(
+        coaps(secure, "sensor-9", SENSOR_9_KEY, "config", b"x").await,
+        Some(0x83),
+        "and nothing else: 4.03"
+    );
+    assert_eq!(
+        coaps(secure, "sensor-9", b"a wrong key", "telemetry/temp", b"8").await,
+        None,
+        "a wrong key gets no session"
+    );
     drop(run);
+}
+
+const SENSOR_9_KEY: &[u8] = b"sensor nine's key";
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A confirmable CoAP POST over DTLS with a pre-shared key: the code of the piggybacked
+/// answer, or `None` when no session could be made.
+async fn coaps(
+    addr: SocketAddr,
+    identity: &str,
+    key: &[u8],
+    path: &str,
+    payload: &[u8],
+) -> Option<u8> {
+    use std::sync::Arc;
+    use webrtc_dtls::cipher_suite::CipherSuiteId;
+    use webrtc_dtls::config::Config;
+    use webrtc_dtls::conn::DTLSConn;
+
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    socket.connect(addr).await.unwrap();
+    let key = key.to_vec();
+    let config = Config {
+        psk: Some(Arc::new(move |_hint: &[u8]| Ok(key.clone()))),
+        psk_identity_hint: Some(identity.as_bytes().to_vec()),
+        cipher_suites: vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
+        ..Config::default()
+    };
+    let conn = match tokio::time::timeout(
+        Duration::from_secs(10),
+        DTLSConn::new(Arc::new(socket), config, true, None),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        _ => return None,
+    };
+    let id = rand_id();
+    let mut msg = vec![0x40, 0x02, (id >> 8) as u8, id as u8];
+    for (i, segment) in path.split('/').enumerate() {
+        let delta = if i == 0 { 11 } else { 0 };
+        assert!(segment.len() < 13);
+        msg.push((delta << 4) | segment.len() as u8);
+        msg.extend_from_slice(segment.as_bytes());
+    }
+    msg.push(0xff);
+    msg.extend_from_slice(payload);
+    conn.write(&msg, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1500];
+    let n = conn
+        .read(&mut buf, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    assert!(n >= 4 && u16::from_be_bytes([buf[2], buf[3]]) == id);
+    Some(buf[1])
 }
 
 /// Sends a confirmable CoAP request (hand-encoded: Uri-Path `path`, one Uri-Query option per

@@ -65,6 +65,98 @@ pub fn is_client_hello(datagram: &[u8]) -> bool {
         && datagram[13] == 1
 }
 
+/// Handshake message types a client sends in the clear in a PSK handshake.
+const CLIENT_HELLO: u8 = 1;
+const CLIENT_KEY_EXCHANGE: u8 = 16;
+
+/// True when every record of `datagram` may go to `webrtc-dtls`.
+///
+/// The crate parses every handshake message it receives, whatever its type, and some of its
+/// parsers index past the end of malformed input and panic (our fuzzer found a ClientHello
+/// whose extension list overruns itself; the ServerHello, ServerKeyExchange and
+/// ClientKeyExchange parsers have the same pattern). A panic ends only that session's task,
+/// but would leave its handshake slot taken until the timeout, for the price of one forged
+/// datagram. So the clear-text (epoch 0) handshake records are checked here first:
+///
+/// - only the messages a PSK client sends in the clear, ClientHello and ClientKeyExchange;
+/// - whole, not fragmented (both fit any datagram; the crate would otherwise reassemble
+///   fragments into a message this check never saw);
+/// - a ClientHello walked field by field, every extension header inside the extension list;
+/// - a ClientKeyExchange holding exactly a PSK identity.
+///
+/// Records of later epochs are encrypted: the crate authenticates them before it parses them.
+pub fn acceptable(datagram: &[u8]) -> bool {
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        if rest.len() < 13 {
+            return false;
+        }
+        let (content, epoch) = (rest[0], u16::from_be_bytes([rest[3], rest[4]]));
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        let Some(record) = rest.get(13..13 + len) else {
+            return false;
+        };
+        if content == 22 && epoch == 0 && !clear_handshake(record) {
+            return false;
+        }
+        rest = &rest[13 + len..];
+    }
+    true
+}
+
+/// One clear-text handshake record: its header, then its message.
+fn clear_handshake(record: &[u8]) -> bool {
+    if record.len() < 12 {
+        return false;
+    }
+    let u24 = |b: &[u8]| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
+    let (kind, length) = (record[0], u24(&record[1..4]));
+    let (offset, fragment) = (u24(&record[6..9]), u24(&record[9..12]));
+    let body = &record[12..];
+    if offset != 0 || fragment != length || body.len() != length {
+        return false;
+    }
+    match kind {
+        CLIENT_HELLO => client_hello(body).is_some(),
+        CLIENT_KEY_EXCHANGE => {
+            body.len() >= 2 && usize::from(u16::from_be_bytes([body[0], body[1]])) + 2 == body.len()
+        }
+        _ => false,
+    }
+}
+
+/// Walks a ClientHello body as the crate reads it; `None` when a field runs past its end or
+/// the crate would misread it. The crate skips the session id's length byte but not the id
+/// itself, so only an empty session id (a new session, what DTLS clients send) reads right;
+/// it reads cipher suites in pairs, so their length must be even.
+fn client_hello(body: &[u8]) -> Option<()> {
+    let mut at = 2 + 32; // version, random
+    if *body.get(at)? != 0 {
+        return None;
+    }
+    at += 1;
+    for width in [1, 2, 1] {
+        // cookie, cipher suites, compression methods
+        let field = body.get(at..at + width)?;
+        let n = field.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        if width == 2 && n % 2 != 0 {
+            return None;
+        }
+        at += width + n;
+        body.get(..at)?;
+    }
+    // The crate requires the extension list (it may be empty) and ignores what follows it.
+    let ext_len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+    let extensions = body.get(at + 2..at + 2 + ext_len)?;
+    let mut offset = 0;
+    while offset < extensions.len() {
+        let header = extensions.get(offset..offset + 4)?;
+        offset += 4 + usize::from(u16::from_be_bytes([header[2], header[3]]));
+        extensions.get(..offset)?;
+    }
+    Some(())
+}
+
 /// One source address's datagrams, read by `DTLSConn` as its connection.
 struct Pipe {
     socket: Arc<UdpSocket>,
@@ -242,6 +334,10 @@ impl Sessions {
         datagram: &[u8],
         addr: SocketAddr,
     ) -> Option<(OwnedSemaphorePermit, Pipe, u64)> {
+        if !acceptable(datagram) {
+            gateway.dropped(Dropped::Malformed);
+            return None;
+        }
         let mut table = self.table.lock();
         if let Some(session) = table.get_mut(&addr) {
             session.active = Instant::now();
@@ -470,5 +566,110 @@ mod tests {
         }
         assert!(!is_client_hello(&hello[..13]));
         assert!(!is_client_hello(b"\x40\x01\x00\x01"), "plain CoAP");
+    }
+
+    /// A record around a handshake message.
+    fn record(epoch: u16, kind: u8, body: &[u8]) -> Vec<u8> {
+        let len = body.len() as u32;
+        let mut h = vec![kind];
+        h.extend(&len.to_be_bytes()[1..]);
+        h.extend([0, 0, 0, 0, 0]);
+        h.extend(&len.to_be_bytes()[1..]);
+        h.extend(body);
+        let mut r = vec![22, 254, 253];
+        r.extend(epoch.to_be_bytes());
+        r.extend([0; 6]);
+        r.extend((h.len() as u16).to_be_bytes());
+        r.extend(h);
+        r
+    }
+
+    fn hello(extensions: &[u8]) -> Vec<u8> {
+        let mut b = vec![254, 253];
+        b.extend([7; 32]);
+        b.extend([0]); // session id
+        b.extend([2, 9, 9]); // cookie
+        b.extend([0, 2, 0xc0, 0xa8]); // one cipher suite
+        b.extend([1, 0]); // null compression
+        b.extend((extensions.len() as u16).to_be_bytes());
+        b.extend(extensions);
+        b
+    }
+
+    #[test]
+    fn well_formed_client_records_pass() {
+        let ems = [0, 23, 0, 0];
+        assert!(acceptable(&record(0, CLIENT_HELLO, &hello(&ems))));
+        assert!(acceptable(&record(0, CLIENT_HELLO, &hello(&[]))));
+        let mut two = record(0, CLIENT_KEY_EXCHANGE, &[0, 4, b'd', b'e', b'v', b'1']);
+        two.extend(record(1, 20, &[1, 2, 3]));
+        assert!(acceptable(&two), "epoch 1 is not looked into");
+        // A non-handshake record (an alert) passes untouched.
+        assert!(acceptable(&[
+            21, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0
+        ]));
+    }
+
+    #[test]
+    fn records_the_crate_would_choke_on_are_dropped() {
+        // The fuzzer's find: an extension header that runs past the extension list.
+        assert!(!acceptable(&record(
+            0,
+            CLIENT_HELLO,
+            &hello(&[0, 23, 0, 0, 0, 28])
+        )));
+        assert!(!acceptable(&record(
+            0,
+            CLIENT_HELLO,
+            &hello(&[0, 23, 0, 9])
+        )));
+        assert!(!acceptable(&record(0, CLIENT_HELLO, &hello(&[])[..40])));
+        // Read as the crate reads it: a session id, or an odd cipher-suite length, would
+        // shift every field after it.
+        let mut with_session = hello(&[]);
+        with_session[34] = 1;
+        with_session.insert(35, 0);
+        assert!(!acceptable(&record(0, CLIENT_HELLO, &with_session)));
+        let mut odd = hello(&[]);
+        odd[39] = 3;
+        odd.insert(42, 0);
+        assert!(!acceptable(&record(0, CLIENT_HELLO, &odd)));
+        // Server messages from a client, a short ClientKeyExchange, fragments, bad lengths.
+        assert!(!acceptable(&record(0, 2, &hello(&[]))));
+        assert!(!acceptable(&record(0, 12, &[0])));
+        assert!(!acceptable(&record(0, CLIENT_KEY_EXCHANGE, &[0])));
+        assert!(!acceptable(&record(0, CLIENT_KEY_EXCHANGE, &[0, 9, 1])));
+        let mut fragment = record(0, CLIENT_HELLO, &hello(&[]));
+        fragment[13 + 8] = 1; // fragment offset
+        assert!(!acceptable(&fragment));
+        let mut short = record(0, CLIENT_HELLO, &hello(&[]));
+        short.pop();
+        assert!(!acceptable(&short));
+        assert!(!acceptable(&[22, 254, 253, 0, 0]));
+    }
+
+    #[test]
+    fn the_fuzzers_client_hellos_are_dropped_and_real_ones_pass() {
+        for seed in ["client_hello_gnutls", "client_hello_openssl"] {
+            let path = format!(
+                "{}/fuzz/seeds/dtls_handshake/{seed}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let bytes = std::fs::read(path).unwrap();
+            assert!(acceptable(&bytes[2..]), "{seed}");
+        }
+        // What the fuzzer found panicking the crate; the first datagram of each is the one.
+        for crash in [
+            "crash-client-hello-extensions",
+            "crash-client-hello-session-id",
+        ] {
+            let path = format!(
+                "{}/fuzz/seeds/dtls_handshake/{crash}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let bytes = std::fs::read(path).unwrap();
+            let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+            assert!(!acceptable(&bytes[2..2 + len]), "{crash}");
+        }
     }
 }

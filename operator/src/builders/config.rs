@@ -53,6 +53,10 @@ pub mod paths {
     pub const POSTGRES_DIR: &str = "/etc/rookery/postgres";
     /// The file name of a store URL in its directory.
     pub const URL_FILE: &str = "url";
+    /// Directory of the CoAP gateway's pre-shared keys.
+    pub const PSK_DIR: &str = "/etc/rookery/psk";
+    /// The PSK file.
+    pub const PSK_FILE: &str = "/etc/rookery/psk/psk";
     /// The embedded store's volume.
     pub const DATA_DIR: &str = "/var/lib/rookery";
 }
@@ -97,6 +101,8 @@ pub const OPERATOR_KEYS: &[&str] = &[
     "server_reference",
     "log_format",
     "coap_listen",
+    "coaps_listen",
+    "psk_file",
 ];
 
 fn listen(port: u16) -> Value {
@@ -220,8 +226,15 @@ pub fn broker_settings(c: &MqttCluster, names: &Names) -> BTreeMap<String, Value
         "metrics_listen".into(),
         s(&format!("0.0.0.0:{}", ports::HTTP)),
     );
-    if spec.coap.enabled {
+    if spec.coap.enabled && spec.coap.plain {
         t.insert("coap_listen".into(), s(&format!("0.0.0.0:{}", ports::COAP)));
+    }
+    if spec.coap.enabled && spec.coap.dtls.is_some() {
+        t.insert(
+            "coaps_listen".into(),
+            s(&format!("0.0.0.0:{}", ports::COAPS)),
+        );
+        t.insert("psk_file".into(), s(paths::PSK_FILE));
     }
     t.insert("admin_token_file".into(), s(paths::ADMIN_TOKEN_FILE));
     t.insert(

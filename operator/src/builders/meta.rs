@@ -41,6 +41,8 @@ pub mod ports {
     pub const POSTGRES: u16 = 5432;
     /// CoAP (UDP).
     pub const COAP: u16 = 5683;
+    /// CoAP over DTLS (UDP).
+    pub const COAPS: u16 = 5684;
 }
 
 /// Which part of the cluster an object belongs to (`app.kubernetes.io/component`).

@@ -95,8 +95,16 @@ pub fn network_policies(c: &MqttCluster, names: &Names) -> Vec<NetworkPolicy> {
             vec![port(ports::HTTP, "TCP")],
         ),
     ];
-    if c.spec.coap.enabled {
-        broker_rules.push(rule(None, vec![port(ports::COAP, "UDP")]));
+    let coap = &c.spec.coap;
+    if coap.enabled {
+        let mut udp = Vec::new();
+        if coap.plain {
+            udp.push(port(ports::COAP, "UDP"));
+        }
+        if coap.dtls.is_some() {
+            udp.push(port(ports::COAPS, "UDP"));
+        }
+        broker_rules.push(rule(None, udp));
     }
     let mut lb_ports = listener_ports;
     lb_ports.push(port(ports::LB_STATS, "TCP"));

@@ -60,6 +60,24 @@ pub fn brokers(c: &MqttCluster, names: &Names) -> Service {
     }
 }
 
+fn coap_ports(coap: &crate::crd::CoapSpec) -> Vec<ServicePort> {
+    let udp = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("UDP".into()),
+        ..ServicePort::default()
+    };
+    let mut ports = Vec::new();
+    if coap.plain {
+        ports.push(udp("coap", coap.port));
+    }
+    if let Some(dtls) = &coap.dtls {
+        ports.push(udp("coaps", dtls.port));
+    }
+    ports
+}
+
 /// The CoAP gateway's Service (UDP), when `spec.coap.enabled`: of the load balancer's type,
 /// with its source ranges and `spec.coap.annotations`, straight to the brokers. Client-IP affinity keeps a
 /// device on one broker, whose gateway then holds its session and observations.
@@ -77,13 +95,7 @@ pub fn coap(c: &MqttCluster, names: &Names) -> Option<Service> {
         spec: Some(ServiceSpec {
             type_: Some(lb.service_type.as_str().into()),
             selector: Some(selector_labels(names, Component::Broker)),
-            ports: Some(vec![ServicePort {
-                name: Some("coap".into()),
-                port: c.spec.coap.port,
-                target_port: Some(IntOrString::String("coap".into())),
-                protocol: Some("UDP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(coap_ports(&c.spec.coap)),
             session_affinity: Some("ClientIP".into()),
             // The gateway learns each device's address from its requests: it must see the
             // device's own address, not a node's.

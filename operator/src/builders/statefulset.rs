@@ -94,6 +94,11 @@ fn volumes(c: &MqttCluster, names: &Names) -> (Vec<Volume>, Vec<VolumeMount>) {
         v.push(secret_volume("auth", &names.auth_secret(), None));
         m.push(mount("auth", paths::AUTH_DIR));
     }
+    if let Some(dtls) = spec.coap.dtls.as_ref().filter(|_| spec.coap.enabled) {
+        let r = &dtls.psk_secret_ref;
+        v.push(secret_volume("psk", &r.name, key_to(&r.key, "psk")));
+        m.push(mount("psk", paths::PSK_DIR));
+    }
     v.push(secret_volume("admin", &names.admin_secret(), None));
     m.push(mount("admin", paths::ADMIN_DIR));
     v.push(secret_volume(
@@ -193,13 +198,19 @@ fn container_ports(c: &MqttCluster) -> Vec<ContainerPort> {
     }
     p.push(port("cluster", ports::CLUSTER));
     p.push(port("http", ports::HTTP));
-    if c.spec.coap.enabled {
-        p.push(ContainerPort {
-            name: Some("coap".into()),
-            container_port: ports::COAP.into(),
-            protocol: Some("UDP".into()),
-            ..ContainerPort::default()
-        });
+    let coap = &c.spec.coap;
+    for (on, name, number) in [
+        (coap.enabled && coap.plain, "coap", ports::COAP),
+        (coap.enabled && coap.dtls.is_some(), "coaps", ports::COAPS),
+    ] {
+        if on {
+            p.push(ContainerPort {
+                name: Some(name.into()),
+                container_port: number.into(),
+                protocol: Some("UDP".into()),
+                ..ContainerPort::default()
+            });
+        }
     }
     p
 }
