@@ -53,6 +53,7 @@ USER_SECRETS = {
     "mqtt-redis": {"url": "redis://:pw@redis.data.svc:6379/0"},
     "mqtt-postgres": {"url": "postgres://rookery:pw@pg.data.svc:5432/rookery"},
     "device-ca": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"},
+    "mqtt-coap-psk": {"psk": "sensor-9:00ff\n"},
 }
 
 
