@@ -1234,6 +1234,9 @@ def test_plain_and_secure_listeners_side_by_side(broker_factory, clients, tmp_pa
     assert app.expect().payload == b"secure", r
     r = arun(coap_once(aiocoap.POST, coap_url(b, "dev1/t"), b"forged"))
     assert r.code == aiocoap.UNAUTHORIZED, r
+    # Not with credentials either: a device with a key speaks only over DTLS.
+    r = arun(coap_once(aiocoap.POST, coap_url(b, "t?u=dev1&p=pw3"), b"forged"))
+    assert r.code == aiocoap.UNAUTHORIZED, r
     r = arun(coap_once(aiocoap.POST, coap_url(b, "t?u=dev3&p=pw3"), b"plain"))
     assert r.code == aiocoap.CHANGED, r
     m = app.expect()

@@ -129,15 +129,26 @@ impl Device {
         }
     }
 
+    /// The PSK identity the device's session was last made as, if it was made with a key.
+    pub fn trusted_as(&self) -> Option<String> {
+        self.last_identity
+            .lock()
+            .as_ref()
+            .filter(|i| i.trusted)
+            .and_then(|i| i.username.clone())
+    }
+
     /// Closes the device's MQTT connection if it was made as a PSK identity (which has just
     /// been revoked); observers and the remembered identity go too, so that nothing connects
     /// it again as that identity.
     pub async fn disconnect_trusted(&self) {
         let mut conn = self.conn.lock().await;
-        if conn.as_ref().is_some_and(|c| c.identity.trusted) {
-            if let Some(c) = conn.take() {
-                c.client.disconnect();
-            }
+        if conn.as_ref().is_some_and(|c| c.identity.trusted)
+            && let Some(c) = conn.take()
+        {
+            c.client.disconnect();
+        }
+        if self.trusted_as().is_some() {
             self.observers.lock().clear();
             *self.last_identity.lock() = None;
         }
@@ -166,10 +177,23 @@ impl Device {
                 return Ok(c.client.clone());
             }
             // A device that authenticated is not taken over by a request without
-            // credentials (which would clear its session: another user's).
-            if identity.username.is_none() && c.identity.username.is_some() {
+            // credentials (which would clear its session: another user's), nor one that
+            // authenticated with a key by one that did not.
+            if (identity.username.is_none() && c.identity.username.is_some())
+                || (c.identity.trusted && !identity.trusted)
+            {
                 return Err(ResponseType::Unauthorized);
             }
+        }
+        // A key removed from the PSK file no longer connects (an observed device is
+        // connected again as its last identity).
+        if identity.trusted
+            && !identity
+                .username
+                .as_deref()
+                .is_some_and(|u| gateway.broker.security.psk_contains(u))
+        {
+            return Err(ResponseType::Unauthorized);
         }
         let connect = Connect {
             protocol: Protocol::V5,

@@ -7,20 +7,29 @@
 //! address gets a [`Pipe`], a bounded queue of datagrams that the crate's `DTLSConn` reads as
 //! its connection:
 //!
-//! - a datagram from an address with a session goes to that session;
+//! - only well-formed records reach the crate ([`acceptable`]);
+//! - a datagram from an address with a session goes to that session, if it is something a
+//!   peer in that session's state sends ([`route`]); a new ClientHello on an established
+//!   session starts the peer over (a rebooted device);
 //! - from a new address, only a ClientHello starts a session, within the per-address rate
 //!   limit, [`CONCURRENT_HANDSHAKES`] and [`MAX_SESSIONS`]; anything else is dropped;
-//! - a handshake has [`HANDSHAKE_TIMEOUT`] to finish (the crate answers a first ClientHello
-//!   with a HelloVerifyRequest cookie, so a forged source address gets no session);
+//! - the crate answers a first ClientHello with a HelloVerifyRequest cookie, so a forged
+//!   source address never completes a handshake; it holds a handshake slot for
+//!   [`COOKIE_WAIT`], and a real handshake has [`HANDSHAKE_TIMEOUT`] to finish;
 //! - the PSK identity the client sent is the device id, and its MQTT session's trusted
 //!   username, as a certificate identity is for MQTT over TLS;
-//! - a session ends after `coap_idle_secs` without traffic either way, when its peer closes
-//!   it, or when its identity leaves the PSK file (checked on reload and on each datagram).
+//! - a session ends after `coap_idle_secs` without authenticated traffic either way, when its
+//!   peer closes it or starts over, or when its identity leaves the PSK file (checked on
+//!   reload and on each datagram).
+//!
+//! What an off-path sender who knows a device's address and port can still do: end its
+//! session, with a forged ClientHello or a record that does not decrypt (the crate treats
+//! that as fatal); the device's next request then opens a new one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -44,6 +53,12 @@ pub const CONCURRENT_HANDSHAKES: usize = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Datagrams queued for one session before more are dropped.
 const PIPE_DEPTH: usize = 64;
+/// Datagrams a session takes before its handshake is done (a handshake needs a handful, with
+/// retransmissions a few more); more would only grow the crate's handshake cache.
+pub const HANDSHAKE_DATAGRAMS: u32 = 32;
+/// How long a new session waits for the client's answer to the HelloVerifyRequest before
+/// its handshake slot goes back.
+pub const COOKIE_WAIT: Duration = Duration::from_secs(3);
 /// Largest record read from the socket (the crate's own limit is 8 KiB).
 const MAX_RECORD: usize = 16 * 1024;
 
@@ -218,10 +233,61 @@ impl webrtc_util::Conn for Pipe {
 struct Session {
     generation: u64,
     tx: mpsc::Sender<Vec<u8>>,
+    /// Datagrams queued to it so far (a handshake gets a bounded number).
+    received: Arc<AtomicU32>,
     /// Set once the handshake is done.
     conn: Option<Arc<DTLSConn>>,
     identity: Option<Arc<str>>,
+    /// The last authenticated traffic: a datagram that decrypted, or one we sent.
     active: Instant,
+}
+
+/// What to do with a datagram from an address that has a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the session.
+    Pass,
+    /// Dropped: nothing a peer of that session sends in its state.
+    Drop,
+    /// A new ClientHello: the peer starts over (a rebooted device on the same address and
+    /// port); the old session goes.
+    Restart,
+}
+
+/// Where a datagram from an address with a session goes (it passed [`acceptable`]).
+///
+/// During the handshake: everything, up to [`HANDSHAKE_DATAGRAMS`]. Once established, only
+/// what a peer sends then: records of epoch 1 (application data, alerts, the Finished of a
+/// retransmitted flight) and the clear-text records of a retransmitted last flight
+/// (ClientKeyExchange, ChangeCipherSpec). A clear-text alert or application data record, or
+/// a later epoch (we never renegotiate), is someone else's: the crate would end the session
+/// for it, or keep it forever.
+pub fn route(datagram: &[u8], established: bool, received: u32) -> Route {
+    if !established {
+        return if received < HANDSHAKE_DATAGRAMS {
+            Route::Pass
+        } else {
+            Route::Drop
+        };
+    }
+    if is_client_hello(datagram) {
+        return Route::Restart;
+    }
+    let mut rest = datagram;
+    while rest.len() >= 13 {
+        let (content, epoch) = (rest[0], u16::from_be_bytes([rest[3], rest[4]]));
+        let ok = match epoch {
+            1 => true,
+            0 => content == 22 || content == 20,
+            _ => false,
+        };
+        if !ok {
+            return Route::Drop;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        rest = rest.get(13 + len..).unwrap_or_default();
+    }
+    Route::Pass
 }
 
 /// The DTLS sessions of the secure listener.
@@ -234,6 +300,19 @@ pub struct Sessions {
     hint: Option<Vec<u8>>,
 }
 
+/// Removes its session from the table when the session's task ends, however it ends.
+struct Registered {
+    sessions: Arc<Sessions>,
+    addr: SocketAddr,
+    generation: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.sessions.remove(self.addr, self.generation);
+    }
+}
+
 impl Sessions {
     /// Sessions on `socket`; `hint` is the PSK identity hint sent to clients.
     pub fn new(socket: UdpSocket, hint: Option<&str>, broker: Arc<Broker>) -> Sessions {
@@ -242,7 +321,7 @@ impl Sessions {
             socket: Arc::new(socket),
             table: Mutex::new(HashMap::new()),
             handshakes: Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES)),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: std::sync::atomic::AtomicU64::new(1),
             hint: hint.map(|h| h.as_bytes().to_vec()),
         }
     }
@@ -257,23 +336,17 @@ impl Sessions {
         self.table.lock().is_empty()
     }
 
-    /// The PSK identity of the session with `addr`, once established.
-    pub fn identity(&self, addr: SocketAddr) -> Option<Arc<str>> {
-        self.table
-            .lock()
-            .get(&addr)
-            .and_then(|s| s.identity.clone())
-    }
-
-    /// Sends one datagram through the session with `addr`, if it has one.
-    pub async fn send(&self, addr: SocketAddr, bytes: &[u8]) {
+    /// Sends one datagram through `peer`'s session, if it is still the one at its address.
+    pub async fn send(&self, peer: Peer, bytes: &[u8]) {
         let conn = {
             let mut table = self.table.lock();
-            let Some(session) = table.get_mut(&addr) else {
-                return;
-            };
-            session.active = Instant::now();
-            session.conn.clone()
+            match table.get_mut(&peer.addr) {
+                Some(session) if session.generation == peer.session => {
+                    session.active = Instant::now();
+                    session.conn.clone()
+                }
+                _ => None,
+            }
         };
         if let Some(conn) = conn {
             let _ = conn.write(bytes, Some(Duration::from_secs(5))).await;
@@ -318,7 +391,16 @@ impl Sessions {
             .store(sessions as i64, Ordering::Relaxed);
     }
 
-    /// True when the session has seen no traffic for `idle`.
+    /// Notes authenticated traffic from the session.
+    fn touch(&self, addr: SocketAddr, generation: u64) {
+        if let Some(s) = self.table.lock().get_mut(&addr)
+            && s.generation == generation
+        {
+            s.active = Instant::now();
+        }
+    }
+
+    /// True when the session has seen no authenticated traffic for `idle`.
     fn is_idle(&self, addr: SocketAddr, generation: u64, idle: Duration) -> bool {
         self.table
             .lock()
@@ -327,30 +409,43 @@ impl Sessions {
     }
 
     /// One datagram from `addr`: to its session, or the start of a new one. A new session's
-    /// handshake permit, pipe and generation when one starts.
-    fn dispatch(
-        &self,
-        gateway: &Gateway,
-        datagram: &[u8],
-        addr: SocketAddr,
-    ) -> Option<(OwnedSemaphorePermit, Pipe, u64)> {
+    /// handshake permit, pipe, datagram count and generation when one starts.
+    fn dispatch(&self, gateway: &Gateway, datagram: &[u8], addr: SocketAddr) -> Option<NewSession> {
         if !acceptable(datagram) {
             gateway.dropped(Dropped::Malformed);
             return None;
         }
         let mut table = self.table.lock();
-        if let Some(session) = table.get_mut(&addr) {
-            session.active = Instant::now();
-            if session.tx.try_send(datagram.to_vec()).is_err() {
-                gateway.dropped(Dropped::RateLimited);
+        if let Some(session) = table.get(&addr) {
+            let received = session.received.load(Ordering::Relaxed);
+            match route(datagram, session.conn.is_some(), received) {
+                Route::Pass => {
+                    if session.tx.try_send(datagram.to_vec()).is_ok() {
+                        session.received.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        gateway.dropped(Dropped::RateLimited);
+                    }
+                    return None;
+                }
+                Route::Drop => {
+                    gateway.dropped(Dropped::Unexpected);
+                    return None;
+                }
+                Route::Restart => {
+                    // Its task sees the connection close and ends.
+                    if let Some(old) = table.remove(&addr).and_then(|s| s.conn) {
+                        tokio::spawn(async move {
+                            let _ = old.close().await;
+                        });
+                    }
+                }
             }
-            return None;
         }
         if !is_client_hello(datagram) {
             gateway.dropped(Dropped::Unexpected);
             return None;
         }
-        if !gateway.allowed(addr) {
+        if !gateway.allowed(Peer::secure(addr, 1)) {
             gateway.dropped(Dropped::RateLimited);
             return None;
         }
@@ -364,12 +459,14 @@ impl Sessions {
         };
         let (tx, rx) = mpsc::channel(PIPE_DEPTH);
         let _ = tx.try_send(datagram.to_vec());
+        let received = Arc::new(AtomicU32::new(1));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         table.insert(
             addr,
             Session {
                 generation,
                 tx,
+                received: received.clone(),
                 conn: None,
                 identity: None,
                 active: Instant::now(),
@@ -381,7 +478,12 @@ impl Sessions {
             peer: addr,
             rx: tokio::sync::Mutex::new(rx),
         };
-        Some((permit, pipe, generation))
+        Some(NewSession {
+            permit,
+            pipe,
+            received,
+            generation,
+        })
     }
 
     fn config(&self) -> DtlsConfig {
@@ -415,6 +517,14 @@ impl Sessions {
     }
 }
 
+/// What a session needs to start.
+struct NewSession {
+    permit: OwnedSemaphorePermit,
+    pipe: Pipe,
+    received: Arc<AtomicU32>,
+    generation: u64,
+}
+
 /// Reads the secure listener's socket until the broker shuts down.
 pub async fn serve(gateway: Arc<Gateway>, sessions: Arc<Sessions>) {
     let shutdown = gateway.broker.shutdown.clone();
@@ -430,15 +540,8 @@ pub async fn serve(gateway: Arc<Gateway>, sessions: Arc<Sessions>) {
             },
             _ = shutdown.cancelled() => break,
         };
-        if let Some((permit, pipe, generation)) = sessions.dispatch(&gateway, &buf[..len], addr) {
-            tokio::spawn(session(
-                gateway.clone(),
-                sessions.clone(),
-                addr,
-                generation,
-                pipe,
-                permit,
-            ));
+        if let Some(new) = sessions.dispatch(&gateway, &buf[..len], addr) {
+            tokio::spawn(session(gateway.clone(), sessions.clone(), addr, new));
         }
     }
     let conns: Vec<Arc<DTLSConn>> = {
@@ -461,39 +564,56 @@ async fn session(
     gateway: Arc<Gateway>,
     sessions: Arc<Sessions>,
     addr: SocketAddr,
-    generation: u64,
-    pipe: Pipe,
-    permit: OwnedSemaphorePermit,
+    new: NewSession,
 ) {
+    let NewSession {
+        permit,
+        pipe,
+        received,
+        generation,
+    } = new;
+    let _registered = Registered {
+        sessions: sessions.clone(),
+        addr,
+        generation,
+    };
     let config = sessions.config();
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         DTLSConn::new(Arc::new(pipe), config, false, None),
-    )
-    .await;
+    );
+    // A client answers the HelloVerifyRequest within a round trip; a forged source address
+    // never does, and gives its handshake slot back after COOKIE_WAIT.
+    let unanswered = async {
+        tokio::time::sleep(COOKIE_WAIT).await;
+        if received.load(Ordering::Relaxed) >= 2 {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = tokio::select! {
+        r = handshake => r.ok(),
+        () = unanswered => None,
+    };
     drop(permit);
-    let conn = match handshake {
-        Ok(Ok(conn)) => Arc::new(conn),
-        Ok(Err(e)) => {
+    let conn = match outcome {
+        Some(Ok(conn)) => Arc::new(conn),
+        Some(Err(e)) => {
             debug!(%addr, "coaps: handshake failed: {e}");
             handshake_result(&gateway, 1);
-            sessions.remove(addr, generation);
             return;
         }
-        Err(_) => {
+        None => {
             debug!(%addr, "coaps: handshake timed out");
             handshake_result(&gateway, 2);
-            sessions.remove(addr, generation);
             return;
         }
     };
     let state = conn.connection_state().await;
     let identity: Arc<str> = match String::from_utf8(state.identity_hint) {
-        Ok(id) if gateway.broker.security.psk_key(&id).is_some() => Arc::from(id),
+        Ok(id) if gateway.broker.security.psk_contains(&id) => Arc::from(id),
         _ => {
             handshake_result(&gateway, 1);
             let _ = conn.close().await;
-            sessions.remove(addr, generation);
             return;
         }
     };
@@ -514,7 +634,7 @@ async fn session(
     info!(%addr, device = %identity, "coaps: session established");
     let idle = Duration::from_secs(gateway.config.coap_idle_secs.max(1));
     let shutdown = gateway.broker.shutdown.clone();
-    let peer = Peer::secure(addr);
+    let peer = Peer::secure(addr, generation);
     let mut buf = vec![0u8; MAX_RECORD];
     loop {
         let read = tokio::select! {
@@ -523,10 +643,11 @@ async fn session(
         };
         match read {
             Ok(n) => {
-                if gateway.broker.security.psk_key(&identity).is_none() {
+                if !gateway.broker.security.psk_contains(&identity) {
                     debug!(%addr, device = %identity, "coaps: identity revoked");
                     break;
                 }
+                sessions.touch(addr, generation);
                 gateway.datagram(&buf[..n], peer, Some(&identity)).await;
             }
             Err(webrtc_dtls::Error::ErrDeadlineExceeded) => {
@@ -544,7 +665,6 @@ async fn session(
         }
     }
     let _ = conn.close().await;
-    sessions.remove(addr, generation);
 }
 
 #[cfg(test)]
@@ -646,6 +766,45 @@ mod tests {
         short.pop();
         assert!(!acceptable(&short));
         assert!(!acceptable(&[22, 254, 253, 0, 0]));
+    }
+
+    #[test]
+    fn an_established_session_takes_only_what_its_peer_sends_then() {
+        let hello = record(0, CLIENT_HELLO, &hello(&[]));
+        let app = |epoch: u16| {
+            let mut r = vec![23, 254, 253];
+            r.extend(epoch.to_be_bytes());
+            r.extend([0, 0, 0, 0, 0, 1, 0, 2, 9, 9]);
+            r
+        };
+        let alert0 = vec![21, 254, 253, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 2, 40];
+        let ccs = vec![20, 254, 253, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 1];
+        // During the handshake everything goes, up to a bound.
+        assert_eq!(route(&alert0, false, 0), Route::Pass);
+        assert_eq!(
+            route(&hello, false, 1),
+            Route::Pass,
+            "the hello with the cookie"
+        );
+        assert_eq!(route(&hello, false, HANDSHAKE_DATAGRAMS), Route::Drop);
+        // Afterwards: epoch 1, and a retransmitted last flight in the clear.
+        assert_eq!(route(&app(1), true, 9), Route::Pass);
+        let mut flight = record(0, CLIENT_KEY_EXCHANGE, &[0, 1, b'd']);
+        flight.extend(&ccs);
+        flight.extend(app(1));
+        assert_eq!(route(&flight, true, 9), Route::Pass);
+        assert_eq!(route(&alert0, true, 9), Route::Drop, "a clear-text alert");
+        assert_eq!(route(&app(0), true, 9), Route::Drop, "clear-text data");
+        assert_eq!(
+            route(&app(2), true, 9),
+            Route::Drop,
+            "an epoch never negotiated"
+        );
+        assert_eq!(
+            route(&hello, true, 9),
+            Route::Restart,
+            "the peer starts over"
+        );
     }
 
     #[test]

@@ -259,11 +259,18 @@ async fn housekeeping(gateway: Arc<Gateway>) {
             }
         }
         if let Some(sessions) = &gateway.transport.secure {
-            let revoked = sessions.revoke(|id| gateway.broker.security.psk_key(id).is_some());
-            for id in revoked {
-                let device = gateway.devices.lock().get(&*id).cloned();
-                if let Some(device) = device {
-                    debug!(device = %id, "coaps: identity revoked: its session is closed");
+            let security = &gateway.broker.security;
+            for id in sessions.revoke(|id| security.psk_contains(id)) {
+                debug!(device = %id, "coaps: identity revoked: its DTLS session is closed");
+            }
+            // And every device session made as an identity no longer in the file, with or
+            // without a DTLS session open now.
+            let devices: Vec<Arc<Device>> = gateway.devices.lock().values().cloned().collect();
+            for device in devices {
+                if let Some(id) = device.trusted_as()
+                    && !security.psk_contains(&id)
+                {
+                    debug!(device = %id, "coaps: identity revoked: its MQTT connection is closed");
                     device.disconnect_trusted().await;
                 }
             }
@@ -330,22 +337,29 @@ impl Gateway {
         }
     }
 
-    fn allowed(&self, peer: std::net::SocketAddr) -> bool {
+    /// Within the per-address rate; the plain and the secure listener count apart, so that
+    /// forged plain datagrams cannot use up a DTLS device's allowance.
+    fn allowed(&self, peer: Peer) -> bool {
         let rate = f64::from(self.config.coap_rate_limit);
         if rate <= 0.0 {
             return true;
         }
         let now = Instant::now();
+        let transport = if peer.is_secure() { "coaps/" } else { "coap/" };
+        let key = format!(
+            "{transport}{}",
+            crate::security::authenticate::address_key(peer.addr.ip())
+        );
         let mut buckets = self.buckets.lock();
         let bucket = buckets
-            .entry(crate::security::authenticate::address_key(peer.ip()))
+            .entry(key)
             .or_insert_with(|| TokenBucket::new(rate * 2.0, now));
         bucket.take(1.0, rate, rate * 2.0, now).is_none()
     }
 
     /// One datagram from `peer`; `identity` is the PSK identity of a DTLS session.
     async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: Peer, identity: Option<&str>) {
-        let limited = !self.allowed(peer.addr);
+        let limited = !self.allowed(peer);
         let packet = match datagram::decode(bytes) {
             Ok(p) => p,
             Err(why) => {
@@ -660,6 +674,15 @@ impl Gateway {
             Method::Delete => 3,
         };
         bump(&self.broker.metrics.coap_requests_total[slot]);
+        // A device with a pre-shared key speaks only over DTLS: a plain request naming it,
+        // whatever its credentials, is someone else.
+        if authenticated.is_none() && self.broker.security.psk_contains(&req.device) {
+            return diagnostic(
+                packet,
+                ResponseType::Unauthorized,
+                "this device authenticates with DTLS",
+            );
+        }
         let Some(device) = self.device(&req.device) else {
             return reply(packet, ResponseType::ServiceUnavailable);
         };

@@ -319,6 +319,14 @@ impl Security {
             .is_none_or(|p| p.contains(username))
     }
 
+    /// True when the PSK file in force has a key for `identity`.
+    pub fn psk_contains(&self, identity: &str) -> bool {
+        self.psk
+            .load()
+            .as_ref()
+            .is_some_and(|f| f.contains(identity))
+    }
+
     /// The pre-shared key of a DTLS identity, from the PSK file in force.
     pub fn psk_key(&self, identity: &str) -> Option<Vec<u8>> {
         self.psk

@@ -74,6 +74,17 @@ async fn start_coaps(files: &Files) -> (rookery_broker::Server, SocketAddr) {
 /// A DTLS client session as `identity` with `key` (CoAP's mandatory PSK suite).
 async fn dtls(server: SocketAddr, identity: &str, key: &[u8]) -> Option<Arc<DTLSConn>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    dtls_over(Arc::new(socket), server, identity, key).await
+}
+
+/// The same over a socket of the caller's (to send raw datagrams from the session's own
+/// address and port).
+async fn dtls_over(
+    socket: Arc<UdpSocket>,
+    server: SocketAddr,
+    identity: &str,
+    key: &[u8],
+) -> Option<Arc<DTLSConn>> {
     socket.connect(server).await.unwrap();
     let key = key.to_vec();
     let config = DtlsConfig {
@@ -82,7 +93,7 @@ async fn dtls(server: SocketAddr, identity: &str, key: &[u8]) -> Option<Arc<DTLS
         cipher_suites: vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
         ..DtlsConfig::default()
     };
-    match tokio::time::timeout(WAIT, DTLSConn::new(Arc::new(socket), config, true, None)).await {
+    match tokio::time::timeout(WAIT, DTLSConn::new(socket, config, true, None)).await {
         Ok(Ok(conn)) => Some(Arc::new(conn)),
         _ => None,
     }
@@ -235,4 +246,75 @@ async fn an_identity_removed_from_the_psk_file_loses_its_session_at_reload() {
     eventually(|| m.coap_dtls_sessions.load(Ordering::Relaxed) == 0).await;
     assert!(dtls(coaps, "dev1", KEY1).await.is_none(), "no new session");
     assert!(dtls(coaps, "dev2", KEY2).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_text_records_from_the_sessions_address_do_not_end_it() {
+    let files = files();
+    let (server, coaps) = start_coaps(&files).await;
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let dev1 = dtls_over(socket.clone(), coaps, "dev1", KEY1)
+        .await
+        .expect("a session");
+    assert_eq!(
+        post(&dev1, 1, "t", b"x").await.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    // What an off-path sender could forge with the device's address: a clear-text fatal
+    // alert, clear-text application data, a record of an epoch never negotiated.
+    for forged in [
+        vec![21, 254, 253, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40],
+        vec![23, 254, 253, 0, 0, 0, 0, 0, 0, 0, 9, 0, 3, 1, 2, 3],
+        vec![23, 254, 253, 0, 2, 0, 0, 0, 0, 0, 9, 0, 3, 1, 2, 3],
+    ] {
+        socket.send(&forged).await.unwrap();
+    }
+    assert_eq!(
+        post(&dev1, 2, "t", b"y").await.header.code,
+        MessageClass::Response(ResponseType::Changed),
+        "the session survives them"
+    );
+    assert!(server.broker.metrics.coap_dropped_total[4].load(Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooted_device_starts_over_from_the_same_address_and_port() {
+    let files = files();
+    let (server, coaps) = start_coaps(&files).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let dev1 = dtls_over(Arc::new(socket), coaps, "dev1", KEY1)
+        .await
+        .expect("a session");
+    assert_eq!(
+        post(&dev1, 1, "t", b"before").await.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    // The device loses its state without a word to the gateway, then comes back on the same
+    // port: its new ClientHello replaces the old session (which would otherwise hold the
+    // address until it idled out).
+    drop(dev1);
+    let mut socket = None;
+    for _ in 0..250 {
+        if let Ok(s) = UdpSocket::bind(local).await {
+            socket = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = dtls_over(
+        Arc::new(socket.expect("the port again")),
+        coaps,
+        "dev1",
+        KEY1,
+    )
+    .await
+    .expect("a new session from the same port");
+    assert_eq!(
+        post(&again, 2, "t", b"after").await.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    let m = &server.broker.metrics;
+    assert_eq!(m.coap_handshakes_total[0].load(Ordering::Relaxed), 2);
+    eventually(|| m.coap_dtls_sessions.load(Ordering::Relaxed) == 1).await;
 }
