@@ -392,6 +392,7 @@ async fn command(
                 Outcome::Answered(response) => code_text(u8::from(response.header.code)),
                 Outcome::Reset => "reset".to_owned(),
                 Outcome::Timeout => "timeout".to_owned(),
+                Outcome::Gone => "unreachable".to_owned(),
             }
         }
     };
@@ -471,8 +472,8 @@ async fn notify(
             packet.header.set_type(MessageType::NonConfirmable);
             packet.header.message_id = gateway.outbox.message_id();
             gateway.sent_non(&device.id, &observer, packet.header.message_id);
-            gateway.send(observer.addr, &packet).await;
-            false
+            // A DTLS observer whose session ended is gone.
+            !gateway.send(observer.addr, &packet).await
         } else {
             !matches!(
                 gateway

@@ -233,13 +233,38 @@ impl webrtc_util::Conn for Pipe {
 struct Session {
     generation: u64,
     tx: mpsc::Sender<Vec<u8>>,
+    /// The client random of the ClientHello that started it.
+    random: [u8; 32],
     /// Datagrams queued to it so far (a handshake gets a bounded number).
-    received: Arc<AtomicU32>,
+    received: u32,
+    /// How far the client is with the cookie exchange.
+    cookie: Arc<CookieExchange>,
     /// Set once the handshake is done.
     conn: Option<Arc<DTLSConn>>,
     identity: Option<Arc<str>>,
     /// The last authenticated traffic: a datagram that decrypted, or one we sent.
     active: Instant,
+}
+
+/// What a handshake's task watches to give up on a client that never answers the cookie.
+#[derive(Default)]
+struct CookieExchange {
+    /// ClientHellos without a cookie so far (the first, and retransmissions of it).
+    hellos: AtomicU32,
+    /// A ClientHello with a cookie came: the client answered.
+    answered: std::sync::atomic::AtomicBool,
+}
+
+/// The client random and cookie length of a datagram whose first record is a ClientHello
+/// (one that passed [`acceptable`]: whole, with an empty session id).
+pub fn hello_fields(datagram: &[u8]) -> Option<([u8; 32], usize)> {
+    if !is_client_hello(datagram) {
+        return None;
+    }
+    // Record header (13), handshake header (12), version (2): the random, the session id's
+    // length (0), the cookie's length.
+    let random: [u8; 32] = datagram.get(27..59)?.try_into().ok()?;
+    Some((random, usize::from(*datagram.get(60)?)))
 }
 
 /// What to do with a datagram from an address that has a session.
@@ -254,15 +279,17 @@ pub enum Route {
     Restart,
 }
 
-/// Where a datagram from an address with a session goes (it passed [`acceptable`]).
+/// Where a datagram from an address with a session goes (it passed [`acceptable`]);
+/// `random` is the client random of the ClientHello that started the session.
 ///
 /// During the handshake: everything, up to [`HANDSHAKE_DATAGRAMS`]. Once established, only
-/// what a peer sends then: records of epoch 1 (application data, alerts, the Finished of a
-/// retransmitted flight) and the clear-text records of a retransmitted last flight
-/// (ClientKeyExchange, ChangeCipherSpec). A clear-text alert or application data record, or
-/// a later epoch (we never renegotiate), is someone else's: the crate would end the session
-/// for it, or keep it forever.
-pub fn route(datagram: &[u8], established: bool, received: u32) -> Route {
+/// records of epoch 1 (application data and alerts, encrypted). The crate's handshake is
+/// over then: a clear-text record is nobody's it answers, and it would end the session for
+/// some (an alert) and keep others in its handshake cache for good; a later epoch (we never
+/// renegotiate) it would queue for good. A ClientHello without a cookie and with a new client
+/// random is the peer starting over (a rebooted device); a late copy of the one that started
+/// the session is not.
+pub fn route(datagram: &[u8], established: bool, received: u32, random: &[u8; 32]) -> Route {
     if !established {
         return if received < HANDSHAKE_DATAGRAMS {
             Route::Pass
@@ -270,18 +297,16 @@ pub fn route(datagram: &[u8], established: bool, received: u32) -> Route {
             Route::Drop
         };
     }
-    if is_client_hello(datagram) {
-        return Route::Restart;
+    if let Some((hello, cookie)) = hello_fields(datagram) {
+        return if cookie == 0 && hello != *random {
+            Route::Restart
+        } else {
+            Route::Drop
+        };
     }
     let mut rest = datagram;
     while rest.len() >= 13 {
-        let (content, epoch) = (rest[0], u16::from_be_bytes([rest[3], rest[4]]));
-        let ok = match epoch {
-            1 => true,
-            0 => content == 22 || content == 20,
-            _ => false,
-        };
-        if !ok {
+        if u16::from_be_bytes([rest[3], rest[4]]) != 1 {
             return Route::Drop;
         }
         let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
@@ -336,8 +361,9 @@ impl Sessions {
         self.table.lock().is_empty()
     }
 
-    /// Sends one datagram through `peer`'s session, if it is still the one at its address.
-    pub async fn send(&self, peer: Peer, bytes: &[u8]) {
+    /// Sends one datagram through `peer`'s session, if it is still the one at its address;
+    /// false when it is not (or not established).
+    pub async fn send(&self, peer: Peer, bytes: &[u8]) -> bool {
         let conn = {
             let mut table = self.table.lock();
             match table.get_mut(&peer.addr) {
@@ -348,8 +374,12 @@ impl Sessions {
                 _ => None,
             }
         };
-        if let Some(conn) = conn {
-            let _ = conn.write(bytes, Some(Duration::from_secs(5))).await;
+        match conn {
+            Some(conn) => {
+                let _ = conn.write(bytes, Some(Duration::from_secs(5))).await;
+                true
+            }
+            None => false,
         }
     }
 
@@ -408,48 +438,57 @@ impl Sessions {
             .is_none_or(|s| s.generation != generation || s.active.elapsed() > idle)
     }
 
-    /// One datagram from `addr`: to its session, or the start of a new one. A new session's
-    /// handshake permit, pipe, datagram count and generation when one starts.
+    /// One datagram from `addr`: to its session, or the start of a new one (what that needs
+    /// to start, when one does).
     fn dispatch(&self, gateway: &Gateway, datagram: &[u8], addr: SocketAddr) -> Option<NewSession> {
         if !acceptable(datagram) {
             gateway.dropped(Dropped::Malformed);
             return None;
         }
         let mut table = self.table.lock();
-        if let Some(session) = table.get(&addr) {
-            let received = session.received.load(Ordering::Relaxed);
-            match route(datagram, session.conn.is_some(), received) {
-                Route::Pass => {
-                    if session.tx.try_send(datagram.to_vec()).is_ok() {
-                        session.received.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        gateway.dropped(Dropped::RateLimited);
+        let restart = match table.get_mut(&addr) {
+            None => false,
+            Some(session) => {
+                match route(
+                    datagram,
+                    session.conn.is_some(),
+                    session.received,
+                    &session.random,
+                ) {
+                    Route::Pass => {
+                        if session.tx.try_send(datagram.to_vec()).is_err() {
+                            gateway.dropped(Dropped::RateLimited);
+                            return None;
+                        }
+                        session.received = session.received.saturating_add(1);
+                        match hello_fields(datagram) {
+                            Some((_, 0)) => {
+                                session.cookie.hellos.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some(_) => session.cookie.answered.store(true, Ordering::Relaxed),
+                            None => {}
+                        }
+                        return None;
                     }
-                    return None;
-                }
-                Route::Drop => {
-                    gateway.dropped(Dropped::Unexpected);
-                    return None;
-                }
-                Route::Restart => {
-                    // Its task sees the connection close and ends.
-                    if let Some(old) = table.remove(&addr).and_then(|s| s.conn) {
-                        tokio::spawn(async move {
-                            let _ = old.close().await;
-                        });
+                    Route::Drop => {
+                        gateway.dropped(Dropped::Unexpected);
+                        return None;
                     }
+                    Route::Restart => true,
                 }
             }
-        }
-        if !is_client_hello(datagram) {
+        };
+        let Some((random, 0)) = hello_fields(datagram) else {
             gateway.dropped(Dropped::Unexpected);
             return None;
-        }
-        if !gateway.allowed(Peer::secure(addr, 1)) {
+        };
+        // Handshake starts have an allowance of their own: forged ClientHellos from a device's
+        // address cannot use up what its requests may send.
+        if !gateway.allowed("coaps-hello", addr.ip()) {
             gateway.dropped(Dropped::RateLimited);
             return None;
         }
-        if table.len() >= MAX_SESSIONS {
+        if !restart && table.len() >= MAX_SESSIONS {
             gateway.dropped(Dropped::RateLimited);
             return None;
         }
@@ -457,16 +496,25 @@ impl Sessions {
             gateway.dropped(Dropped::RateLimited);
             return None;
         };
+        // The old session goes only now that the new one can start. Its task sees the
+        // connection close and ends.
+        if restart && let Some(old) = table.remove(&addr).and_then(|s| s.conn) {
+            tokio::spawn(async move {
+                let _ = old.close().await;
+            });
+        }
         let (tx, rx) = mpsc::channel(PIPE_DEPTH);
         let _ = tx.try_send(datagram.to_vec());
-        let received = Arc::new(AtomicU32::new(1));
+        let cookie = Arc::new(CookieExchange::default());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         table.insert(
             addr,
             Session {
                 generation,
                 tx,
-                received: received.clone(),
+                random,
+                received: 1,
+                cookie: cookie.clone(),
                 conn: None,
                 identity: None,
                 active: Instant::now(),
@@ -481,7 +529,7 @@ impl Sessions {
         Some(NewSession {
             permit,
             pipe,
-            received,
+            cookie,
             generation,
         })
     }
@@ -521,7 +569,7 @@ impl Sessions {
 struct NewSession {
     permit: OwnedSemaphorePermit,
     pipe: Pipe,
-    received: Arc<AtomicU32>,
+    cookie: Arc<CookieExchange>,
     generation: u64,
 }
 
@@ -569,7 +617,7 @@ async fn session(
     let NewSession {
         permit,
         pipe,
-        received,
+        cookie,
         generation,
     } = new;
     let _registered = Registered {
@@ -582,12 +630,20 @@ async fn session(
         HANDSHAKE_TIMEOUT,
         DTLSConn::new(Arc::new(pipe), config, false, None),
     );
-    // A client answers the HelloVerifyRequest within a round trip; a forged source address
-    // never does, and gives its handshake slot back after COOKIE_WAIT.
+    // A client answers the HelloVerifyRequest with a ClientHello carrying the cookie within
+    // a round trip, or sends its first ClientHello again when the answer was lost; a forged
+    // source address does neither, and gives its handshake slot back after COOKIE_WAIT. (A
+    // wrong cookie fails the handshake at once.)
     let unanswered = async {
-        tokio::time::sleep(COOKIE_WAIT).await;
-        if received.load(Ordering::Relaxed) >= 2 {
-            std::future::pending::<()>().await;
+        loop {
+            let hellos = cookie.hellos.load(Ordering::Relaxed);
+            tokio::time::sleep(COOKIE_WAIT).await;
+            if cookie.answered.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+            if cookie.hellos.load(Ordering::Relaxed) == hellos {
+                return;
+            }
         }
     };
     let outcome = tokio::select! {
@@ -770,7 +826,14 @@ mod tests {
 
     #[test]
     fn an_established_session_takes_only_what_its_peer_sends_then() {
-        let hello = record(0, CLIENT_HELLO, &hello(&[]));
+        let with_cookie = record(0, CLIENT_HELLO, &hello(&[]));
+        let fresh = |random: u8| {
+            let mut b = hello(&[]);
+            b[2..34].fill(random);
+            b[35] = 0; // no cookie
+            b.drain(36..38);
+            record(0, CLIENT_HELLO, &b)
+        };
         let app = |epoch: u16| {
             let mut r = vec![23, 254, 253];
             r.extend(epoch.to_be_bytes());
@@ -778,33 +841,45 @@ mod tests {
             r
         };
         let alert0 = vec![21, 254, 253, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 2, 40];
-        let ccs = vec![20, 254, 253, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 1];
+        let first = [7u8; 32];
+        assert!(acceptable(&fresh(7)) && acceptable(&with_cookie));
+        assert_eq!(hello_fields(&fresh(7)), Some((first, 0)));
+        assert_eq!(hello_fields(&with_cookie), Some((first, 2)));
         // During the handshake everything goes, up to a bound.
-        assert_eq!(route(&alert0, false, 0), Route::Pass);
+        assert_eq!(route(&alert0, false, 0, &first), Route::Pass);
+        assert_eq!(route(&with_cookie, false, 1, &first), Route::Pass);
         assert_eq!(
-            route(&hello, false, 1),
-            Route::Pass,
-            "the hello with the cookie"
+            route(&with_cookie, false, HANDSHAKE_DATAGRAMS, &first),
+            Route::Drop
         );
-        assert_eq!(route(&hello, false, HANDSHAKE_DATAGRAMS), Route::Drop);
-        // Afterwards: epoch 1, and a retransmitted last flight in the clear.
-        assert_eq!(route(&app(1), true, 9), Route::Pass);
+        // Afterwards: epoch 1 only.
+        assert_eq!(route(&app(1), true, 9, &first), Route::Pass);
         let mut flight = record(0, CLIENT_KEY_EXCHANGE, &[0, 1, b'd']);
-        flight.extend(&ccs);
         flight.extend(app(1));
-        assert_eq!(route(&flight, true, 9), Route::Pass);
-        assert_eq!(route(&alert0, true, 9), Route::Drop, "a clear-text alert");
-        assert_eq!(route(&app(0), true, 9), Route::Drop, "clear-text data");
         assert_eq!(
-            route(&app(2), true, 9),
+            route(&flight, true, 9, &first),
+            Route::Drop,
+            "clear text after it"
+        );
+        assert_eq!(
+            route(&alert0, true, 9, &first),
+            Route::Drop,
+            "a clear-text alert"
+        );
+        assert_eq!(
+            route(&app(0), true, 9, &first),
+            Route::Drop,
+            "clear-text data"
+        );
+        assert_eq!(
+            route(&app(2), true, 9, &first),
             Route::Drop,
             "an epoch never negotiated"
         );
-        assert_eq!(
-            route(&hello, true, 9),
-            Route::Restart,
-            "the peer starts over"
-        );
+        // A new ClientHello starts the peer over; late copies of the handshake's own do not.
+        assert_eq!(route(&fresh(8), true, 9, &first), Route::Restart);
+        assert_eq!(route(&fresh(7), true, 9, &first), Route::Drop);
+        assert_eq!(route(&with_cookie, true, 9, &first), Route::Drop);
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                 // authenticated request.
                 if gateway.broker.config.anonymous_allowed()
                     && gateway.broker.security.passwords().is_none()
+                    && !gateway.broker.security.psk_contains(&device.id)
                     && !device.is_connected().await
                 {
                     let anonymous = Identity {
@@ -329,27 +330,28 @@ impl Gateway {
         bump(&self.broker.metrics.coap_dropped_total[why as usize]);
     }
 
-    /// Sends a packet, ignoring errors (UDP: the peer retransmits or gives up).
-    pub async fn send(&self, peer: Peer, packet: &Packet) {
+    /// Sends a packet, ignoring errors (UDP: the peer retransmits or gives up). False when
+    /// `peer` is a DTLS session that has ended.
+    pub async fn send(&self, peer: Peer, packet: &Packet) -> bool {
         match packet.to_bytes_unlimited() {
             Ok(bytes) => self.transport.send(peer, &bytes).await,
-            Err(e) => warn!(%peer, "coap: cannot encode a response: {e:?}"),
+            Err(e) => {
+                warn!(%peer, "coap: cannot encode a response: {e:?}");
+                true
+            }
         }
     }
 
-    /// Within the per-address rate; the plain and the secure listener count apart, so that
-    /// forged plain datagrams cannot use up a DTLS device's allowance.
-    fn allowed(&self, peer: Peer) -> bool {
+    /// Within the per-address rate of `class`: plain requests, DTLS requests and DTLS
+    /// handshake starts count apart, so that forged plain datagrams or forged ClientHellos
+    /// cannot use up a DTLS device's allowance for its requests.
+    fn allowed(&self, class: &str, ip: std::net::IpAddr) -> bool {
         let rate = f64::from(self.config.coap_rate_limit);
         if rate <= 0.0 {
             return true;
         }
         let now = Instant::now();
-        let transport = if peer.is_secure() { "coaps/" } else { "coap/" };
-        let key = format!(
-            "{transport}{}",
-            crate::security::authenticate::address_key(peer.addr.ip())
-        );
+        let key = format!("{class}/{}", crate::security::authenticate::address_key(ip));
         let mut buckets = self.buckets.lock();
         let bucket = buckets
             .entry(key)
@@ -359,7 +361,8 @@ impl Gateway {
 
     /// One datagram from `peer`; `identity` is the PSK identity of a DTLS session.
     async fn datagram(self: &Arc<Self>, bytes: &[u8], peer: Peer, identity: Option<&str>) {
-        let limited = !self.allowed(peer);
+        let class = if peer.is_secure() { "coaps" } else { "coap" };
+        let limited = !self.allowed(class, peer.addr.ip());
         let packet = match datagram::decode(bytes) {
             Ok(p) => p,
             Err(why) => {
@@ -427,7 +430,7 @@ impl Gateway {
                             let response = gateway.request(packet, peer, identity.as_deref()).await;
                             let bytes = response.and_then(|p| p.to_bytes_unlimited().ok());
                             if let Some(bytes) = &bytes {
-                                gateway.transport.send(peer, bytes).await;
+                                let _ = gateway.transport.send(peer, bytes).await;
                             }
                             gateway
                                 .exchanges
@@ -439,7 +442,7 @@ impl Gateway {
                     Seen::Answered(bytes) => {
                         self.dropped(Dropped::Duplicate);
                         if !bytes.is_empty() {
-                            self.transport.send(peer, &bytes).await;
+                            let _ = self.transport.send(peer, &bytes).await;
                         }
                     }
                 }

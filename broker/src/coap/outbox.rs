@@ -37,6 +37,8 @@ pub enum Outcome {
     Reset,
     /// No answer after every retransmission.
     Timeout,
+    /// The peer's DTLS session has ended: nothing can reach it.
+    Gone,
 }
 
 /// What came back for a message id.
@@ -116,7 +118,10 @@ impl Outbox {
         let mut wait = timing.ack_timeout.mul_f64(factor);
         let mut outcome = Outcome::Timeout;
         for attempt in 0..=timing.max_retransmit {
-            transport.send(peer, &bytes).await;
+            if !transport.send(peer, &bytes).await {
+                outcome = Outcome::Gone;
+                break;
+            }
             let replied = tokio::time::timeout(wait, async {
                 tokio::select! {
                     r = &mut rx => r,

@@ -66,14 +66,16 @@ pub struct Transport {
 
 impl Transport {
     /// Sends one datagram to `peer`, ignoring errors (UDP: the peer retransmits or gives
-    /// up). A secure peer whose session ended (or was replaced) gets nothing.
-    pub async fn send(&self, peer: Peer, bytes: &[u8]) {
+    /// up). False when `peer` is a DTLS session that has ended (or was replaced): nothing
+    /// can reach it any more.
+    pub async fn send(&self, peer: Peer, bytes: &[u8]) -> bool {
         match (peer.is_secure(), &self.plain, &self.secure) {
             (false, Some(socket), _) => {
                 let _ = socket.send_to(bytes, peer.addr).await;
+                true
             }
             (true, _, Some(sessions)) => sessions.send(peer, bytes).await,
-            _ => {}
+            _ => false,
         }
     }
 }

@@ -318,3 +318,26 @@ async fn a_rebooted_device_starts_over_from_the_same_address_and_port() {
     assert_eq!(m.coap_handshakes_total[0].load(Ordering::Relaxed), 2);
     eventually(|| m.coap_dtls_sessions.load(Ordering::Relaxed) == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_a_device_whose_session_ended_is_reported_unreachable_at_once() {
+    let files = files();
+    let (server, coaps) = start_coaps(&files).await;
+    let mut app = app(&server, "app").await;
+    app.subscribe("commands/+/+/result", QoS::AtLeastOnce).await;
+    let dev1 = dtls(coaps, "dev1", KEY1).await.expect("a session");
+    assert_eq!(
+        post(&dev1, 1, "t", b"x").await.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    dev1.close().await.unwrap();
+    let m = &server.broker.metrics;
+    eventually(|| m.coap_dtls_sessions.load(Ordering::Relaxed) == 0).await;
+    // Its learned address is a session that is gone: no retransmissions into the void (they
+    // would take longer than WAIT here), the result says so, and the command is consumed.
+    app.publish("commands/dev1/led", b"on", QoS::AtLeastOnce, false, 1)
+        .await;
+    let result = app.recv_publish().await;
+    assert_eq!(&*result.topic, "commands/dev1/led/result");
+    assert_eq!(&result.payload[..], b"unreachable");
+}
