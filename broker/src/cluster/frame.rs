@@ -118,6 +118,16 @@ pub enum Frame {
         /// When the sender accepted the connection, ms since the Unix epoch.
         at_ms: u64,
     },
+    /// Deliveries of a session handed over that are too many for one frame: sent, in order,
+    /// before the `HandoverReply` (same client id and `at_ms`) that carries the rest.
+    HandoverPart {
+        /// The client id.
+        client_id: String,
+        /// The ask's `at_ms`.
+        at_ms: u64,
+        /// The next deliveries, in order.
+        entries: Vec<super::handover::TransferEntry>,
+    },
 }
 
 /// Who is at the other end.

@@ -61,6 +61,40 @@ pub struct TransferEntry {
     pub id: u64,
 }
 
+/// Deliveries sent in one frame at most (their estimated encoded size): a session's queue
+/// may be far larger than a frame may be ([`super::frame::MAX_FRAME`]).
+pub const TRANSFER_PART_BYTES: usize = 32 << 20;
+
+/// About how many bytes an entry takes encoded.
+fn entry_size(e: &TransferEntry) -> usize {
+    64 + 5 * e.entry.subscription_ids.len()
+        + e.message
+            .as_ref()
+            .map_or(0, |m| m.topic.len() + m.payload.len() + m.properties.len())
+}
+
+/// Cuts a transfer's deliveries into parts of at most `limit` estimated bytes, in order (an
+/// entry larger than that alone); the last part rides in the `HandoverReply`, the others go
+/// before it in `HandoverPart` frames. Pure.
+pub fn split_parts(
+    entries: Vec<TransferEntry>,
+    limit: usize,
+) -> (Vec<Vec<TransferEntry>>, Vec<TransferEntry>) {
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for e in entries {
+        let n = entry_size(&e);
+        if !current.is_empty() && size + n > limit {
+            parts.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += n;
+        current.push(e);
+    }
+    (parts, current)
+}
+
 /// Builds the transfer of an extracted session. Pure but for the clock.
 pub fn build(
     client_id: &str,
@@ -159,6 +193,9 @@ pub struct Asks {
     open: Mutex<AHashMap<String, OpenAsk>>,
     /// One fetch per client id at a time on this node.
     fetching: Mutex<AHashMap<ByteString, Arc<tokio::sync::Mutex<()>>>>,
+    /// Parts of transfers whose `HandoverReply` has not come yet, by (peer, client id,
+    /// `at_ms`).
+    parts: Mutex<AHashMap<(String, String, u64), Vec<TransferEntry>>>,
 }
 
 /// A peer's answer.
@@ -192,6 +229,39 @@ impl Asks {
             },
             _ => transfer,
         }
+    }
+
+    /// Keeps a part of a transfer until its `HandoverReply`.
+    pub fn part(&self, peer: &str, client_id: &str, at_ms: u64, entries: Vec<TransferEntry>) {
+        self.parts
+            .lock()
+            .entry((peer.to_owned(), client_id.to_owned(), at_ms))
+            .or_default()
+            .extend(entries);
+    }
+
+    /// Puts the parts that came before a `HandoverReply` in front of its deliveries (and
+    /// forgets them when the reply holds no session).
+    pub fn join_parts(
+        &self,
+        peer: &str,
+        client_id: &str,
+        at_ms: u64,
+        transfer: &mut Option<Box<Transfer>>,
+    ) {
+        let key = (peer.to_owned(), client_id.to_owned(), at_ms);
+        let Some(mut parts) = self.parts.lock().remove(&key) else {
+            return;
+        };
+        if let Some(t) = transfer.as_mut() {
+            parts.append(&mut t.entries);
+            t.entries = parts;
+        }
+    }
+
+    /// Forgets the parts from `peer` (its link went down: the transfer is not coming).
+    pub fn drop_parts(&self, peer: &str) {
+        self.parts.lock().retain(|(p, _, _), _| p != peer);
     }
 
     /// Keeps a relayed delivery for a session being fetched; gives it back when none is.
@@ -487,12 +557,27 @@ impl Broker {
             &self.config.node_id,
             &x,
         );
-        let sent = cluster.send_to(
+        // A large queue goes in parts, then the reply with the rest (one link, in order).
+        let (parts, last) = split_parts(transfer.entries.clone(), TRANSFER_PART_BYTES);
+        let sent = parts.into_iter().all(|entries| {
+            cluster.send_to(
+                peer,
+                Frame::HandoverPart {
+                    client_id: client_id.to_owned(),
+                    at_ms,
+                    entries,
+                },
+            )
+        }) && cluster.send_to(
             peer,
             Frame::HandoverReply {
                 client_id: client_id.to_owned(),
                 at_ms,
-                transfer: Some(Box::new(transfer.clone())),
+                transfer: Some(Box::new(Transfer {
+                    record: transfer.record.clone(),
+                    entries: last,
+                    incoming: transfer.incoming.clone(),
+                })),
             },
         );
         if sent {
@@ -1206,6 +1291,79 @@ mod tests {
             subscription_ids: smallvec::smallvec![7],
             stored,
         }
+    }
+
+    fn entry(id: u64, payload: usize) -> TransferEntry {
+        TransferEntry {
+            entry: QueueEntry {
+                id,
+                message_id: id,
+                qos: 1,
+                retain: false,
+                subscription_ids: Vec::new(),
+                packet_id: None,
+                released: false,
+                message: None,
+            },
+            message: Some(rookery_store::StoredMessage {
+                topic: "t".into(),
+                payload: vec![0; payload].into(),
+                qos: 1,
+                retain: false,
+                properties: Default::default(),
+                expires_at_ms: None,
+            }),
+            id,
+        }
+    }
+
+    #[test]
+    fn a_large_transfer_goes_in_parts_in_order_and_a_small_one_whole() {
+        let ids = |v: &[TransferEntry]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        // Ten deliveries of about 1,000 bytes against parts of 3,000: three per part.
+        let entries: Vec<TransferEntry> = (1..=10).map(|i| entry(i, 930)).collect();
+        let (parts, last) = split_parts(entries.clone(), 3_000);
+        assert_eq!(
+            parts.iter().map(|p| ids(p)).collect::<Vec<_>>(),
+            [vec![1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]
+        );
+        assert_eq!(ids(&last), [10]);
+        // Joined again on the other side, the order is the original one.
+        let asks = Asks::default();
+        for p in parts {
+            asks.part("node-0", "c", 7, p);
+        }
+        asks.part("node-1", "c", 7, vec![entry(99, 1)]);
+        let mut reply = Some(Box::new(Transfer {
+            record: SessionRecord {
+                client_id: "c".into(),
+                expiry_secs: 0,
+                disconnected_at_ms: None,
+                username: None,
+                by_password: false,
+                subscriptions: Vec::new(),
+                will: None,
+                owner_node: "node-0".into(),
+                epoch: 0,
+            },
+            entries: last,
+            incoming: Vec::new(),
+        }));
+        asks.join_parts("node-0", "c", 7, &mut reply);
+        assert_eq!(ids(&reply.unwrap().entries), ids(&entries));
+        // A part larger than the limit goes alone; a small transfer is one reply.
+        let (parts, last) = split_parts(vec![entry(1, 10), entry(2, 5_000), entry(3, 10)], 3_000);
+        assert_eq!(
+            parts.iter().map(|p| ids(p)).collect::<Vec<_>>(),
+            [vec![1], vec![2]]
+        );
+        assert_eq!(ids(&last), [3]);
+        let (parts, last) = split_parts(entries, TRANSFER_PART_BYTES);
+        assert!(parts.is_empty());
+        assert_eq!(last.len(), 10);
+        // The other peer's parts go when its link does.
+        asks.drop_parts("node-1");
+        assert!(asks.parts.lock().is_empty());
     }
 
     #[test]

@@ -494,11 +494,19 @@ fn handle_frames(
                     broker.give_session(&peer, &client_id, at_ms).await;
                 });
             }
+            Frame::HandoverPart {
+                client_id,
+                at_ms,
+                entries,
+            } => cluster.asks.part(peer, &client_id, at_ms, entries),
             Frame::HandoverReply {
                 client_id,
                 at_ms,
-                transfer,
+                mut transfer,
             } => {
+                cluster
+                    .asks
+                    .join_parts(peer, &client_id, at_ms, &mut transfer);
                 if let Some(late) = cluster.asks.answer(peer, &client_id, at_ms, transfer) {
                     broker.install_late(peer, at_ms, *late);
                 }

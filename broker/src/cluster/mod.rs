@@ -293,6 +293,7 @@ impl Cluster {
         if removed {
             self.remote.write().drop_peer(peer);
             self.draining.lock().remove(peer);
+            self.asks.drop_parts(peer);
         }
     }
 

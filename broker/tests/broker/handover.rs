@@ -81,6 +81,35 @@ async fn a_parked_session_resumes_on_another_node_with_its_queue_and_subscriptio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_larger_than_a_transfer_part_moves_whole_and_in_order() {
+    // 40 messages of 1 MB queued: more than one part of a transfer (32 MiB), so the session
+    // goes in several frames.
+    const N: usize = 40;
+    let (nodes, _) = pair(|_, c| c.max_packet_size = 2 << 20).await;
+    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("big")).await;
+    c.subscribe("big/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let (mut p, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "publisher", true).await;
+    for i in 1..=N {
+        let mut payload = format!("{i}:").into_bytes();
+        payload.resize(1_000_000, b'x');
+        p.publish("big/1", &payload, QoS::AtLeastOnce, false, i as u16)
+            .await;
+    }
+    p.disconnect().await;
+
+    let (mut c, ack) = Raw::connect_with(nodes[1].addr(), persistent("big")).await;
+    assert!(ack.session_present, "the session came along");
+    let got: Vec<String> = payloads(&mut c, N)
+        .await
+        .into_iter()
+        .map(|p| p.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, numbers(N));
+    assert!(nodes[0].broker.sessions.get("big").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connected_session_is_taken_over_across_nodes_with_what_was_in_flight() {
     let (nodes, _) = pair(|_, _| {}).await;
     let (mut old, _) = Raw::connect_with(nodes[0].addr(), persistent("dev")).await;
