@@ -51,6 +51,8 @@ pub const MAX_SESSIONS: usize = 100_000;
 pub const CONCURRENT_HANDSHAKES: usize = 1024;
 /// Time a handshake has to finish.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// DTLS sessions one PSK identity may hold at once; a newer one closes the oldest.
+pub const SESSIONS_PER_IDENTITY: usize = 4;
 /// Datagrams queued for one session before more are dropped.
 const PIPE_DEPTH: usize = 64;
 /// Datagrams a session takes before its handshake is done (a handshake needs a handful, with
@@ -421,6 +423,38 @@ impl Sessions {
             .store(sessions as i64, Ordering::Relaxed);
     }
 
+    /// Records a finished handshake; `None` when the session is no longer the one at `addr`.
+    /// Otherwise the sessions of the same identity past [`SESSIONS_PER_IDENTITY`], oldest
+    /// first, to close: one key opens a few sessions, not the whole table.
+    fn establish(
+        &self,
+        addr: SocketAddr,
+        generation: u64,
+        conn: &Arc<DTLSConn>,
+        identity: &Arc<str>,
+    ) -> Option<Vec<Arc<DTLSConn>>> {
+        let mut table = self.table.lock();
+        match table.get_mut(&addr) {
+            Some(s) if s.generation == generation => {
+                s.conn = Some(conn.clone());
+                s.identity = Some(identity.clone());
+                s.active = Instant::now();
+            }
+            _ => return None,
+        }
+        let mut same: Vec<(u64, Arc<DTLSConn>)> = table
+            .values()
+            .filter(|s| s.identity.as_deref() == Some(&**identity))
+            .filter_map(|s| s.conn.clone().map(|c| (s.generation, c)))
+            .collect();
+        if same.len() <= SESSIONS_PER_IDENTITY {
+            return Some(Vec::new());
+        }
+        same.sort_by_key(|(g, _)| *g);
+        let surplus = same.len() - SESSIONS_PER_IDENTITY;
+        Some(same.into_iter().take(surplus).map(|(_, c)| c).collect())
+    }
+
     /// Notes authenticated traffic from the session.
     fn touch(&self, addr: SocketAddr, generation: u64) {
         if let Some(s) = self.table.lock().get_mut(&addr)
@@ -674,18 +708,15 @@ async fn session(
         }
     };
     handshake_result(&gateway, 0);
-    let current = match sessions.table.lock().get_mut(&addr) {
-        Some(s) if s.generation == generation => {
-            s.conn = Some(conn.clone());
-            s.identity = Some(identity.clone());
-            s.active = Instant::now();
-            true
-        }
-        _ => false,
-    };
-    if !current {
+    let Some(surplus) = sessions.establish(addr, generation, &conn, &identity) else {
         let _ = conn.close().await;
         return;
+    };
+    for old in surplus {
+        debug!(device = %identity, "coaps: too many sessions for one identity: the oldest goes");
+        tokio::spawn(async move {
+            let _ = old.close().await;
+        });
     }
     info!(%addr, device = %identity, "coaps: session established");
     let idle = Duration::from_secs(gateway.config.coap_idle_secs.max(1));

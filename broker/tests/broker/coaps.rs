@@ -341,3 +341,25 @@ async fn a_command_for_a_device_whose_session_ended_is_reported_unreachable_at_o
     assert_eq!(&*result.topic, "commands/dev1/led/result");
     assert_eq!(&result.payload[..], b"unreachable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_holds_a_few_sessions_and_a_newer_one_closes_the_oldest() {
+    let files = files();
+    let (server, coaps) = start_coaps(&files).await;
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(dtls(coaps, "dev1", KEY1).await.expect("a session"));
+    }
+    let m = &server.broker.metrics;
+    eventually(|| m.coap_dtls_sessions.load(Ordering::Relaxed) == 4).await;
+    // The first one was closed by the gateway; the newest work.
+    match recv_within(&sessions[0], WAIT).await {
+        Err(webrtc_dtls::Error::ErrDeadlineExceeded) => panic!("the oldest session is still open"),
+        Err(_) => {}
+        Ok(p) => panic!("unexpected {p:?}"),
+    }
+    assert_eq!(
+        post(&sessions[4], 1, "t", b"x").await.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+}
