@@ -18,7 +18,10 @@ The load, chosen so that most panels have something to show:
     its queue fills and deliveries are dropped for queue_full;
   - an offline persistent session that collects QoS 1 messages until its queue is full;
   - connection churn, a session takeover every few seconds, and now and then a socket that
-    sends garbage instead of CONNECT (a protocol error).
+    sends garbage instead of CONNECT (a protocol error);
+  - CoAP devices: readings POSTed over plain CoAP, commands to a device that never answers
+    (they time out), and, when libcoap's `coap-client-gnutls` is installed (Debian's
+    libcoap3-bin), readings over DTLS with a pre-shared key and now and then a wrong key.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ HOST = "127.0.0.1"
 
 def free_port() -> int:
     with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
@@ -91,9 +100,27 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 # -- load -----------------------------------------------------------------------------------------
 
 
+PSK_IDENTITY, PSK_KEY = "demo-dtls", "demo-dtls-secret"
+
+
+def coap_post(device: str, path: str, payload: bytes, mid: int) -> bytes:
+    """A confirmable CoAP POST to /{device}/{path} (RFC 7252, hand-encoded)."""
+    out = bytearray([0x40, 0x02, (mid >> 8) & 0xFF, mid & 0xFF])
+    delta = 11  # Uri-Path
+    for segment in [device, *path.split("/")]:
+        data = segment.encode()
+        assert len(data) < 13
+        out.append((delta << 4) | len(data))
+        out += data
+        delta = 0
+    return bytes(out + b"\xff" + payload)
+
+
 class Load:
-    def __init__(self, port: int, seconds: float) -> None:
+    def __init__(self, port: int, seconds: float, coap_port: int = 0, coaps_port: int = 0) -> None:
         self.port = port
+        self.coap_port = coap_port
+        self.coaps_port = coaps_port
         self.until = time.monotonic() + seconds
         self.stopping = threading.Event()
         self.clients: list[mqtt.Client] = []
@@ -207,6 +234,42 @@ class Load:
 
         self.every(5.0, garbage)
 
+        if self.coap_port:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            mid = [0]
+
+            def coap_readings() -> None:
+                for d in range(3):
+                    mid[0] = (mid[0] + 1) & 0xFFFF
+                    sock.sendto(coap_post(f"demo-coap-{d}", "temp", b"21.5", mid[0]),
+                                (HOST, self.coap_port))
+                try:  # the piggybacked 2.04s
+                    while sock.recv(1500):
+                        pass
+                except OSError:
+                    pass
+
+            self.every(0.2, coap_readings)
+            commander = self.client("demo-commander", v5=True)
+            # demo-coap-0 never answers a command: each one ends as a timeout.
+            self.every(4.0, lambda: commander.publish("commands/demo-coap-0/led", b"on", qos=1))
+        dtls_client = shutil.which("coap-client-gnutls")
+        if self.coaps_port and dtls_client:
+            attempts = [0]
+
+            def dtls_reading() -> None:
+                attempts[0] += 1
+                key = "wrong-key" if attempts[0] % 5 == 0 else PSK_KEY
+                subprocess.run(
+                    [dtls_client, "-m", "post", "-u", PSK_IDENTITY, "-k", key, "-B", "2",
+                     "-e", "19.0", f"coaps://{HOST}:{self.coaps_port}/temp"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, timeout=10, check=False,
+                )
+
+            self.every(1.0, dtls_reading)
+
     def wait(self) -> None:
         try:
             while self.running():
@@ -246,6 +309,8 @@ def main() -> int:
         raise SystemExit("no prometheus: apt-get install -y prometheus")
     work = Path(tempfile.mkdtemp(prefix="rookery-demo-"))
     mqtt_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    coap_port, coaps_port = free_udp_port(), free_udp_port()
+    (work / "psk").write_text(f"{PSK_IDENTITY}:{PSK_KEY.encode().hex()}\n")
     broker = prometheus = None
     load = None
     try:
@@ -253,7 +318,8 @@ def main() -> int:
         broker = subprocess.Popen(
             [str(broker_bin), "--listen", f"{HOST}:{mqtt_port}",
              "--metrics-listen", f"{HOST}:{metrics_port}", "--data-dir", str(work / "data"),
-             "--log-level", "warn"],
+             "--coap-listen", f"{HOST}:{coap_port}", "--coaps-listen", f"{HOST}:{coaps_port}",
+             "--psk-file", str(work / "psk"), "--log-level", "warn"],
             stdin=subprocess.DEVNULL, stdout=broker_log, stderr=broker_log,
         )
         wait_http(f"http://{HOST}:{metrics_port}/metrics", 15, broker, "broker")
@@ -275,7 +341,7 @@ def main() -> int:
               f"prometheus {prom_url}, files in {work}")
         time.sleep(6)  # Prometheus starts scraping ~5 s after it is ready
         start = time.time() - 5
-        load = Load(mqtt_port, args.seconds)
+        load = Load(mqtt_port, args.seconds, coap_port, coaps_port)
         print(f"load for {args.seconds:.0f} s ...")
         load.start()
         load.wait()
