@@ -353,16 +353,6 @@ impl Sessions {
         }
     }
 
-    /// Sessions established or being established.
-    pub fn len(&self) -> usize {
-        self.table.lock().len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.table.lock().is_empty()
-    }
-
     /// Sends one datagram through `peer`'s session, if it is still the one at its address;
     /// false when it is not (or not established).
     pub async fn send(&self, peer: Peer, bytes: &[u8]) -> bool {

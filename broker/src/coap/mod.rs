@@ -126,7 +126,7 @@ pub struct Gateway {
     exchanges: Mutex<Exchanges>,
     blocks: Mutex<BlockHandler<Peer>>,
     /// Per source address (an IPv6 source by its /64).
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    buckets: Mutex<HashMap<(&'static str, String), TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
     handling: Arc<tokio::sync::Semaphore>,
     /// NON notifications sent lately, by (observer, message id): an RST in answer ends the
@@ -345,13 +345,13 @@ impl Gateway {
     /// Within the per-address rate of `class`: plain requests, DTLS requests and DTLS
     /// handshake starts count apart, so that forged plain datagrams or forged ClientHellos
     /// cannot use up a DTLS device's allowance for its requests.
-    fn allowed(&self, class: &str, ip: std::net::IpAddr) -> bool {
+    fn allowed(&self, class: &'static str, ip: std::net::IpAddr) -> bool {
         let rate = f64::from(self.config.coap_rate_limit);
         if rate <= 0.0 {
             return true;
         }
         let now = Instant::now();
-        let key = format!("{class}/{}", crate::security::authenticate::address_key(ip));
+        let key = (class, crate::security::authenticate::address_key(ip));
         let mut buckets = self.buckets.lock();
         let bucket = buckets
             .entry(key)
