@@ -220,7 +220,7 @@ impl Conn {
             self.username.as_ref(),
             by_password,
             &self.state.subscriptions,
-            self.will.as_ref(),
+            self.will.as_deref(),
             self.generation,
         );
         Some(p.put_session(record))

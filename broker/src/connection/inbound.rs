@@ -301,6 +301,7 @@ impl Conn {
     /// stuck on a forbidden topic cannot flood the log.
     fn note_denied(&mut self, what: &'static str, topic: &str) {
         if self.acl_denials.is_multiple_of(1000) {
+            let _span = self.log_span().entered();
             info!(
                 what,
                 topic,

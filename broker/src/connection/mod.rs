@@ -42,6 +42,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deliveries queued (one per subscriber reached) and packets handled between two yields of
 /// a connection's task: about a hundred microseconds of routing.
 const YIELD_AFTER_WORK: u32 = 4096;
+/// The keep-alive timer's period when the client asked for none.
+const NO_KEEP_ALIVE: Duration = Duration::from_secs(86_400 * 365);
 /// Deliveries taken from the session queue per lock.
 const DRAIN_BATCH: usize = 64;
 
@@ -108,46 +110,105 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    serve_split(Reader(reader), writer, info, broker).await;
+    serve_split(Reader(reader), writer, info, broker, ()).await;
 }
 
 /// Serves one client over separate read and write halves (a TCP socket's, without locking).
-pub async fn serve_split<R, W>(reader: R, writer: W, info: ConnInfo, broker: Arc<Broker>)
+///
+/// Not an `async fn`: the arguments of one stay in its future for the connection's whole
+/// life, beside the copies its body moved on. Here they go into the boxed handshake at once,
+/// and what lives on is only what an established connection uses.
+///
+/// `hold` is kept until the connection ends (the listener's permits).
+pub fn serve_split<R, W, H>(
+    reader: R,
+    writer: W,
+    info: ConnInfo,
+    broker: Arc<Broker>,
+    hold: H,
+) -> impl Future<Output = ()> + Send + 'static
 where
-    R: Source,
-    W: AsyncWrite + Unpin + Send,
+    R: Source + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
 {
     let span = info_span!("conn", peer = %info.peer, listener = %info.listener,
         node = %broker.config.node_id, client_id = field::Empty);
-    broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    broker
-        .metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
-    run(reader, writer, info, broker.clone())
-        .instrument(span)
-        .await;
-    broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    let open = Open::new(broker.clone());
+    // The handshake is boxed: its future is large and short-lived, and inline it would size
+    // every connection's task for its whole life. So is its span (see `Conn::span`).
+    let handshake = Box::pin(handshake(reader, writer, info, broker).instrument(span));
+    run(handshake, (open, hold))
 }
 
-async fn run<R, W>(mut reader: R, mut writer: W, info: ConnInfo, broker: Arc<Broker>)
-where
+/// Counts a connection in the `connections` gauge while it lives.
+struct Open(Arc<Broker>);
+
+impl Open {
+    fn new(broker: Arc<Broker>) -> Open {
+        broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        broker
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        Open(broker)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a finished handshake hands the connection: its state, its halves, the bytes read
+/// past the CONNECT, and the channel the broker reaches it on.
+type Established<R, W> = (Conn, R, W, BytesMut, oneshot::Receiver<Control>);
+
+async fn run<R, W, H>(
+    handshake: std::pin::Pin<Box<impl Future<Output = Option<Established<R, W>>>>>,
+    _open: (Open, H),
+) where
     R: Source,
     W: AsyncWrite + Unpin + Send,
 {
-    // The handshake and the teardown are boxed: their futures are large and short-lived, and
-    // inline they would size every connection's task for its whole life.
-    let Some((mut conn, rbuf, control)) =
-        Box::pin(handshake(&mut reader, &mut writer, info, broker)).await
-    else {
+    let Some((mut conn, mut reader, mut writer, mut rbuf, control)) = handshake.await else {
         return;
     };
-    let close = conn.serve(&mut reader, &mut writer, rbuf, control).await;
-    Box::pin(conn.finish(close, &mut writer)).await;
+    // A span lives in the subscriber's registry with its fields formatted (about 400 bytes):
+    // an established connection keeps one only while debug logging wants it on every line.
+    // Its few events at info level make one when they log (`Conn::span`).
+    let span = if tracing::enabled!(tracing::Level::DEBUG) {
+        conn.span()
+    } else {
+        tracing::Span::none()
+    };
+    let close = conn
+        .serve(&mut reader, &mut writer, &mut rbuf, control)
+        .instrument(span)
+        .await;
+    // Boxed like the handshake, and logged in the connection's span.
+    let span = conn.span();
+    Box::pin(conn.finish(close, &mut writer).instrument(span)).await;
 }
 
 /// Reads and answers the CONNECT; `None` when the connection ends there.
 async fn handshake<R, W>(
+    mut reader: R,
+    mut writer: W,
+    info: ConnInfo,
+    broker: Arc<Broker>,
+) -> Option<Established<R, W>>
+where
+    R: Source,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (conn, rbuf, control) = accept_connect(&mut reader, &mut writer, info, broker).await?;
+    Some((conn, reader, writer, rbuf, control))
+}
+
+/// Reads and answers the CONNECT over borrowed halves; `None` when the connection ends there.
+async fn accept_connect<R, W>(
     reader: &mut R,
     writer: &mut W,
     info: ConnInfo,
@@ -275,6 +336,7 @@ where
     broker.metrics.client_connected(info.listener, protocol);
     let mut conn = Conn {
         protocol,
+        peer: info.peer,
         listener: info.listener,
         session: accepted.session,
         state: accepted.attachment.state,
@@ -285,7 +347,10 @@ where
         work: 0,
         keep_alive: accepted.keep_alive,
         expiry_secs: accepted.expiry_secs,
-        will: connect.will.as_ref().map(crate::message::compact_will),
+        will: connect
+            .will
+            .as_ref()
+            .map(|w| Box::new(crate::message::compact_will(w))),
         out_window: usize::from(out_window),
         client_max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         alias_max: if protocol.is_v5() && broker.config.outgoing_topic_aliases {
@@ -351,6 +416,32 @@ pub(crate) async fn wait_for_space(session: Option<&Arc<Session>>, limit: usize)
     }
 }
 
+/// A wait that is rarely on, boxed and made only while it is: `tokio::select!` evaluates
+/// the future of a disabled branch too (it just does not poll it), so a plain `Box::pin` would
+/// allocate on every pass, and an inline future would size every connection's task.
+struct Rare<F>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future> Rare<F> {
+    fn new(on: bool, make: impl FnOnce() -> F) -> Rare<F> {
+        Rare(on.then(|| Box::pin(make())))
+    }
+}
+
+impl<F: Future> Future for Rare<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.0.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            // Off: its branch is disabled and never polls it.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// Writes what `wbuf` holds (`Some(bytes written)`), or when it is empty flushes the writer
 /// (`None`): one future, so one borrow of the writer in the connection's select.
 async fn write_or_flush<W: AsyncWrite + Unpin>(
@@ -398,6 +489,8 @@ async fn send_and_close<W: AsyncWrite + Unpin>(
 pub(crate) struct Conn {
     broker: Arc<Broker>,
     protocol: Protocol,
+    /// The client's address (for logs).
+    peer: SocketAddr,
     /// The listener it came in on (metrics).
     listener: ListenerKind,
     session: Arc<Session>,
@@ -412,7 +505,8 @@ pub(crate) struct Conn {
     work: u32,
     keep_alive: u16,
     expiry_secs: u32,
-    will: Option<LastWill>,
+    /// Boxed: most connections have none, and inline it would take 216 bytes of each.
+    will: Option<Box<LastWill>>,
     /// Most outgoing QoS 1/2 in flight.
     out_window: usize,
     /// The client's Maximum Packet Size.
@@ -477,7 +571,7 @@ impl Conn {
         &mut self,
         reader: &mut R,
         writer: &mut W,
-        mut rbuf: BytesMut,
+        rbuf: &mut BytesMut,
         mut control: oneshot::Receiver<Control>,
     ) -> Close
     where
@@ -489,11 +583,10 @@ impl Conn {
         let keep_alive =
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
         let mut last_read = Instant::now();
-        let far = Duration::from_secs(86_400 * 365);
-        let ka_timer = tokio::time::sleep(keep_alive.unwrap_or(far));
+        let ka_timer = tokio::time::sleep(keep_alive.unwrap_or(NO_KEEP_ALIVE));
         tokio::pin!(ka_timer);
         // Packets that arrived with the CONNECT.
-        if let Err(close) = self.decode_all(&mut rbuf) {
+        if let Err(close) = self.decode_all(rbuf) {
             return close;
         }
         // Bytes handed to the writer but perhaps held in its buffer (TLS records, WebSocket
@@ -516,6 +609,8 @@ impl Conn {
                 && self.held.is_none()
                 && !self.deferred_full();
             let wait_queue = !self.out_pending;
+            let deferring = self.has_deferred();
+            let congested = self.congested.is_some();
             tokio::select! {
                 biased;
                 ctl = &mut control => match ctl {
@@ -538,13 +633,13 @@ impl Conn {
                         }
                     }
                 },
-                r = reader.read_into(&mut rbuf), if can_read => {
+                r = reader.read_into(rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return Close::Gone,
                         Ok(n) => self.counts.bytes_in(n),
                     }
                     last_read = Instant::now();
-                    if let Err(close) = self.decode_all(&mut rbuf) {
+                    if let Err(close) = self.decode_all(rbuf) {
                         return close;
                     }
                     // Once per read batch (a QoS 0 publisher may never be written to).
@@ -552,7 +647,7 @@ impl Conn {
                     if rbuf.is_empty() {
                         // Decoded packets hold slices of this buffer; let them own it, and
                         // keep no read buffer while the connection is idle.
-                        rbuf = BytesMut::new();
+                        *rbuf = BytesMut::new();
                     }
                     // A publisher whose socket is always readable would otherwise never give
                     // its thread back: its subscribers, on the same thread, would starve.
@@ -562,34 +657,36 @@ impl Conn {
                     }
                 },
                 _ = self.session.wake.notified(), if wait_queue => self.out_pending = true,
-                _ = durable::committed_changed(self.deferred.as_mut()), if self.deferred.is_some() => {
+                // The rare waits are boxed, and made only while they are on: inline, each
+                // would size every connection's task for its whole life.
+                _ = Rare::new(deferring, || durable::committed_changed(self.deferred.as_mut())), if deferring => {
                     let was_full = self.deferred_full();
                     self.release_deferred();
                     if was_full && !self.deferred_full() {
                         // Packets left in the buffer while the window was full.
-                        if let Err(close) = self.decode_all(&mut rbuf) {
+                        if let Err(close) = self.decode_all(rbuf) {
                             return close;
                         }
                     }
                 },
-                _ = wait_for_space(self.congested.as_ref(), resume_below(&self.broker)), if self.congested.is_some() => {
+                _ = Rare::new(congested, || wait_for_space(self.congested.as_ref(), resume_below(&self.broker))), if congested => {
                     self.congested = None;
                     // The client was not ignoring us: we were not reading.
                     last_read = Instant::now();
-                    if let Err(close) = self.decode_all(&mut rbuf) {
+                    if let Err(close) = self.decode_all(rbuf) {
                         return close;
                     }
                 },
                 _ = hold_ends(&mut self.held), if self.held.is_some() => {
                     self.held = None;
                     last_read = Instant::now();
-                    if let Err(close) = self.decode_all(&mut rbuf) {
+                    if let Err(close) = self.decode_all(rbuf) {
                         return close;
                     }
                 },
                 _ = &mut ka_timer => {
                     let Some(limit) = keep_alive else {
-                        ka_timer.as_mut().reset(tokio::time::Instant::now() + far);
+                        ka_timer.as_mut().reset(tokio::time::Instant::now() + NO_KEEP_ALIVE);
                         continue;
                     };
                     if self.congested.is_some() || self.held.is_some() || self.deferred_full() {
@@ -703,7 +800,7 @@ impl Conn {
             .fetch_sub(i64::from(self.reported_inflight), Ordering::Relaxed);
 
         // The will: published unless the client said a normal DISCONNECT. MQTT 5.0 section 3.1.2.5.
-        let will = self.will.take();
+        let will = self.will.take().map(|w| *w);
         let will_delay = will
             .as_ref()
             .and_then(|w| w.properties.will_delay_interval)
@@ -808,6 +905,22 @@ impl Conn {
     fn ensure_wbuf(&mut self) {
         if self.wbuf.capacity() == 0 {
             self.wbuf.reserve(WRITE_CHUNK);
+        }
+    }
+
+    /// The connection's span, made afresh: an established connection keeps none while idle
+    /// (unless debug logging is on), so its logs at info level enter this one.
+    fn span(&self) -> tracing::Span {
+        info_span!("conn", peer = %self.peer, listener = %self.listener,
+            node = %self.broker.config.node_id, client_id = %self.client_id)
+    }
+
+    /// The connection's span for an event, unless the task already runs in it.
+    fn log_span(&self) -> tracing::Span {
+        if tracing::Span::current().is_none() {
+            self.span()
+        } else {
+            tracing::Span::none()
         }
     }
 

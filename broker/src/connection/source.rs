@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -28,22 +29,30 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 impl Source for OwnedReadHalf {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            reserve(buf);
-            match self.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Readiness was stale. Wait without holding the buffer we just reserved.
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
+    /// Waits through the socket's own read-readiness slot (`poll_read_ready`, one waker)
+    /// rather than a `readable()` future: the wait sits in every idle connection's task, and
+    /// this one is a few bytes instead of two hundred.
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        std::future::poll_fn(move |cx| {
+            loop {
+                std::task::ready!(self.as_ref().poll_read_ready(cx))?;
+                reserve(buf);
+                match self.try_read_buf(buf) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness was stale (and is cleared now). Wait without holding the
+                        // buffer we just reserved.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
                     }
-                    continue;
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) => return Err(e),
             }
-        }
+        })
     }
 }
 

@@ -215,12 +215,13 @@ pub async fn run(listener: TcpListener, spec: ListenerSpec, ctx: ListenerContext
             let Some(address) = admit_address(&ctx, peer.ip(), spec.kind) else {
                 continue;
             };
-            let broker = broker.clone();
-            broker.tasks.clone().spawn(async move {
-                let _held = (permit, address);
-                let (reader, writer) = socket.into_split();
-                connection::serve_split(reader, writer, ConnInfo::tcp(peer), broker).await;
-            });
+            // No async block of our own around it: its captures would stay in the task
+            // beside the connection's.
+            let (reader, writer) = socket.into_split();
+            let info = ConnInfo::tcp(peer);
+            let connection =
+                connection::serve_split(reader, writer, info, broker.clone(), (permit, address));
+            broker.tasks.spawn(connection);
             continue;
         }
         let ctx = ctx.clone();
@@ -286,7 +287,7 @@ async fn connect_layers(
     if spec.kind == ListenerKind::Mqtt {
         // Plain TCP, the common case, stays inline: this task's future is sized for it.
         let (reader, writer) = socket.into_split();
-        connection::serve_split(reader, writer, info, ctx.broker.clone()).await;
+        connection::serve_split(reader, writer, info, ctx.broker.clone(), ()).await;
     } else {
         // TLS and WebSocket handshake futures are large (a WebSocket upgrade over TLS is tens
         // of kilobytes): boxed, they cost only while they run, not for the connection's life.
