@@ -253,6 +253,12 @@ impl Server {
         let broker = self.broker;
         info!("shutting down");
         broker.shutdown.cancel();
+        // Established connections listen on their session's control channel only. One that
+        // attaches after this sweep sees the cancelled token before it serves (the session's
+        // lock orders the two).
+        for session in broker.sessions.all() {
+            session.shut_down();
+        }
         broker.tasks.close();
         let limit = Duration::from_secs(broker.config.shutdown_timeout_secs);
         if tokio::time::timeout(limit, broker.tasks.wait())

@@ -116,8 +116,6 @@ pub struct Accepted {
     pub session: Arc<Session>,
     /// What the connection now owns.
     pub attachment: Attachment,
-    /// The client id in force (assigned when the client sent none).
-    pub client_id: ByteString,
     /// Keep alive in force, seconds (0 = none).
     pub keep_alive: u16,
     /// Session expiry in force, seconds.
@@ -360,7 +358,6 @@ pub async fn accept(
     Ok(Accepted {
         session,
         attachment,
-        client_id,
         keep_alive,
         expiry_secs,
         connack,

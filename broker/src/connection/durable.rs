@@ -145,7 +145,7 @@ impl Conn {
             return false;
         }
         let ticket = p.queue_op(QueueOp::Inflight {
-            client_id: self.client_id.to_string(),
+            client_id: self.session.client_id.to_string(),
             id: stored,
             packet_id: pid,
             released: false,
@@ -167,7 +167,7 @@ impl Conn {
         }
         if let Some(p) = &self.broker.persist {
             p.queue_op(QueueOp::Ack {
-                client_id: self.client_id.to_string(),
+                client_id: self.session.client_id.to_string(),
                 id: stored,
             });
         }
@@ -178,7 +178,7 @@ impl Conn {
         let p = self.broker.persist.as_ref()?;
         (stored != 0).then(|| {
             p.queue_op(QueueOp::Inflight {
-                client_id: self.client_id.to_string(),
+                client_id: self.session.client_id.to_string(),
                 id: stored,
                 packet_id: pid,
                 released: true,
@@ -192,7 +192,7 @@ impl Conn {
         if !self.session.is_durable() {
             return None;
         }
-        let client_id = self.client_id.to_string();
+        let client_id = self.session.client_id.to_string();
         Some(p.queue_op(if present {
             QueueOp::IncomingAdd {
                 client_id,
@@ -214,7 +214,7 @@ impl Conn {
         }
         let by_password = self.session.password_user().is_some();
         let record = p.session_record(
-            &self.client_id,
+            &self.session.client_id,
             self.expiry_secs,
             None,
             self.username.as_ref(),
@@ -236,13 +236,13 @@ impl Conn {
         if self.expiry_secs == 0 {
             if was_durable {
                 self.session.set_durable(false);
-                p.delete_session(&self.client_id);
+                p.delete_session(&self.session.client_id);
             }
             return;
         }
         if !session_present && was_durable {
             p.queue_op(QueueOp::Purge {
-                client_id: self.client_id.to_string(),
+                client_id: self.session.client_id.to_string(),
             });
         }
         self.session.set_durable(true);

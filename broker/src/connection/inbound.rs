@@ -120,7 +120,7 @@ impl Conn {
         if p.topic.starts_with("$SYS")
             || !self.broker.security.can_publish(
                 self.username.as_deref(),
-                &self.client_id,
+                &self.session.client_id,
                 &p.topic,
             )
         {
@@ -445,7 +445,7 @@ impl Conn {
                 }
                 let acl_check = match self.broker.security.check_subscribe(
                     self.username.as_deref(),
-                    &self.client_id,
+                    &self.session.client_id,
                     parsed.filter,
                 ) {
                     SubscribeDecision::Denied => {

@@ -134,11 +134,12 @@ where
 {
     let span = info_span!("conn", peer = %info.peer, listener = %info.listener,
         node = %broker.config.node_id, client_id = field::Empty);
-    let open = Open::new(broker.clone());
+    // Boxed with the gauge: a pointer in the task instead of the listener's permits inline.
+    let open = Box::new((Open::new(broker.clone()), hold));
     // The handshake is boxed: its future is large and short-lived, and inline it would size
     // every connection's task for its whole life. So is its span (see `Conn::span`).
-    let handshake = Box::pin(handshake(reader, writer, info, broker).instrument(span));
-    run(handshake, (open, hold))
+    let handshake = Box::pin(handshake(reader, writer, info, broker, open).instrument(span));
+    run(handshake)
 }
 
 /// Counts a connection in the `connections` gauge while it lives.
@@ -162,49 +163,49 @@ impl Drop for Open {
 }
 
 /// What a finished handshake hands the connection: its state, its halves, the bytes read
-/// past the CONNECT, and the channel the broker reaches it on.
-type Established<R, W> = (Conn, R, W, BytesMut, oneshot::Receiver<Control>);
+/// past the CONNECT, the channel the broker reaches it on, and what it holds until it ends
+/// (passed through the handshake so that the task keeps one slot for it, not two).
+type Established<R, W, G> = (Conn, R, W, BytesMut, oneshot::Receiver<Control>, G);
 
-async fn run<R, W, H>(
-    handshake: std::pin::Pin<Box<impl Future<Output = Option<Established<R, W>>>>>,
-    _open: (Open, H),
+async fn run<R, W, G>(
+    handshake: std::pin::Pin<Box<impl Future<Output = Option<Established<R, W, G>>>>>,
 ) where
     R: Source,
     W: AsyncWrite + Unpin + Send,
 {
-    let Some((mut conn, mut reader, mut writer, mut rbuf, control)) = handshake.await else {
+    let Some((mut conn, mut reader, mut writer, mut rbuf, control, _open)) = handshake.await else {
         return;
     };
     // A span lives in the subscriber's registry with its fields formatted (about 400 bytes):
     // an established connection keeps one only while debug logging wants it on every line.
     // Its few events at info level make one when they log (`Conn::span`).
-    let span = if tracing::enabled!(tracing::Level::DEBUG) {
-        conn.span()
+    let close = if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = conn.span();
+        let serve = conn.serve(&mut reader, &mut writer, &mut rbuf, control);
+        Box::pin(serve.instrument(span)).await
     } else {
-        tracing::Span::none()
+        conn.serve(&mut reader, &mut writer, &mut rbuf, control)
+            .await
     };
-    let close = conn
-        .serve(&mut reader, &mut writer, &mut rbuf, control)
-        .instrument(span)
-        .await;
     // Boxed like the handshake, and logged in the connection's span.
     let span = conn.span();
     Box::pin(conn.finish(close, &mut writer).instrument(span)).await;
 }
 
 /// Reads and answers the CONNECT; `None` when the connection ends there.
-async fn handshake<R, W>(
+async fn handshake<R, W, G>(
     mut reader: R,
     mut writer: W,
     info: ConnInfo,
     broker: Arc<Broker>,
-) -> Option<Established<R, W>>
+    open: G,
+) -> Option<Established<R, W, G>>
 where
     R: Source,
     W: AsyncWrite + Unpin + Send,
 {
     let (conn, rbuf, control) = accept_connect(&mut reader, &mut writer, info, broker).await?;
-    Some((conn, reader, writer, rbuf, control))
+    Some((conn, reader, writer, rbuf, control, open))
 }
 
 /// Reads and answers the CONNECT over borrowed halves; `None` when the connection ends there.
@@ -336,12 +337,10 @@ where
     broker.metrics.client_connected(info.listener, protocol);
     let mut conn = Conn {
         protocol,
-        peer: info.peer,
         listener: info.listener,
         session: accepted.session,
         state: accepted.attachment.state,
         generation: accepted.attachment.generation,
-        client_id: accepted.client_id,
         username: identity.username,
         acl_denials: 0,
         work: 0,
@@ -351,8 +350,8 @@ where
             .will
             .as_ref()
             .map(|w| Box::new(crate::message::compact_will(w))),
-        out_window: usize::from(out_window),
-        client_max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        out_window,
+        client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
         alias_max: if protocol.is_v5() && broker.config.outgoing_topic_aliases {
             props.topic_alias_maximum.unwrap_or(0)
         } else {
@@ -365,7 +364,7 @@ where
         counts: LocalCounts::default(),
         reported_inflight: 0,
         out_pending: true,
-        resend_backlog: VecDeque::new(),
+        resend_backlog: None,
         congested: None,
         deferred: None,
         held: None,
@@ -443,16 +442,21 @@ impl<F: Future> Future for Rare<F> {
 }
 
 /// Writes what `wbuf` holds (`Some(bytes written)`), or when it is empty flushes the writer
-/// (`None`): one future, so one borrow of the writer in the connection's select.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    wbuf: &mut BytesMut,
-) -> std::io::Result<Option<usize>> {
-    if wbuf.is_empty() {
-        writer.flush().await.map(|()| None)
-    } else {
-        writer.write_buf(wbuf).await.map(Some)
-    }
+/// (`None`): one future, so one borrow of the writer in the connection's select. A poll
+/// function, so that it takes a few bytes of every connection's task.
+fn write_or_flush<'a, W: AsyncWrite + Unpin>(
+    writer: &'a mut W,
+    wbuf: &'a mut BytesMut,
+) -> impl Future<Output = std::io::Result<Option<usize>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if wbuf.is_empty() {
+            std::pin::Pin::new(&mut *writer)
+                .poll_flush(cx)
+                .map_ok(|()| None)
+        } else {
+            tokio_util::io::poll_write_buf(std::pin::Pin::new(&mut *writer), cx, wbuf).map_ok(Some)
+        }
+    })
 }
 
 /// Counts, logs and answers a refused CONNECT, then closes.
@@ -489,14 +493,11 @@ async fn send_and_close<W: AsyncWrite + Unpin>(
 pub(crate) struct Conn {
     broker: Arc<Broker>,
     protocol: Protocol,
-    /// The client's address (for logs).
-    peer: SocketAddr,
     /// The listener it came in on (metrics).
     listener: ListenerKind,
     session: Arc<Session>,
     state: SessionState,
     generation: u64,
-    client_id: ByteString,
     /// The username ACLs apply to (from the password check or the certificate).
     username: Option<ByteString>,
     /// PUBLISH and SUBSCRIBE requests the ACL refused, for log rate limiting.
@@ -508,9 +509,9 @@ pub(crate) struct Conn {
     /// Boxed: most connections have none, and inline it would take 216 bytes of each.
     will: Option<Box<LastWill>>,
     /// Most outgoing QoS 1/2 in flight.
-    out_window: usize,
+    out_window: u16,
     /// The client's Maximum Packet Size.
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Topic aliases the client accepts from us.
     alias_max: u16,
     /// Boxed, and only once used: most connections never alias, and every idle byte counts.
@@ -525,8 +526,13 @@ pub(crate) struct Conn {
     reported_inflight: u32,
     /// The session queue may hold deliveries we have not taken yet.
     out_pending: bool,
-    /// Packet ids left in flight by the previous connection, not yet resent on this one.
-    resend_backlog: VecDeque<u16>,
+    /// Packet ids left in flight by the previous connection, not yet resent on this one
+    /// (boxed while there are some: most connections resume nothing).
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every connection instead of a VecDeque's four words"
+    )]
+    resend_backlog: Option<Box<VecDeque<u16>>>,
     /// A subscriber session whose queue this client's publishes pushed over its limit: reads
     /// pause until it drains (backpressure).
     congested: Option<Arc<Session>>,
@@ -534,8 +540,9 @@ pub(crate) struct Conn {
     deferred: Option<Box<durable::Deferred>>,
     /// Reads paused by a limit (publish rate, memory high-water mark) until this completes.
     /// Boxed, and only while held: the wait (a timer) would otherwise size every
-    /// connection's task for its whole life.
-    held: Option<Hold>,
+    /// connection's task for its whole life; boxed once more so that the field is one
+    /// pointer, not two.
+    held: Option<Box<Hold>>,
     /// Publish rate buckets, made on the first PUBLISH while rate limits are on.
     rate: Option<Box<crate::limits::ClientRate>>,
 }
@@ -544,26 +551,28 @@ pub(crate) struct Conn {
 type Hold = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A hold until `until` (a publish rate).
-fn hold_until(until: tokio::time::Instant) -> Hold {
-    Box::pin(tokio::time::sleep_until(until))
+fn hold_until(until: tokio::time::Instant) -> Box<Hold> {
+    Box::new(Box::pin(tokio::time::sleep_until(until)))
 }
 
 /// A hold until the memory gate opens (or a second passes).
-fn hold_for_memory(broker: Arc<Broker>) -> Hold {
-    Box::pin(async move { broker.memory.wait_open().await })
+fn hold_for_memory(broker: Arc<Broker>) -> Box<Hold> {
+    Box::new(Box::pin(async move { broker.memory.wait_open().await }))
 }
 
 /// A hold until a peer's link queue drains (or the backpressure pause limit passes).
-fn hold_for_link(queue: Arc<crate::cluster::LinkQueue>) -> Hold {
-    Box::pin(async move { queue.wait_drained(BACKPRESSURE_MAX_PAUSE).await })
+fn hold_for_link(queue: Arc<crate::cluster::LinkQueue>) -> Box<Hold> {
+    Box::new(Box::pin(async move {
+        queue.wait_drained(BACKPRESSURE_MAX_PAUSE).await
+    }))
 }
 
-/// Waits until the hold ends.
-async fn hold_ends(held: &mut Option<Hold>) {
-    match held {
-        Some(f) => f.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// Waits until the hold ends (a poll function: a few bytes in every connection's task).
+fn hold_ends(held: &mut Option<Box<Hold>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match held {
+        Some(f) => (**f).as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 impl Conn {
@@ -578,13 +587,14 @@ impl Conn {
         R: Source,
         W: AsyncWrite + Unpin,
     {
-        let shutdown = self.broker.shutdown.clone();
-        // MQTT 5.0 [MQTT-3.1.2-22]: one and a half times the keep alive.
-        let keep_alive =
-            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
         let mut last_read = Instant::now();
-        let ka_timer = tokio::time::sleep(keep_alive.unwrap_or(NO_KEEP_ALIVE));
+        let ka_timer = tokio::time::sleep(self.keep_alive_limit().unwrap_or(NO_KEEP_ALIVE));
         tokio::pin!(ka_timer);
+        // A shutdown that began before this connection attached found no channel to tell it
+        // on (see `Server::shutdown`).
+        if self.broker.shutdown.is_cancelled() {
+            return Close::Shutdown;
+        }
         // Packets that arrived with the CONNECT.
         if let Err(close) = self.decode_all(rbuf) {
             return close;
@@ -617,9 +627,9 @@ impl Conn {
                     Ok(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
                     Ok(Control::Kick(code)) => return Close::Kicked(code),
                     Ok(Control::Drain) => return Close::Drained,
+                    Ok(Control::Shutdown) => return Close::Shutdown,
                     Err(_) => return Close::Kicked(reason::UNSPECIFIED_ERROR),
                 },
-                _ = shutdown.cancelled() => return Close::Shutdown,
                 r = write_or_flush(writer, &mut self.wbuf), if !self.wbuf.is_empty() || unflushed => match r {
                     Ok(Some(0)) | Err(_) => return Close::Gone,
                     Ok(None) => unflushed = false,
@@ -685,7 +695,7 @@ impl Conn {
                     }
                 },
                 _ = &mut ka_timer => {
-                    let Some(limit) = keep_alive else {
+                    let Some(limit) = self.keep_alive_limit() else {
                         ka_timer.as_mut().reset(tokio::time::Instant::now() + NO_KEEP_ALIVE);
                         continue;
                     };
@@ -851,7 +861,7 @@ impl Conn {
             broker.publish_will(
                 will,
                 self.session.id,
-                &self.client_id,
+                &self.session.client_id,
                 self.username.as_deref(),
             );
         }
@@ -911,8 +921,26 @@ impl Conn {
     /// The connection's span, made afresh: an established connection keeps none while idle
     /// (unless debug logging is on), so its logs at info level enter this one.
     fn span(&self) -> tracing::Span {
-        info_span!("conn", peer = %self.peer, listener = %self.listener,
-            node = %self.broker.config.node_id, client_id = %self.client_id)
+        // The address is kept once, with the session's attachment.
+        let peer = self.session.attached_peer();
+        info_span!("conn", peer = field::display(peer.map_or_else(String::new, |p| p.to_string())),
+            listener = %self.listener, node = %self.broker.config.node_id,
+            client_id = %self.session.client_id)
+    }
+
+    /// Most outgoing QoS 1/2 messages in flight at once.
+    fn window(&self) -> usize {
+        usize::from(self.out_window)
+    }
+
+    /// The client's Maximum Packet Size, in bytes.
+    fn max_packet_to_client(&self) -> usize {
+        usize::try_from(self.client_max_packet).unwrap_or(usize::MAX)
+    }
+
+    /// MQTT 5.0 [MQTT-3.1.2-22]: one and a half times the keep alive, if the client set one.
+    fn keep_alive_limit(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 
     /// The connection's span for an event, unless the task already runs in it.

@@ -2,6 +2,7 @@
 //! in-flight window, topic aliases, message expiry, the client's Maximum Packet Size, and the
 //! resend of unacknowledged messages when a session resumes.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytestring::ByteString;
@@ -26,17 +27,17 @@ impl Conn {
     }
 
     fn drain_queue_at(&mut self, now: Instant, latency: &mut LocalHistogram) {
-        if !self.resend_backlog.is_empty() {
+        if self.resend_backlog.is_some() {
             // Messages left in flight by the last connection go first, in their order.
             self.resend_from_backlog(now);
-            if !self.resend_backlog.is_empty() {
+            if self.resend_backlog.is_some() {
                 self.out_pending = true;
                 return;
             }
         }
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let mut batch: SmallVec<[Delivery; DRAIN_BATCH]> = SmallVec::new();
-            let window = self.out_window;
+            let window = self.window();
             let mut inflight = self.state.outgoing.len();
             let limit = super::resume_below(&self.broker);
             let mut was_over = false;
@@ -71,7 +72,7 @@ impl Conn {
             }
             // Deliveries counted into the window may have been dropped (expired, too large):
             // only a window that is really full waits for acknowledgements.
-            if window_full && self.state.outgoing.len() >= self.out_window {
+            if window_full && self.state.outgoing.len() >= self.window() {
                 self.out_pending = true;
                 return;
             }
@@ -124,7 +125,7 @@ impl Conn {
                 subscription_identifiers: &delivery.subscription_ids,
             },
         );
-        if self.wbuf.len() - start > self.client_max_packet {
+        if self.wbuf.len() - start > self.max_packet_to_client() {
             // MQTT 5.0 [MQTT-3.1.2-24], [MQTT-3.1.2-25]: too large for the client; discard as if sent.
             self.wbuf.truncate(start);
             if new_alias && let Some(aliases) = &mut self.out_aliases {
@@ -165,21 +166,27 @@ impl Conn {
     /// PUBLISH with DUP for messages not acknowledged (within the new connection's window),
     /// PUBREL for QoS 2 messages already received. MQTT 5.0 [MQTT-4.4.0-1], [MQTT-3.3.4-9].
     pub(super) fn resend_inflight(&mut self) {
-        self.resend_backlog
-            .extend(self.state.outgoing.in_order().map(|(pid, _)| pid));
-        self.resend_from_backlog(Instant::now());
+        let backlog: VecDeque<u16> = self.state.outgoing.in_order().map(|(pid, _)| pid).collect();
+        if !backlog.is_empty() {
+            self.resend_backlog = Some(Box::new(backlog));
+            self.resend_from_backlog(Instant::now());
+        }
     }
 
     /// Resends backlog entries while the window allows: an entry still waiting to be resent is
     /// in `outgoing` but not on this connection's wire, so it does not count as in flight.
     /// (A released QoS 2 entry still counts until PUBCOMP, which keeps the window conservative.)
     fn resend_from_backlog(&mut self, now: Instant) {
-        while let Some(&packet_id) = self.resend_backlog.front() {
-            let on_wire = self.state.outgoing.len() - self.resend_backlog.len();
-            if on_wire >= self.out_window || self.wbuf.len() >= WRITE_HIGH_WATER {
+        while let Some(backlog) = self.resend_backlog.as_mut() {
+            let Some(&packet_id) = backlog.front() else {
+                self.resend_backlog = None;
+                return;
+            };
+            let on_wire = self.state.outgoing.len() - backlog.len();
+            if on_wire >= usize::from(self.out_window) || self.wbuf.len() >= WRITE_HIGH_WATER {
                 return;
             }
-            self.resend_backlog.pop_front();
+            backlog.pop_front();
             // Acknowledged meanwhile (the client may ack a packet it got before reconnecting):
             // nothing is written.
             self.write_inflight(packet_id, true, now);
@@ -222,7 +229,7 @@ impl Conn {
             }
             None => return,
         }
-        if self.wbuf.len() - start > self.client_max_packet {
+        if self.wbuf.len() - start > self.max_packet_to_client() {
             // Too large for what this connection accepts: as for a new message, discard.
             self.wbuf.truncate(start);
             let stored = self.state.outgoing.discard(pid);

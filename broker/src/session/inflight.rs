@@ -5,11 +5,15 @@
 //! Incoming: QoS 2 packet ids received and not yet released, so that a resent PUBLISH is not
 //! delivered twice (exactly once across reconnects).
 
-use std::collections::VecDeque;
-
-use ahash::{AHashMap, AHashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 
 use crate::message::Delivery;
+
+/// Packet ids hash with fixed keys: a client's ids are its own (at most 65,535), so there is
+/// nothing to flood, and a zero-sized hasher saves the 32 bytes of per-map random keys in
+/// every connection and parked session.
+type PacketIds = BuildHasherDefault<ahash::AHasher>;
 
 /// Where one outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ pub enum AckError {
 /// Outgoing in-flight window.
 #[derive(Debug, Default)]
 pub struct Outgoing {
-    entries: AHashMap<u16, (u64, OutState)>,
+    entries: HashMap<u16, (u64, OutState), PacketIds>,
     /// Send order; entries whose sequence no longer matches `entries` are stale and skipped.
     order: VecDeque<(u16, u64)>,
     next_pid: u16,
@@ -190,7 +194,7 @@ impl Outgoing {
 /// Incoming QoS 2 packet ids awaiting PUBREL.
 #[derive(Debug, Default)]
 pub struct Incoming {
-    ids: AHashSet<u16>,
+    ids: HashSet<u16, PacketIds>,
 }
 
 impl Incoming {

@@ -56,6 +56,9 @@ pub enum Control {
     /// The node is draining: close, telling the client to use another server, and keep the
     /// will as a shutdown does.
     Drain,
+    /// The broker is shutting down (v5 reason 0x8B). Sent to every session after the shutdown
+    /// token is cancelled, so that a connection waits on one channel instead of two.
+    Shutdown,
 }
 
 /// The live connection of a session.
@@ -385,6 +388,11 @@ impl Session {
         Some((control, peer, inner.takeovers.len()))
     }
 
+    /// The address of the connection that holds the session, if one does.
+    pub fn attached_peer(&self) -> Option<SocketAddr> {
+        self.inner.lock().attached.as_ref().map(|a| a.peer)
+    }
+
     /// True while a connection holds the session (until it has handed the state back).
     pub fn is_attached(&self) -> bool {
         self.inner.lock().attached.is_some()
@@ -571,6 +579,16 @@ impl Session {
         let mut inner = self.inner.lock();
         match inner.attached.as_mut().and_then(|a| a.control.take()) {
             Some(control) => control.send(Control::Kick(code)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tells the live connection, if any, that the broker is shutting down. True when one
+    /// was told.
+    pub fn shut_down(&self) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.attached.as_mut().and_then(|a| a.control.take()) {
+            Some(control) => control.send(Control::Shutdown).is_ok(),
             None => false,
         }
     }
