@@ -8,13 +8,27 @@
 //! A frame longer than the limit, of another version, or whose body does not decode is an
 //! error that closes the link (never a panic, never an allocation of the claimed length before
 //! the bytes are there).
+//!
+//! Frame types are added at the end of [`Frame`], so older frames keep their encoding, but a
+//! node that receives a type it does not know closes the link. So each side tells the other
+//! its protocol level ([`LEVEL`]) in one byte after the `Hello` body, which an older node's
+//! decoder ignores (postcard reads what the type needs and no further), and a node sends a
+//! frame type only on a link whose lower level has it ([`Hello::protocol`]). A `Hello` without
+//! the byte is level 2, the first release of this format.
 
 use bytes::{Buf, BufMut, BytesMut};
 use rookery_store::StoredMessage;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this node speaks.
+/// The frame format's version byte (every frame carries it; another one closes the link).
 pub const VERSION: u8 = 2;
+/// The protocol level this node speaks, within [`VERSION`]: which frame types it knows.
+///
+/// - 2: the format's first release (a `Hello` without the level byte).
+/// - 3: `HandoverPart` (a session's queue in parts before its `HandoverReply`).
+pub const LEVEL: u8 = 3;
+/// The level of a peer whose `Hello` carries no level byte.
+pub const FIRST_LEVEL: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
 pub const MAX_FRAME: usize = 268_435_460 + 4096;
 
@@ -144,6 +158,10 @@ pub struct Hello {
     /// node did not dial it in time). Without it, such a dialer hangs up after the handshake,
     /// and the accepting side does not take the link up at all.
     pub insist: bool,
+    /// The sender's protocol level: not in the postcard body but in the byte after it (see
+    /// the module documentation), [`FIRST_LEVEL`] when there is none.
+    #[serde(skip)]
+    pub protocol: u8,
 }
 
 /// Why bytes are not a frame.
@@ -168,6 +186,9 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     // A `Vec` writer never fails; the frame types hold nothing postcard cannot encode.
     let body = postcard::to_stdvec(frame).unwrap_or_default();
     out.put_slice(&body);
+    if let Frame::Hello(hello) = frame {
+        out.put_u8(hello.protocol);
+    }
     let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -189,9 +210,12 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     if body[0] != VERSION {
         return Err(FrameError::Version(body[0]));
     }
-    postcard::from_bytes(&body[1..])
-        .map(Some)
-        .map_err(|e| FrameError::Body(e.to_string()))
+    let (mut frame, rest) = postcard::take_from_bytes::<Frame>(&body[1..])
+        .map_err(|e| FrameError::Body(e.to_string()))?;
+    if let Frame::Hello(hello) = &mut frame {
+        hello.protocol = rest.first().map_or(FIRST_LEVEL, |&l| l.max(FIRST_LEVEL));
+    }
+    Ok(Some(frame))
 }
 
 #[cfg(test)]
@@ -204,7 +228,70 @@ mod tests {
             node_id: "rookery-1".into(),
             epoch: 1_795_000_000_000,
             insist: false,
+            protocol: LEVEL,
         })
+    }
+
+    /// A frame as a node of the first level wrote it: no level byte after a `Hello`.
+    fn encode_first_level(frame: &Frame) -> BytesMut {
+        let body = postcard::to_stdvec(frame).unwrap();
+        let mut out = BytesMut::new();
+        out.put_u32(u32::try_from(body.len() + 1).unwrap());
+        out.put_u8(VERSION);
+        out.put_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_hello_carries_the_level_and_one_without_it_is_the_first_level() {
+        let mut wire = BytesMut::new();
+        encode(&hello(), &mut wire);
+        let Some(Frame::Hello(h)) = decode(&mut wire).unwrap() else {
+            panic!("not a Hello");
+        };
+        assert_eq!(h.protocol, LEVEL);
+
+        let mut old = encode_first_level(&hello());
+        let Some(Frame::Hello(h)) = decode(&mut old).unwrap() else {
+            panic!("not a Hello");
+        };
+        assert_eq!(h.protocol, FIRST_LEVEL);
+        assert_eq!(h.node_id, "rookery-1");
+    }
+
+    #[test]
+    fn a_first_level_decoder_reads_a_new_hello_as_before() {
+        // What a node of the first level does with the frame body: `postcard::from_bytes`,
+        // which ignores the level byte after the `Hello`.
+        let mut wire = BytesMut::new();
+        encode(&hello(), &mut wire);
+        let body = &wire[5..];
+        let old: Frame = postcard::from_bytes(body).unwrap();
+        let Frame::Hello(h) = old else {
+            panic!("not a Hello");
+        };
+        assert_eq!(
+            (h.cluster.as_str(), h.epoch, h.insist),
+            ("prod", 1_795_000_000_000, false)
+        );
+        // And the frames after it are where that node expects them.
+        let mut stream = wire.clone();
+        encode(&Frame::Heartbeat, &mut stream);
+        let mut first = BytesMut::from(&stream[..]);
+        assert!(matches!(decode(&mut first).unwrap(), Some(Frame::Hello(_))));
+        assert_eq!(decode(&mut first).unwrap(), Some(Frame::Heartbeat));
+    }
+
+    #[test]
+    fn a_level_below_the_first_counts_as_the_first() {
+        let mut wire = encode_first_level(&hello());
+        wire.put_u8(0);
+        let n = u32::from_be_bytes([wire[0], wire[1], wire[2], wire[3]]) + 1;
+        wire[..4].copy_from_slice(&n.to_be_bytes());
+        let Some(Frame::Hello(h)) = decode(&mut wire).unwrap() else {
+            panic!("not a Hello");
+        };
+        assert_eq!(h.protocol, FIRST_LEVEL);
     }
 
     #[test]

@@ -73,6 +73,16 @@ fn entry_size(e: &TransferEntry) -> usize {
             .map_or(0, |m| m.topic.len() + m.payload.len() + m.properties.len())
 }
 
+/// The most estimated bytes of deliveries per transfer part on a link of `level`: parts came
+/// with level 3, and a node below it gets the whole queue in its `HandoverReply`. Pure.
+pub fn part_limit(level: u8) -> usize {
+    if level >= 3 {
+        TRANSFER_PART_BYTES
+    } else {
+        usize::MAX
+    }
+}
+
 /// Cuts a transfer's deliveries into parts of at most `limit` estimated bytes, in order (an
 /// entry larger than that alone); the last part rides in the `HandoverReply`, the others go
 /// before it in `HandoverPart` frames. Pure.
@@ -557,8 +567,9 @@ impl Broker {
             &self.config.node_id,
             &x,
         );
-        // A large queue goes in parts, then the reply with the rest (one link, in order).
-        let (parts, last) = split_parts(transfer.entries.clone(), TRANSFER_PART_BYTES);
+        // A large queue goes in parts, then the reply with the rest (one link, in order); to
+        // a node that does not know parts, all in the reply, as before parts existed.
+        let (parts, last) = split_parts(transfer.entries.clone(), part_limit(cluster.level(peer)));
         let sent = parts.into_iter().all(|entries| {
             cluster.send_to(
                 peer,

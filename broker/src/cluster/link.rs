@@ -266,6 +266,7 @@ async fn run(
             node_id: cluster.node_id.clone(),
             epoch: cluster.epoch,
             insist,
+            protocol: frame::LEVEL,
         }),
         &mut out,
     );
@@ -316,9 +317,11 @@ async fn run(
     let close = CancellationToken::new();
     let link_id = cluster.next_link_id();
     let peer = hello.node_id.clone();
+    let level = hello.protocol.min(frame::LEVEL);
     let link = PeerLink {
         link_id,
         epoch: hello.epoch,
+        level,
         dialer: if dialed.is_some() {
             cluster.node_id.clone()
         } else {
@@ -349,7 +352,7 @@ async fn run(
     if !claims.is_empty() {
         let _ = tx.send(Frame::Claims(claims));
     }
-    info!(peer, epoch = hello.epoch, "cluster link up");
+    info!(peer, epoch = hello.epoch, level, "cluster link up");
     if crate::persist::ids::node_tag(&peer) == crate::persist::ids::node_tag(&cluster.node_id) {
         // Store ids carry a 10-bit tag of the node: two nodes with one tag sharing a
         // PostgreSQL could make the same id.

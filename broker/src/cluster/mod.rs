@@ -102,6 +102,8 @@ pub struct PeerLink {
     pub link_id: u64,
     /// The peer's boot epoch.
     pub epoch: u64,
+    /// The protocol level both ends speak (the lower of the two; see `frame::LEVEL`).
+    pub level: u8,
     /// The node id of the side that dialed (decides between two links of one pair).
     pub dialer: String,
     /// The peer (`host:port` from `peers`) we dialed, when we did.
@@ -304,6 +306,15 @@ impl Cluster {
         }
     }
 
+    /// The protocol level of the link to `peer` (`frame::FIRST_LEVEL` when not linked): a
+    /// frame type newer than it must not be sent there.
+    pub fn level(&self, peer: &str) -> u8 {
+        self.links
+            .lock()
+            .get(peer)
+            .map_or(frame::FIRST_LEVEL, |link| link.level)
+    }
+
     /// Queues a control frame for `peer` (outside the forwarding budget). False when the peer
     /// is not linked.
     pub fn send_to(&self, peer: &str, frame: Frame) -> bool {
@@ -474,6 +485,7 @@ mod tests {
         PeerLink {
             link_id: cluster.next_link_id(),
             epoch,
+            level: frame::LEVEL,
             dialer: dialer.into(),
             dialed: None,
             tx,

@@ -655,6 +655,7 @@ async fn a_peer_that_falls_silent_is_declared_down_even_while_messages_flow_to_i
             node_id: "node-z".into(),
             epoch: 1,
             insist: true,
+            protocol: frame::FIRST_LEVEL,
         }),
         &mut out,
     );

@@ -482,3 +482,70 @@ async fn the_sessions_of_a_node_that_dies_are_adopted_and_keep_queueing() {
         assert_eq!(got, ["1", "1", "2", "2"], "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_the_first_protocol_level_gets_a_large_queue_in_one_reply_not_in_parts() {
+    // A node that does not know `HandoverPart` (its Hello says level 2) would close the link
+    // on one: it gets the whole queue in the `HandoverReply`, as before parts existed.
+    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 40;
+    let port = free_port();
+    let node = node_with("node-a", "prod", port, &[], |c| {
+        c.max_packet_size = 2 << 20;
+    })
+    .await;
+    let (mut c, _) = Raw::connect_with(node.addr(), persistent("big")).await;
+    c.subscribe("big/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let (mut p, _) = Raw::connect(node.addr(), Protocol::V5, "publisher", true).await;
+    for i in 1..=N {
+        let mut payload = format!("{i}:").into_bytes();
+        payload.resize(1_000_000, b'x');
+        p.publish("big/1", &payload, QoS::AtLeastOnce, false, i as u16)
+            .await;
+    }
+    p.disconnect().await;
+
+    let mut old = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    frame::encode(
+        &Frame::Hello(Hello {
+            cluster: "prod".into(),
+            node_id: "node-z".into(),
+            epoch: 1,
+            insist: true,
+            protocol: frame::FIRST_LEVEL,
+        }),
+        &mut out,
+    );
+    frame::encode(
+        &Frame::HandoverAsk {
+            client_id: "big".into(),
+            at_ms: rookery_store::now_ms(),
+        },
+        &mut out,
+    );
+    old.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let entries = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            while let Some(f) = frame::decode(&mut buf).unwrap() {
+                match f {
+                    Frame::HandoverPart { .. } => panic!("a part sent to a level-2 peer"),
+                    Frame::HandoverReply { transfer, .. } => {
+                        return transfer.expect("the session").entries.len();
+                    }
+                    _ => {}
+                }
+            }
+            assert!(old.read_buf(&mut buf).await.unwrap() > 0, "link closed");
+        }
+    })
+    .await
+    .expect("no HandoverReply");
+    assert_eq!(entries, N);
+    node.shutdown().await;
+}
