@@ -66,8 +66,11 @@ enum Groups<'a> {
 /// One session a message goes to, with what is particular to it.
 pub(crate) struct Target<'a> {
     pub(crate) session: &'a Arc<Session>,
-    /// From a shared group.
-    pub(crate) shared: bool,
+    /// The shared group it comes from (`$share/{group}/{filter}`); an empty key for a
+    /// relayed delivery from a group a level-3 node did not name. A thin pointer, as in
+    /// the router's matches.
+    #[allow(clippy::borrowed_box)]
+    pub(crate) group: Option<&'a Box<str>>,
     pub(crate) granted: QoS,
     pub(crate) retain_as_published: bool,
     pub(crate) subscription_ids: SmallVec<[u32; 2]>,
@@ -472,7 +475,7 @@ impl Broker {
             }
             let target = Target {
                 session: first.handle,
-                shared: first.shared(),
+                group: first.group,
                 granted: qos,
                 retain_as_published: rap,
                 subscription_ids: ids,
@@ -650,7 +653,7 @@ impl Broker {
             }
             let mut target = [Target {
                 session,
-                shared: false,
+                group: None,
                 granted,
                 // Retained messages sent for a new subscription keep RETAIN set. [MQTT-3.3.1-8]
                 retain_as_published: true,

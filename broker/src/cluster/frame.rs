@@ -26,7 +26,8 @@ pub const VERSION: u8 = 2;
 ///
 /// - 2: the format's first release (a `Hello` without the level byte).
 /// - 3: `HandoverPart` (a session's queue in parts before its `HandoverReply`).
-pub const LEVEL: u8 = 3;
+/// - 4: `DeliverInGroup` (a relayed shared-group delivery names its group).
+pub const LEVEL: u8 = 4;
 /// The level of a peer whose `Hello` carries no level byte.
 pub const FIRST_LEVEL: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
@@ -142,6 +143,53 @@ pub enum Frame {
         /// The next deliveries, in order.
         entries: Vec<super::handover::TransferEntry>,
     },
+    /// A `Deliver` from a shared group, naming the group (level 4): the receiver checks
+    /// duplicates per group, so a moving session in two groups that match one topic gets the
+    /// delivery of each.
+    DeliverInGroup {
+        /// The client id.
+        client_id: String,
+        /// The message's cluster-wide id.
+        id: u64,
+        /// The message.
+        message: StoredMessage,
+        /// QoS of the delivery.
+        qos: u8,
+        /// RETAIN flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: Vec<u32>,
+        /// The group's key, `$share/{group}/{filter}`.
+        group: String,
+    },
+}
+
+impl Frame {
+    /// This frame as a link of protocol `level` can carry it: a `DeliverInGroup` becomes the
+    /// level-3 `Deliver` of a shared group (the receiver then checks duplicates across all its
+    /// groups at once, as before level 4). Pure.
+    pub fn for_level(self, level: u8) -> Frame {
+        match self {
+            Frame::DeliverInGroup {
+                client_id,
+                id,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+                ..
+            } if level < 4 => Frame::Deliver {
+                client_id,
+                id,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+                shared: true,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Who is at the other end.
@@ -292,6 +340,50 @@ mod tests {
             panic!("not a Hello");
         };
         assert_eq!(h.protocol, FIRST_LEVEL);
+    }
+
+    fn in_group() -> Frame {
+        Frame::DeliverInGroup {
+            client_id: "dev".into(),
+            id: 9,
+            message: StoredMessage {
+                topic: "a/b".into(),
+                payload: bytes::Bytes::from_static(b"1"),
+                qos: 1,
+                retain: false,
+                properties: bytes::Bytes::new(),
+                expires_at_ms: None,
+            },
+            qos: 1,
+            retain: false,
+            subscription_ids: vec![2],
+            group: "$share/g/a/+".into(),
+        }
+    }
+
+    #[test]
+    fn a_delivery_in_a_group_goes_as_such_from_level_4_and_as_a_shared_deliver_below() {
+        assert_eq!(in_group().for_level(4), in_group());
+        assert_eq!(in_group().for_level(LEVEL), in_group());
+        let Frame::Deliver {
+            client_id,
+            id,
+            subscription_ids,
+            shared,
+            ..
+        } = in_group().for_level(3)
+        else {
+            panic!("not a Deliver");
+        };
+        assert_eq!(
+            (client_id.as_str(), id, subscription_ids, shared),
+            ("dev", 9, vec![2], true)
+        );
+        // Other frames are the same on every level.
+        assert_eq!(Frame::Heartbeat.for_level(2), Frame::Heartbeat);
+        let mut wire = BytesMut::new();
+        encode(&in_group(), &mut wire);
+        assert_eq!(decode(&mut wire).unwrap(), Some(in_group()));
     }
 
     #[test]

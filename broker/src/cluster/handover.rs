@@ -347,17 +347,55 @@ struct AskedFence {
     since: Instant,
 }
 
-/// Deliveries made to a session that just arrived: (message id, from a shared group).
+/// Deliveries made to a session that just arrived: (message id, which delivery: see
+/// [`Seen::first`]).
 #[derive(Default)]
 struct Seen {
-    ids: ahash::AHashSet<(u64, bool)>,
-    order: std::collections::VecDeque<(u64, bool)>,
+    ids: ahash::AHashSet<(u64, u64)>,
+    order: std::collections::VecDeque<(u64, u64)>,
     until: Option<Instant>,
 }
 
+/// The delivery of a message not from a shared group.
+const VIA_SUBSCRIPTION: u64 = 0;
+/// A delivery from some shared group: the only key of one a level-3 node relayed without
+/// naming the group, and recorded beside the group's own key for every other.
+const VIA_SOME_GROUP: u64 = 1;
+/// Every delivery of the message: it came with the session (not knowing which way it was
+/// delivered, it counts as all of them).
+const VIA_ANY: u64 = 2;
+
+/// The key of a delivery from the shared group `group` (never one of the keys above). Pure.
+fn via_group(group: &str) -> u64 {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+        .hash_one(group)
+        .max(VIA_ANY + 1)
+}
+
 impl Seen {
-    /// True the first time.
-    fn first(&mut self, key: (u64, bool)) -> bool {
+    /// Message `id` came with the session: every later delivery of it is a duplicate.
+    fn brought(&mut self, id: u64) {
+        self.insert((id, VIA_ANY));
+    }
+
+    /// True the first time this session gets message `id` this way: not from a shared group,
+    /// from the shared group `group`, or, with an empty `group` (a level-3 node's relay), from
+    /// any shared group.
+    fn first(&mut self, id: u64, group: Option<&str>) -> bool {
+        if self.ids.contains(&(id, VIA_ANY)) {
+            return false;
+        }
+        match group {
+            None => self.insert((id, VIA_SUBSCRIPTION)),
+            Some("") => self.insert((id, VIA_SOME_GROUP)),
+            Some(group) => {
+                self.insert((id, VIA_SOME_GROUP));
+                self.insert((id, via_group(group)))
+            }
+        }
+    }
+
+    fn insert(&mut self, key: (u64, u64)) -> bool {
         if !self.ids.insert(key) {
             return false;
         }
@@ -865,9 +903,7 @@ impl Broker {
                     ..Seen::default()
                 };
                 for id in moving.into_iter().flatten() {
-                    // Not knowing which way it came, both.
-                    seen.first((*id, false));
-                    seen.first((*id, true));
+                    seen.brought(*id);
                 }
                 cluster.moves.received.lock().insert(session.id, seen);
                 session.set_moving(true);
@@ -965,14 +1001,31 @@ impl Broker {
         {
             let mut relays = cluster.moves.relays.lock();
             if let Some(r) = relays.get_mut(&t.session.id) {
-                let frame = Frame::Deliver {
-                    client_id: r.client_id.clone(),
-                    id: message.id,
-                    message: convert::stored_message(message, Instant::now(), now_ms()),
-                    qos: message.qos.min(t.granted) as u8,
-                    retain: t.retain_as_published && message.retain,
-                    subscription_ids: t.subscription_ids.to_vec(),
-                    shared: t.shared,
+                let (client_id, id) = (r.client_id.clone(), message.id);
+                let stored = convert::stored_message(message, Instant::now(), now_ms());
+                let qos = message.qos.min(t.granted) as u8;
+                let retain = t.retain_as_published && message.retain;
+                let subscription_ids = t.subscription_ids.to_vec();
+                // Sent as the link's level allows (`Cluster::send_to`).
+                let frame = match t.group.map(|g| &**g) {
+                    Some(group) if !group.is_empty() => Frame::DeliverInGroup {
+                        client_id,
+                        id,
+                        message: stored,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        group: group.to_owned(),
+                    },
+                    group => Frame::Deliver {
+                        client_id,
+                        id,
+                        message: stored,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        shared: group.is_some(),
+                    },
                 };
                 match &mut r.held {
                     Some(held) => held.push(frame),
@@ -995,7 +1048,7 @@ impl Broker {
             t.session.set_moving(false);
             return true;
         }
-        seen.first((message.id, t.shared))
+        seen.first(message.id, t.group.map(|g| &**g))
     }
 
     /// A delivery relayed by the node that gave us a session (kept until the session is
@@ -1012,7 +1065,9 @@ impl Broker {
             return;
         };
         let client_id = match &frame {
-            Frame::Deliver { client_id, .. } => client_id.clone(),
+            Frame::Deliver { client_id, .. } | Frame::DeliverInGroup { client_id, .. } => {
+                client_id.clone()
+            }
             _ => return,
         };
         let Some(frame) = cluster.asks.stash(&client_id, frame) else {
@@ -1042,23 +1097,48 @@ impl Broker {
             );
             return;
         }
-        let Frame::Deliver {
-            id,
-            message,
-            qos,
-            retain,
-            subscription_ids,
-            shared,
-            ..
-        } = frame
-        else {
-            return;
-        };
+        // The group's key; empty for a shared group a level-3 node did not name.
+        let (id, message, qos, retain, subscription_ids, group): (_, _, _, _, _, Option<Box<str>>) =
+            match frame {
+                Frame::Deliver {
+                    id,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    shared,
+                    ..
+                } => (
+                    id,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    shared.then(|| "".into()),
+                ),
+                Frame::DeliverInGroup {
+                    id,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    group,
+                    ..
+                } => (
+                    id,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    Some(group.into()),
+                ),
+                _ => return,
+            };
         let message = Arc::new(convert::message(message, 0, id, Instant::now(), now_ms()));
         let granted = rookery_codec::QoS::from_u8(qos).unwrap_or(rookery_codec::QoS::AtLeastOnce);
         let target = crate::broker::Target {
             session: &session,
-            shared,
+            group: group.as_ref(),
             granted,
             retain_as_published: retain,
             subscription_ids: subscription_ids.into_iter().collect(),
@@ -1293,6 +1373,30 @@ mod tests {
     use crate::router::trie::Subscription;
     use crate::session::SessionState;
     use rookery_codec::QoS;
+
+    #[test]
+    fn a_message_is_delivered_once_per_group_and_once_outside_groups() {
+        let mut seen = Seen::default();
+        assert!(seen.first(1, None));
+        assert!(!seen.first(1, None), "the same subscription delivery again");
+        assert!(seen.first(1, Some("$share/a/t")), "group a");
+        assert!(
+            seen.first(1, Some("$share/b/t")),
+            "group b is another delivery"
+        );
+        assert!(!seen.first(1, Some("$share/b/t")), "group b again");
+        // A level-3 relay names no group: it counts as any group's delivery, as before.
+        assert!(!seen.first(1, Some("")));
+        assert!(seen.first(2, Some("")));
+        assert!(!seen.first(2, Some("")));
+        assert!(seen.first(3, Some("$share/a/t")));
+        assert!(!seen.first(3, Some("$share/a/t")));
+        // What came with the session was delivered, whichever way.
+        seen.brought(4);
+        assert!(!seen.first(4, None));
+        assert!(!seen.first(4, Some("$share/a/t")));
+        assert!(!seen.first(4, Some("")));
+    }
 
     fn delivery(m: &Arc<Message>, stored: u64) -> Delivery {
         Delivery {

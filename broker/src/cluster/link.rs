@@ -516,7 +516,7 @@ fn handle_frames(
             }
             Frame::HandoverInstalled { client_id } => broker.finish_relay(peer, &client_id),
             Frame::Draining => cluster.note_draining(peer),
-            f @ Frame::Deliver { .. } => broker.deliver_relayed(f),
+            f @ (Frame::Deliver { .. } | Frame::DeliverInGroup { .. }) => broker.deliver_relayed(f),
             Frame::RouteFence { id, node, filters } => broker.route_fence(peer, id, node, filters),
             Frame::RouteFenceAck { id } => cluster.moves.fence_ack(peer, id),
             Frame::HandoverFinished { client_id } => broker.relay_finished(&client_id),

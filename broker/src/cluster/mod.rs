@@ -319,9 +319,9 @@ impl Cluster {
     /// is not linked.
     pub fn send_to(&self, peer: &str, frame: Frame) -> bool {
         let links = self.links.lock();
-        links
-            .get(peer)
-            .is_some_and(|link| !link.close.is_cancelled() && link.tx.send(frame).is_ok())
+        links.get(peer).is_some_and(|link| {
+            !link.close.is_cancelled() && link.tx.send(frame.for_level(link.level)).is_ok()
+        })
     }
 
     /// Queues a forwarded message for `peer`. Dropped (and counted) only when the peer is not

@@ -549,3 +549,137 @@ async fn a_peer_of_the_first_protocol_level_gets_a_large_queue_in_one_reply_not_
     assert_eq!(entries, N);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moving_session_in_two_shared_groups_gets_the_relayed_delivery_of_each() {
+    // The old node (a peer played by the test) hands a session over and relays deliveries
+    // for it: one message picked for the session in two shared groups comes twice, once per
+    // group, and reaches the client twice; a repeat of either, or a level-3 relay naming no
+    // group, is a duplicate.
+    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use rookery_broker::cluster::handover::Transfer;
+    use rookery_store::{SessionRecord, StoredMessage, SubscriptionRecord};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let node = node_with("node-a", "prod", port, &[], |_| {}).await;
+    let mut old = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    frame::encode(
+        &Frame::Hello(Hello {
+            cluster: "prod".into(),
+            node_id: "node-z".into(),
+            epoch: 1,
+            insist: true,
+            protocol: frame::LEVEL,
+        }),
+        &mut out,
+    );
+    old.write_all(&out).await.unwrap();
+    until("the old node linked", || up(&node) == ["node-z"]).await;
+
+    // The client resumes here; the old node answers the ask with the session.
+    let addr = node.addr();
+    let client = tokio::spawn(async move { Raw::connect_with(addr, persistent("dev")).await });
+    let mut buf = bytes::BytesMut::new();
+    let at_ms = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            while let Some(f) = frame::decode(&mut buf).unwrap() {
+                if let Frame::HandoverAsk { client_id, at_ms } = f {
+                    assert_eq!(client_id, "dev");
+                    return at_ms;
+                }
+            }
+            assert!(old.read_buf(&mut buf).await.unwrap() > 0, "link closed");
+        }
+    })
+    .await
+    .expect("no HandoverAsk");
+    let subscription = |filter: &str, id: u32| SubscriptionRecord {
+        filter: filter.into(),
+        qos: 1,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: 0,
+        id: Some(id),
+    };
+    let transfer = Transfer {
+        record: SessionRecord {
+            client_id: "dev".into(),
+            expiry_secs: 3600,
+            disconnected_at_ms: None,
+            username: None,
+            by_password: false,
+            subscriptions: vec![subscription("$share/a/t", 1), subscription("$share/b/t", 2)],
+            will: None,
+            owner_node: "node-z".into(),
+            epoch: 1,
+        },
+        entries: vec![],
+        incoming: vec![],
+    };
+    let message = StoredMessage {
+        topic: "t".into(),
+        payload: bytes::Bytes::from_static(b"42"),
+        qos: 1,
+        retain: false,
+        properties: bytes::Bytes::new(),
+        expires_at_ms: None,
+    };
+    let in_group = |id: u64, group: &str, sub: u32| Frame::DeliverInGroup {
+        client_id: "dev".into(),
+        id,
+        message: message.clone(),
+        qos: 1,
+        retain: false,
+        subscription_ids: vec![sub],
+        group: group.into(),
+    };
+    let mut out = bytes::BytesMut::new();
+    frame::encode(
+        &Frame::HandoverReply {
+            client_id: "dev".into(),
+            at_ms,
+            transfer: Some(Box::new(transfer)),
+        },
+        &mut out,
+    );
+    frame::encode(&in_group(42, "$share/a/t", 1), &mut out);
+    frame::encode(&in_group(42, "$share/b/t", 2), &mut out);
+    frame::encode(&in_group(42, "$share/a/t", 1), &mut out);
+    frame::encode(
+        &Frame::Deliver {
+            client_id: "dev".into(),
+            id: 42,
+            message: message.clone(),
+            qos: 1,
+            retain: false,
+            subscription_ids: vec![1],
+            shared: true,
+        },
+        &mut out,
+    );
+    old.write_all(&out).await.unwrap();
+    let (mut c, ack) = client.await.unwrap();
+    assert!(ack.session_present, "the session came from the old node");
+
+    let mut got = Vec::new();
+    while let Some(packet) = c.recv_within(std::time::Duration::from_secs(1)).await {
+        if let Packet::Publish(p) = packet {
+            got.push(p.properties.subscription_identifiers.clone());
+            c.send(Packet::PubAck(rookery_codec::Ack {
+                packet_id: p.packet_id,
+                ..Default::default()
+            }))
+            .await;
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![vec![1], vec![2]],
+        "one delivery per group, no repeats"
+    );
+    node.shutdown().await;
+}
