@@ -87,18 +87,8 @@ pub enum Frame {
     /// A delivery for a session the sender handed to the receiver, matched by the sender's
     /// routes while the other nodes may not know the new ones yet.
     Deliver {
-        /// The client id.
-        client_id: String,
-        /// The message's cluster-wide id (the receiver delivers each id once).
-        id: u64,
-        /// The message.
-        message: StoredMessage,
-        /// QoS of the delivery.
-        qos: u8,
-        /// RETAIN flag of the delivery.
-        retain: bool,
-        /// Subscription identifiers of the delivery.
-        subscription_ids: Vec<u32>,
+        /// The delivery.
+        delivery: Relayed,
         /// From a shared group.
         shared: bool,
     },
@@ -147,21 +137,30 @@ pub enum Frame {
     /// duplicates per group, so a moving session in two groups that match one topic gets the
     /// delivery of each.
     DeliverInGroup {
-        /// The client id.
-        client_id: String,
-        /// The message's cluster-wide id.
-        id: u64,
-        /// The message.
-        message: StoredMessage,
-        /// QoS of the delivery.
-        qos: u8,
-        /// RETAIN flag of the delivery.
-        retain: bool,
-        /// Subscription identifiers of the delivery.
-        subscription_ids: Vec<u32>,
+        /// The delivery.
+        delivery: Relayed,
         /// The group's key, `$share/{group}/{filter}`.
         group: String,
     },
+}
+
+/// A delivery relayed for a session handed over, as `Deliver` and `DeliverInGroup` carry it.
+/// postcard writes a struct's fields in order with nothing around them, so `Deliver` is the
+/// same on the wire as when these were its own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    /// The client id.
+    pub client_id: String,
+    /// The message's cluster-wide id (the receiver delivers each id once per way).
+    pub id: u64,
+    /// The message.
+    pub message: StoredMessage,
+    /// QoS of the delivery.
+    pub qos: u8,
+    /// RETAIN flag of the delivery.
+    pub retain: bool,
+    /// Subscription identifiers of the delivery.
+    pub subscription_ids: Vec<u32>,
 }
 
 impl Frame {
@@ -170,21 +169,8 @@ impl Frame {
     /// groups at once, as before level 4). Pure.
     pub fn for_level(self, level: u8) -> Frame {
         match self {
-            Frame::DeliverInGroup {
-                client_id,
-                id,
-                message,
-                qos,
-                retain,
-                subscription_ids,
-                ..
-            } if level < 4 => Frame::Deliver {
-                client_id,
-                id,
-                message,
-                qos,
-                retain,
-                subscription_ids,
+            Frame::DeliverInGroup { delivery, .. } if level < 4 => Frame::Deliver {
+                delivery,
                 shared: true,
             },
             other => other,
@@ -342,8 +328,8 @@ mod tests {
         assert_eq!(h.protocol, FIRST_LEVEL);
     }
 
-    fn in_group() -> Frame {
-        Frame::DeliverInGroup {
+    fn relayed() -> Relayed {
+        Relayed {
             client_id: "dev".into(),
             id: 9,
             message: StoredMessage {
@@ -357,6 +343,12 @@ mod tests {
             qos: 1,
             retain: false,
             subscription_ids: vec![2],
+        }
+    }
+
+    fn in_group() -> Frame {
+        Frame::DeliverInGroup {
+            delivery: relayed(),
             group: "$share/g/a/+".into(),
         }
     }
@@ -365,25 +357,40 @@ mod tests {
     fn a_delivery_in_a_group_goes_as_such_from_level_4_and_as_a_shared_deliver_below() {
         assert_eq!(in_group().for_level(4), in_group());
         assert_eq!(in_group().for_level(LEVEL), in_group());
-        let Frame::Deliver {
-            client_id,
-            id,
-            subscription_ids,
-            shared,
-            ..
-        } = in_group().for_level(3)
-        else {
-            panic!("not a Deliver");
-        };
         assert_eq!(
-            (client_id.as_str(), id, subscription_ids, shared),
-            ("dev", 9, vec![2], true)
+            in_group().for_level(3),
+            Frame::Deliver {
+                delivery: relayed(),
+                shared: true
+            }
         );
         // Other frames are the same on every level.
         assert_eq!(Frame::Heartbeat.for_level(2), Frame::Heartbeat);
         let mut wire = BytesMut::new();
         encode(&in_group(), &mut wire);
         assert_eq!(decode(&mut wire).unwrap(), Some(in_group()));
+    }
+
+    #[test]
+    fn a_deliver_is_on_the_wire_what_it_was_with_its_fields_inline() {
+        let d = relayed();
+        let frame = Frame::Deliver {
+            delivery: d.clone(),
+            shared: true,
+        };
+        let new = postcard::to_stdvec(&frame).unwrap();
+        // The variant index, then the fields one after another, as a flat variant had them.
+        let flat = postcard::to_stdvec(&(
+            d.client_id,
+            d.id,
+            d.message,
+            d.qos,
+            d.retain,
+            d.subscription_ids,
+            true,
+        ))
+        .unwrap();
+        assert_eq!(new[1..], flat[..]);
     }
 
     #[test]

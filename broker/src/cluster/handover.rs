@@ -1001,29 +1001,22 @@ impl Broker {
         {
             let mut relays = cluster.moves.relays.lock();
             if let Some(r) = relays.get_mut(&t.session.id) {
-                let (client_id, id) = (r.client_id.clone(), message.id);
-                let stored = convert::stored_message(message, Instant::now(), now_ms());
-                let qos = message.qos.min(t.granted) as u8;
-                let retain = t.retain_as_published && message.retain;
-                let subscription_ids = t.subscription_ids.to_vec();
+                let delivery = super::frame::Relayed {
+                    client_id: r.client_id.clone(),
+                    id: message.id,
+                    message: convert::stored_message(message, Instant::now(), now_ms()),
+                    qos: message.qos.min(t.granted) as u8,
+                    retain: t.retain_as_published && message.retain,
+                    subscription_ids: t.subscription_ids.to_vec(),
+                };
                 // Sent as the link's level allows (`Cluster::send_to`).
                 let frame = match t.group.map(|g| &**g) {
                     Some(group) if !group.is_empty() => Frame::DeliverInGroup {
-                        client_id,
-                        id,
-                        message: stored,
-                        qos,
-                        retain,
-                        subscription_ids,
+                        delivery,
                         group: group.to_owned(),
                     },
                     group => Frame::Deliver {
-                        client_id,
-                        id,
-                        message: stored,
-                        qos,
-                        retain,
-                        subscription_ids,
+                        delivery,
                         shared: group.is_some(),
                     },
                 };
@@ -1065,8 +1058,8 @@ impl Broker {
             return;
         };
         let client_id = match &frame {
-            Frame::Deliver { client_id, .. } | Frame::DeliverInGroup { client_id, .. } => {
-                client_id.clone()
+            Frame::Deliver { delivery, .. } | Frame::DeliverInGroup { delivery, .. } => {
+                delivery.client_id.clone()
             }
             _ => return,
         };
@@ -1098,42 +1091,19 @@ impl Broker {
             return;
         }
         // The group's key; empty for a shared group a level-3 node did not name.
-        let (id, message, qos, retain, subscription_ids, group): (_, _, _, _, _, Option<Box<str>>) =
-            match frame {
-                Frame::Deliver {
-                    id,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    shared,
-                    ..
-                } => (
-                    id,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    shared.then(|| "".into()),
-                ),
-                Frame::DeliverInGroup {
-                    id,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    group,
-                    ..
-                } => (
-                    id,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    Some(group.into()),
-                ),
-                _ => return,
-            };
+        let (delivery, group): (_, Option<Box<str>>) = match frame {
+            Frame::Deliver { delivery, shared } => (delivery, shared.then(|| "".into())),
+            Frame::DeliverInGroup { delivery, group } => (delivery, Some(group.into())),
+            _ => return,
+        };
+        let super::frame::Relayed {
+            id,
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            ..
+        } = delivery;
         let message = Arc::new(convert::message(message, 0, id, Instant::now(), now_ms()));
         let granted = rookery_codec::QoS::from_u8(qos).unwrap_or(rookery_codec::QoS::AtLeastOnce);
         let target = crate::broker::Target {

@@ -47,6 +47,30 @@ pub(crate) async fn node_with(
     .await
 }
 
+/// A TCP connection to a node's cluster port that has introduced itself as node `node_id` of
+/// cluster "prod" at protocol `level`: the test then plays that peer, frame by frame.
+pub(crate) async fn link_as_peer(port: u16, node_id: &str, level: u8) -> tokio::net::TcpStream {
+    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use tokio::io::AsyncWriteExt;
+    let mut peer = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    frame::encode(
+        &Frame::Hello(Hello {
+            cluster: "prod".into(),
+            node_id: node_id.into(),
+            epoch: 1,
+            // Its id is the larger: without this the node would wait for it to dial instead.
+            insist: true,
+            protocol: level,
+        }),
+        &mut out,
+    );
+    peer.write_all(&out).await.unwrap();
+    peer
+}
+
 pub(crate) fn up(s: &Server) -> Vec<String> {
     s.broker.cluster.get().unwrap().up_peers()
 }
@@ -639,26 +663,14 @@ async fn peers_found_by_dns_are_dialed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_falls_silent_is_declared_down_even_while_messages_flow_to_it() {
-    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use rookery_broker::cluster::frame::{self, Frame};
     use tokio::io::AsyncWriteExt;
     let port = free_port();
     let a = node("node-a", "prod", port, &[]).await;
     // A "node" that links, asks for a topic, then neither reads nor writes again: a peer cut
     // off without a reset.
-    let mut ghost = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut ghost = link_as_peer(port, "node-z", frame::FIRST_LEVEL).await;
     let mut out = bytes::BytesMut::new();
-    frame::encode(
-        &Frame::Hello(Hello {
-            cluster: "prod".into(),
-            node_id: "node-z".into(),
-            epoch: 1,
-            insist: true,
-            protocol: frame::FIRST_LEVEL,
-        }),
-        &mut out,
-    );
     frame::encode(&Frame::Routes(vec!["t".into()]), &mut out);
     ghost.write_all(&out).await.unwrap();
     until("the ghost linked", || up(&a) == ["node-z"]).await;

@@ -17,6 +17,22 @@ fn persistent(id: &str) -> rookery_codec::Connect {
     c
 }
 
+/// Parks the persistent session "big" on the node at `addr` with `n` messages of 1 MB queued
+/// (payloads `"{i}:xxx..."`, in order; the node needs `max_packet_size` above 1 MB).
+async fn park_big_session(addr: std::net::SocketAddr, n: usize) {
+    let (mut c, _) = Raw::connect_with(addr, persistent("big")).await;
+    c.subscribe("big/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let (mut p, _) = Raw::connect(addr, Protocol::V5, "publisher", true).await;
+    for i in 1..=n {
+        let mut payload = format!("{i}:").into_bytes();
+        payload.resize(1_000_000, b'x');
+        p.publish("big/1", &payload, QoS::AtLeastOnce, false, i as u16)
+            .await;
+    }
+    p.disconnect().await;
+}
+
 async fn pair(tweak: impl Fn(usize, &mut rookery_broker::Config)) -> (Vec<Server>, Vec<String>) {
     let ports = [free_port(), free_port()];
     let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -86,17 +102,7 @@ async fn a_queue_larger_than_a_transfer_part_moves_whole_and_in_order() {
     // goes in several frames.
     const N: usize = 40;
     let (nodes, _) = pair(|_, c| c.max_packet_size = 2 << 20).await;
-    let (mut c, _) = Raw::connect_with(nodes[0].addr(), persistent("big")).await;
-    c.subscribe("big/#", QoS::AtLeastOnce).await;
-    c.disconnect().await;
-    let (mut p, _) = Raw::connect(nodes[0].addr(), Protocol::V5, "publisher", true).await;
-    for i in 1..=N {
-        let mut payload = format!("{i}:").into_bytes();
-        payload.resize(1_000_000, b'x');
-        p.publish("big/1", &payload, QoS::AtLeastOnce, false, i as u16)
-            .await;
-    }
-    p.disconnect().await;
+    park_big_session(nodes[0].addr(), N).await;
 
     let (mut c, ack) = Raw::connect_with(nodes[1].addr(), persistent("big")).await;
     assert!(ack.session_present, "the session came along");
@@ -487,7 +493,7 @@ async fn the_sessions_of_a_node_that_dies_are_adopted_and_keep_queueing() {
 async fn a_peer_of_the_first_protocol_level_gets_a_large_queue_in_one_reply_not_in_parts() {
     // A node that does not know `HandoverPart` (its Hello says level 2) would close the link
     // on one: it gets the whole queue in the `HandoverReply`, as before parts existed.
-    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use rookery_broker::cluster::frame::{self, Frame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const N: usize = 40;
     let port = free_port();
@@ -495,32 +501,10 @@ async fn a_peer_of_the_first_protocol_level_gets_a_large_queue_in_one_reply_not_
         c.max_packet_size = 2 << 20;
     })
     .await;
-    let (mut c, _) = Raw::connect_with(node.addr(), persistent("big")).await;
-    c.subscribe("big/#", QoS::AtLeastOnce).await;
-    c.disconnect().await;
-    let (mut p, _) = Raw::connect(node.addr(), Protocol::V5, "publisher", true).await;
-    for i in 1..=N {
-        let mut payload = format!("{i}:").into_bytes();
-        payload.resize(1_000_000, b'x');
-        p.publish("big/1", &payload, QoS::AtLeastOnce, false, i as u16)
-            .await;
-    }
-    p.disconnect().await;
+    park_big_session(node.addr(), N).await;
 
-    let mut old = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut old = crate::cluster::link_as_peer(port, "node-z", frame::FIRST_LEVEL).await;
     let mut out = bytes::BytesMut::new();
-    frame::encode(
-        &Frame::Hello(Hello {
-            cluster: "prod".into(),
-            node_id: "node-z".into(),
-            epoch: 1,
-            insist: true,
-            protocol: frame::FIRST_LEVEL,
-        }),
-        &mut out,
-    );
     frame::encode(
         &Frame::HandoverAsk {
             client_id: "big".into(),
@@ -556,27 +540,13 @@ async fn a_moving_session_in_two_shared_groups_gets_the_relayed_delivery_of_each
     // for it: one message picked for the session in two shared groups comes twice, once per
     // group, and reaches the client twice; a repeat of either, or a level-3 relay naming no
     // group, is a duplicate.
-    use rookery_broker::cluster::frame::{self, Frame, Hello};
+    use rookery_broker::cluster::frame::{self, Frame};
     use rookery_broker::cluster::handover::Transfer;
     use rookery_store::{SessionRecord, StoredMessage, SubscriptionRecord};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port();
     let node = node_with("node-a", "prod", port, &[], |_| {}).await;
-    let mut old = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut out = bytes::BytesMut::new();
-    frame::encode(
-        &Frame::Hello(Hello {
-            cluster: "prod".into(),
-            node_id: "node-z".into(),
-            epoch: 1,
-            insist: true,
-            protocol: frame::LEVEL,
-        }),
-        &mut out,
-    );
-    old.write_all(&out).await.unwrap();
+    let mut old = crate::cluster::link_as_peer(port, "node-z", frame::LEVEL).await;
     until("the old node linked", || up(&node) == ["node-z"]).await;
 
     // The client resumes here; the old node answers the ask with the session.
@@ -627,13 +597,16 @@ async fn a_moving_session_in_two_shared_groups_gets_the_relayed_delivery_of_each
         properties: bytes::Bytes::new(),
         expires_at_ms: None,
     };
-    let in_group = |id: u64, group: &str, sub: u32| Frame::DeliverInGroup {
+    let relayed = |id: u64, sub: u32| frame::Relayed {
         client_id: "dev".into(),
         id,
         message: message.clone(),
         qos: 1,
         retain: false,
         subscription_ids: vec![sub],
+    };
+    let in_group = |id: u64, group: &str, sub: u32| Frame::DeliverInGroup {
+        delivery: relayed(id, sub),
         group: group.into(),
     };
     let mut out = bytes::BytesMut::new();
@@ -650,12 +623,7 @@ async fn a_moving_session_in_two_shared_groups_gets_the_relayed_delivery_of_each
     frame::encode(&in_group(42, "$share/a/t", 1), &mut out);
     frame::encode(
         &Frame::Deliver {
-            client_id: "dev".into(),
-            id: 42,
-            message: message.clone(),
-            qos: 1,
-            retain: false,
-            subscription_ids: vec![1],
+            delivery: relayed(42, 1),
             shared: true,
         },
         &mut out,
