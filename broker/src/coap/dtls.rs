@@ -322,10 +322,17 @@ pub struct Sessions {
     broker: Arc<Broker>,
     socket: Arc<UdpSocket>,
     table: Mutex<HashMap<SocketAddr, Session>>,
+    /// The established sessions of each identity, (generation, address): a few per identity,
+    /// so that a handshake counts its identity's sessions without a pass over the table.
+    /// Locked after `table` when both are.
+    identities: Mutex<HashMap<Arc<str>, Vec<SessionKey>>>,
     handshakes: Arc<Semaphore>,
     generation: std::sync::atomic::AtomicU64,
     hint: Option<Vec<u8>>,
 }
+
+/// A session's generation and address: which one it is.
+type SessionKey = (u64, SocketAddr);
 
 /// Removes its session from the table when the session's task ends, however it ends.
 struct Registered {
@@ -347,6 +354,7 @@ impl Sessions {
             broker,
             socket: Arc::new(socket),
             table: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
             handshakes: Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES)),
             generation: std::sync::atomic::AtomicU64::new(1),
             hint: hint.map(|h| h.as_bytes().to_vec()),
@@ -400,10 +408,26 @@ impl Sessions {
 
     fn remove(&self, addr: SocketAddr, generation: u64) {
         let mut table = self.table.lock();
-        if table.get(&addr).is_some_and(|s| s.generation == generation) {
-            table.remove(&addr);
+        if table.get(&addr).is_some_and(|s| s.generation == generation)
+            && let Some(gone) = table.remove(&addr)
+        {
+            self.forget(&gone);
         }
         self.count(table.len());
+    }
+
+    /// Takes a session that left the table out of its identity's list.
+    fn forget(&self, gone: &Session) {
+        let Some(identity) = &gone.identity else {
+            return;
+        };
+        let mut identities = self.identities.lock();
+        if let Some(list) = identities.get_mut(identity) {
+            list.retain(|&(generation, _)| generation != gone.generation);
+            if list.is_empty() {
+                identities.remove(identity);
+            }
+        }
     }
 
     fn count(&self, sessions: usize) {
@@ -414,8 +438,9 @@ impl Sessions {
     }
 
     /// Records a finished handshake; `None` when the session is no longer the one at `addr`.
-    /// Otherwise the sessions of the same identity past [`SESSIONS_PER_IDENTITY`], oldest
-    /// first, to close: one key opens a few sessions, not the whole table.
+    /// Otherwise the sessions of the same identity past [`SESSIONS_PER_IDENTITY`], the
+    /// earliest established first, to close: one key opens a few sessions, not the whole
+    /// table.
     fn establish(
         &self,
         addr: SocketAddr,
@@ -432,17 +457,23 @@ impl Sessions {
             }
             _ => return None,
         }
-        let mut same: Vec<(u64, Arc<DTLSConn>)> = table
-            .values()
-            .filter(|s| s.identity.as_deref() == Some(&**identity))
-            .filter_map(|s| s.conn.clone().map(|c| (s.generation, c)))
-            .collect();
-        if same.len() <= SESSIONS_PER_IDENTITY {
-            return Some(Vec::new());
-        }
-        same.sort_by_key(|(g, _)| *g);
-        let surplus = same.len() - SESSIONS_PER_IDENTITY;
-        Some(same.into_iter().take(surplus).map(|(_, c)| c).collect())
+        let mut identities = self.identities.lock();
+        let same = identities.entry(identity.clone()).or_default();
+        // In the order they were established: the oldest go first.
+        same.push((generation, addr));
+        let surplus = same.len().saturating_sub(SESSIONS_PER_IDENTITY);
+        // They leave the list when their tasks end and take them out of the table.
+        Some(
+            same[..surplus]
+                .iter()
+                .filter_map(|(g, a)| {
+                    table
+                        .get(a)
+                        .filter(|s| s.generation == *g)
+                        .and_then(|s| s.conn.clone())
+                })
+                .collect(),
+        )
     }
 
     /// Notes authenticated traffic from the session.
@@ -522,10 +553,13 @@ impl Sessions {
         };
         // The old session goes only now that the new one can start. Its task sees the
         // connection close and ends.
-        if restart && let Some(old) = table.remove(&addr).and_then(|s| s.conn) {
-            tokio::spawn(async move {
-                let _ = old.close().await;
-            });
+        if restart && let Some(old) = table.remove(&addr) {
+            self.forget(&old);
+            if let Some(conn) = old.conn {
+                tokio::spawn(async move {
+                    let _ = conn.close().await;
+                });
+            }
         }
         let (tx, rx) = mpsc::channel(PIPE_DEPTH);
         let _ = tx.try_send(datagram.to_vec());

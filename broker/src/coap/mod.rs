@@ -126,7 +126,7 @@ pub struct Gateway {
     exchanges: Mutex<Exchanges>,
     blocks: Mutex<BlockHandler<Peer>>,
     /// Per source address (an IPv6 source by its /64).
-    buckets: Mutex<HashMap<(&'static str, String), TokenBucket>>,
+    buckets: Mutex<HashMap<(&'static str, std::net::IpAddr), TokenBucket>>,
     cache: Mutex<IndexMap<String, Cached>>,
     handling: Arc<tokio::sync::Semaphore>,
     /// NON notifications sent lately, by (observer, message id): an RST in answer ends the
@@ -351,7 +351,7 @@ impl Gateway {
             return true;
         }
         let now = Instant::now();
-        let key = (class, crate::security::authenticate::address_key(ip));
+        let key = (class, crate::security::authenticate::address_block(ip));
         let mut buckets = self.buckets.lock();
         let bucket = buckets
             .entry(key)

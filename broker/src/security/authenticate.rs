@@ -242,18 +242,29 @@ fn counted_address(info: &ConnInfo, client_id: &str) -> String {
     }
 }
 
+/// The block an address is limited as: an IPv4 address (also when mapped into IPv6) alone,
+/// an IPv6 address by its /64 (one host or network usually holds a whole /64). Pure.
+pub fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 /// The ban key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's usual allocation,
 /// so that an attacker cannot step through addresses to dodge a ban).
 pub fn address_key(ip: IpAddr) -> String {
-    match ip {
+    match address_block(ip) {
         IpAddr::V4(v4) => format!("addr/{v4}"),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("addr/{v4}"),
-            None => {
-                let s = v6.segments();
-                format!("addr/{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("addr/{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -323,4 +334,30 @@ async fn failed(
         );
     }
     refusal(reason::BAD_USERNAME_OR_PASSWORD, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_limited_alone_in_ipv4_and_by_their_64_in_ipv6() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_block(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_block(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            address_block(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_block(ip("2001:db8:1:2::1")),
+            address_block(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_eq!(address_key(ip("192.0.2.7")), "addr/192.0.2.7");
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), "addr/192.0.2.7");
+        assert_eq!(
+            address_key(ip("2001:db8:0:2:aaaa::1")),
+            "addr/2001:db8:0:2::/64"
+        );
+    }
 }
