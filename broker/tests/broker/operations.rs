@@ -409,9 +409,20 @@ async fn publishers_pause_at_the_memory_mark_until_queues_drain() {
         publ
     });
     eventually(|| broker.memory.is_high()).await;
-    let m = scrape(metrics).await;
+    // The mark is high before the publisher's next PUBLISH meets it: wait for that pause.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let m = loop {
+        let m = scrape(metrics).await;
+        if value(&m, "rookery_rate_limited_total{limit=\"memory\"}") >= 1.0 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publisher paused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(value(&m, "rookery_memory_pressure"), 1.0);
-    assert!(value(&m, "rookery_rate_limited_total{limit=\"memory\"}") >= 1.0);
     // Queued bytes stop well short of the flood: the publisher is paused, not dropped.
     let queued = value(&m, "rookery_queued_bytes");
     assert!(queued < (FLOOD * 4096 / 2) as f64, "{queued}");
