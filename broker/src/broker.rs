@@ -50,6 +50,8 @@ pub struct Routed {
     pub ticket: Option<Ticket>,
     /// Not routed: it needed the store, and the store cannot take it now.
     pub refused: bool,
+    /// QoS 1/2: the peers with a subscriber that are to acknowledge it (protocol level 5).
+    pub forwarded: Vec<crate::cluster::AckWait>,
 }
 
 /// Which of this node's shared groups a routing may deliver to.
@@ -216,18 +218,19 @@ impl Broker {
     /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
     /// again, so no loops), and a retained one into the index without a store write (the
     /// node it was published on stored it). Returns a session whose queue it pushed over its
-    /// limit: the link then stops reading until it drains (backpressure to the peer).
+    /// limit (the link then stops reading until it drains: backpressure to the peer), and the
+    /// commit of its store writes (the peer's acknowledgement waits for it in `sync`).
     pub fn route_forwarded(
         &self,
         id: u64,
         stored: StoredMessage,
         groups: &[String],
-    ) -> Option<Arc<Session>> {
+    ) -> (Option<Arc<Session>>, Option<Ticket>) {
         // The publishing node's id: the same message reaching a moving session twice is
         // delivered once.
         let message = Arc::new(convert::message(stored, 0, id, Instant::now(), now_ms()));
-        self.route_here(&message, false, Groups::Only(groups))
-            .congested
+        let routed = self.route_here(&message, false, Groups::Only(groups));
+        (routed.congested, routed.ticket)
     }
 
     /// Tells the other nodes that a connection here took `session`'s client id (at the time
@@ -313,7 +316,21 @@ impl Broker {
         let mut peers = matched.clone();
         // Each group's node, in turn among those with members.
         let mut picked: SmallVec<[(Arc<str>, Vec<String>); 2]> = SmallVec::new();
+        // A peer down with its routes kept takes a group's message only if no linked peer
+        // has a member.
+        let kept = cluster.any_kept();
         for (key, candidates) in remote_groups.iter().flatten() {
+            let up: SmallVec<[Arc<str>; 4]>;
+            let candidates = if kept && candidates.iter().any(|p| !cluster.is_kept(p)) {
+                up = candidates
+                    .iter()
+                    .filter(|p| !cluster.is_kept(p))
+                    .cloned()
+                    .collect();
+                &up[..]
+            } else {
+                &candidates[..]
+            };
             let Some(peer) = remote.pick(candidates, key, message.id) else {
                 continue;
             };
@@ -350,7 +367,8 @@ impl Broker {
                 message: stored.clone(),
                 groups,
             };
-            let sent = match cluster.forward(peer, frame) {
+            let (forwarded, wait) = cluster.forward(peer, frame);
+            let sent = match forwarded {
                 Forwarded::Sent => true,
                 Forwarded::Congested(queue) => {
                     routed.peer_congested = Some(queue);
@@ -360,6 +378,9 @@ impl Broker {
             };
             if sent && wanted {
                 routed.receivers += 1;
+                if let Some(wait) = wait.filter(|_| message.qos != QoS::AtMostOnce) {
+                    routed.forwarded.push(wait);
+                }
             }
         }
     }

@@ -21,6 +21,8 @@ mod connect;
 mod drain;
 #[path = "broker/durable.rs"]
 mod durable;
+#[path = "broker/forward_acks.rs"]
+mod forward_acks;
 #[path = "broker/handover.rs"]
 mod handover;
 #[path = "broker/malformed.rs"]

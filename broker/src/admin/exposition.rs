@@ -500,10 +500,21 @@ impl Snapshot {
             });
             counters.push(Family {
                 name: "rookery_cluster_forward_dropped",
-                help: "Messages not forwarded to a peer: not linked, or its queue was full.",
+                help: "Messages not forwarded to a peer: not linked, or its queue was full; or \
+                       forwarded and given up unacknowledged when the peer did not come back.",
                 rows: forwards
                     .iter()
                     .map(|(p, _, d)| (vec![("peer", p.clone())], *d))
+                    .collect(),
+            });
+            gauges.push(Family {
+                name: "rookery_cluster_forward_unacknowledged",
+                help: "Messages forwarded to a peer (or kept for it while it is down) that it has \
+                       not acknowledged yet, by node id.",
+                rows: cluster
+                    .unacked()
+                    .into_iter()
+                    .map(|(p, n)| (vec![("peer", p)], n as f64))
                     .collect(),
             });
         }

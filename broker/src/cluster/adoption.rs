@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::KEPT_WHILE_DOWN;
 use super::handover::pick_node;
 use crate::broker::Broker;
 
@@ -21,44 +22,56 @@ use crate::broker::Broker;
 const GRACE: Duration = Duration::from_secs(1);
 
 impl Broker {
-    /// The link to `peer` went down: adopts our share of its sessions unless it comes back
-    /// within the grace.
-    pub fn peer_down(self: &Arc<Self>, peer: &str) {
-        let Some(p) = &self.persist else {
+    /// The link `link_id` to `peer` went down: adopts our share of its sessions unless it
+    /// comes back within the grace. When its routes were `kept` (a level-5 link), what is
+    /// forwarded to it waits for its return until its sessions are adopted here or elsewhere,
+    /// or for [`KEPT_WHILE_DOWN`] when nobody adopts them; then it is given up.
+    pub fn peer_down(self: &Arc<Self>, peer: &str, link_id: u64, kept: bool) {
+        let Some(cluster) = self.cluster.get() else {
             return;
         };
-        if !p.sessions_shared() || self.cluster.get().is_none() {
+        let adopts = self.persist.as_ref().is_some_and(|p| p.sessions_shared());
+        if !adopts && !kept {
             return;
         }
-        let (broker, peer) = (self.clone(), peer.to_owned());
+        let (broker, peer, cluster) = (self.clone(), peer.to_owned(), cluster.clone());
         tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep(GRACE) => {}
                 _ = broker.drain.cancelled() => return,
             }
-            let Some(cluster) = broker.cluster.get() else {
-                return;
-            };
             if cluster.is_up(&peer) {
                 return;
             }
             // On the minority side of a partition, the others may be fine: leave their
             // sessions to the majority, which adopts ours.
-            if !cluster.has_majority() {
+            if adopts && !cluster.has_majority() {
                 warn!(
                     peer,
                     "peer unreachable, but so is most of the cluster: its sessions are not adopted"
                 );
+            } else if adopts {
+                let adopted = broker.adopt_sessions_of(&peer).await;
+                if adopted > 0 {
+                    info!(
+                        peer,
+                        sessions = adopted,
+                        "sessions of a departed node adopted"
+                    );
+                }
+                // Its sessions are now here or on the other nodes, which route for them.
+                cluster.give_up(&peer, link_id);
                 return;
             }
-            let adopted = broker.adopt_sessions_of(&peer).await;
-            if adopted > 0 {
-                info!(
-                    peer,
-                    sessions = adopted,
-                    "sessions of a departed node adopted"
-                );
+            if !kept {
+                return;
             }
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + KEPT_WHILE_DOWN) => {}
+                _ = broker.drain.cancelled() => {}
+            }
+            cluster.give_up(&peer, link_id);
         });
     }
 

@@ -27,7 +27,8 @@ pub const VERSION: u8 = 2;
 /// - 2: the format's first release (a `Hello` without the level byte).
 /// - 3: `HandoverPart` (a session's queue in parts before its `HandoverReply`).
 /// - 4: `DeliverInGroup` (a relayed shared-group delivery names its group).
-pub const LEVEL: u8 = 4;
+/// - 5: `ForwardAck` and `ForwardResume` (forwarded messages are acknowledged, `acks.rs`).
+pub const LEVEL: u8 = 5;
 /// The level of a peer whose `Hello` carries no level byte.
 pub const FIRST_LEVEL: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
@@ -141,6 +142,20 @@ pub enum Frame {
         delivery: Relayed,
         /// The group's key, `$share/{group}/{filter}`.
         group: String,
+    },
+    /// Every `Publish` the receiver sent on its links to this node (in its current boot
+    /// epoch) up to number `upto` has been routed here, and in `sync` durability committed
+    /// (level 5; see `acks.rs`).
+    ForwardAck {
+        /// The count handled.
+        upto: u64,
+    },
+    /// Sent first on a link of level 5: the next `Publish` on this link is number `from + 1`
+    /// (after a reconnection, the frames not acknowledged follow again; the receiver skips
+    /// those it handled).
+    ForwardResume {
+        /// The count the sender knows acknowledged.
+        from: u64,
     },
 }
 
@@ -412,6 +427,8 @@ mod tests {
         };
         encode(&message, &mut wire);
         encode(&Frame::Routes(vec!["a/+".into(), "#".into()]), &mut wire);
+        encode(&Frame::ForwardResume { from: 3 }, &mut wire);
+        encode(&Frame::ForwardAck { upto: u64::MAX }, &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -421,9 +438,16 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got.len(), 4);
+        assert_eq!(got.len(), 6);
         assert_eq!(got[..2], [hello(), Frame::Heartbeat]);
         assert_eq!(got[2], message);
+        assert_eq!(
+            got[4..],
+            [
+                Frame::ForwardResume { from: 3 },
+                Frame::ForwardAck { upto: u64::MAX }
+            ]
+        );
         assert!(buf.is_empty());
     }
 

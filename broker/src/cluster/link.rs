@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::acks;
 use super::frame::{self, Frame, Hello};
 use super::{Cluster, LinkQueue, PeerLink, Registered};
 use crate::broker::Broker;
@@ -331,6 +332,7 @@ async fn run(
         tx: tx.clone(),
         queued: queued.clone(),
         close: close.clone(),
+        ledger: None,
     };
     if cluster.register(&peer, link) == Registered::Duplicate {
         debug!(peer, "second link to a linked peer closed");
@@ -359,18 +361,23 @@ async fn run(
         warn!(peer, node = %cluster.node_id,
             "these node ids share a store-id tag: name nodes NAME-0, NAME-1, ... (a StatefulSet does)");
     }
+    let acks = (level >= acks::ACK_LEVEL).then(|| Acks {
+        ledger: cluster.ledger(&peer),
+        reading: acks::Reading::new(cluster.handled(&peer, hello.epoch)),
+    });
     let mut ends = Ends {
         reader: &mut reader,
         writer: &mut writer,
         buf: &mut buf,
         rx: &mut rx,
         queued: &queued,
+        acks,
     };
     let ended = serve(broker, cluster, &peer, &mut ends, &close, shutdown).await;
-    cluster.unregister(&peer, link_id);
+    let kept = cluster.unregister(&peer, link_id);
     close.cancel();
     if !shutdown.is_cancelled() {
-        broker.peer_down(&peer);
+        broker.peer_down(&peer, link_id, kept);
     }
     match &ended {
         Ok(()) => info!(peer, "cluster link closed"),
@@ -386,6 +393,24 @@ struct Ends<'a> {
     buf: &'a mut BytesMut,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     queued: &'a LinkQueue,
+    /// Forward acknowledgements, on a link of level 5.
+    acks: Option<Acks>,
+}
+
+/// A level-5 link's acknowledgements: of what we forwarded (the peer's ledger) and of what
+/// the peer forwarded (our reading of it).
+struct Acks {
+    ledger: Option<Arc<acks::Ledger>>,
+    reading: acks::Reading,
+}
+
+/// What a read pass did.
+#[derive(Default)]
+struct Pass {
+    /// A session a forwarded message pushed over its queue limit (the link waits for it).
+    congested: Option<Arc<Session>>,
+    /// The highest commit ticket the forwarded messages made.
+    ticket: u64,
 }
 
 /// Queues `f` in `out`, counting a forwarded message off the peer's budget.
@@ -411,6 +436,7 @@ async fn serve(
         buf,
         rx,
         queued,
+        acks,
     } = ends;
     let mut out = BytesMut::new();
     // A session this link's messages pushed over its queue limit: the link is not read until
@@ -420,19 +446,28 @@ async fn serve(
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep(DEAD_AFTER);
     tokio::pin!(dead);
+    // In `sync` durability an acknowledgement waits for the commits of what it covers.
+    let mut committed = broker
+        .persist
+        .as_ref()
+        .filter(|p| p.is_sync() && acks.is_some())
+        .map(|p| p.committer().watch());
     // Frames that came with the peer's Hello (its route snapshot, often) are handled now, not
     // at the next read.
-    congested = handle_frames(broker, cluster, peer, buf)?;
+    let pass = handle_frames(broker, cluster, peer, buf, acks.as_mut())?;
+    congested = pass.congested;
+    acknowledge(acks.as_mut(), pass.ticket, committed.as_ref(), &mut out);
     loop {
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+            out.clear();
+        }
+        let owed = acks.as_ref().and_then(|a| a.reading.waiting_for());
         tokio::select! {
             _ = close.cancelled() => return Ok(()),
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut dead, if congested.is_none() => return Err(LinkError::Silent(DEAD_AFTER)),
-            _ = beat.tick() => {
-                frame::encode(&Frame::Heartbeat, &mut out);
-                writer.write_all(&out).await?;
-                out.clear();
-            }
+            _ = beat.tick() => frame::encode(&Frame::Heartbeat, &mut out),
             f = rx.recv() => {
                 let Some(f) = f else { return Ok(()) };
                 // Everything queued goes out in one write.
@@ -450,30 +485,77 @@ async fn serve(
                     dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
                 }
             }
+            r = wait_committed(committed.as_mut(), owed), if owed.is_some() => {
+                if let (Some(acks), Some(now)) = (acks.as_mut(), r)
+                    && let Some(upto) = acks.reading.committed(now)
+                {
+                    frame::encode(&Frame::ForwardAck { upto }, &mut out);
+                }
+            }
             _ = wait_for_space(congested.as_ref(), resume_below(broker)), if congested.is_some() => {
                 // We were the ones not reading: the peer is not silent.
                 dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
-                congested = handle_frames(broker, cluster, peer, buf)?;
+                let pass = handle_frames(broker, cluster, peer, buf, acks.as_mut())?;
+                congested = pass.congested;
+                acknowledge(acks.as_mut(), pass.ticket, committed.as_ref(), &mut out);
             }
             r = reader.read_buf(buf), if congested.is_none() => {
                 if r? == 0 {
                     return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
                 }
                 dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
-                congested = handle_frames(broker, cluster, peer, buf)?;
+                let pass = handle_frames(broker, cluster, peer, buf, acks.as_mut())?;
+                congested = pass.congested;
+                acknowledge(acks.as_mut(), pass.ticket, committed.as_ref(), &mut out);
             }
         }
     }
 }
 
+/// After a read pass: the `ForwardAck` it earns, into `out` (now, or once its commits land).
+fn acknowledge(
+    acks: Option<&mut Acks>,
+    ticket: u64,
+    committed: Option<&tokio::sync::watch::Receiver<u64>>,
+    out: &mut BytesMut,
+) {
+    let Some(acks) = acks else { return };
+    // Without `sync` durability nothing waits for a commit.
+    let (ticket, now) = match committed {
+        Some(c) => (ticket, *c.borrow()),
+        None => (0, 0),
+    };
+    if let Some(upto) = acks.reading.after_pass(ticket, now) {
+        frame::encode(&Frame::ForwardAck { upto }, out);
+    }
+}
+
+/// Waits until the committer reaches `ticket`; returns the ticket committed then. `None` when
+/// the committer stopped (nothing more will commit).
+async fn wait_committed(
+    committed: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    ticket: Option<u64>,
+) -> Option<u64> {
+    let (Some(committed), Some(ticket)) = (committed, ticket) else {
+        return std::future::pending().await;
+    };
+    let reached = committed.wait_for(|t| *t >= ticket).await.map(|t| *t);
+    match reached {
+        Ok(t) => Some(t),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Handles every whole frame in `buf`, stopping after a forwarded message that pushed a
-/// session over its queue limit (returned: the caller waits for it before reading on).
+/// session over its queue limit (the caller waits for it before reading on).
 fn handle_frames(
     broker: &Arc<Broker>,
     cluster: &Arc<Cluster>,
     peer: &str,
     buf: &mut BytesMut,
-) -> Result<Option<Arc<Session>>, LinkError> {
+    mut acks: Option<&mut Acks>,
+) -> Result<Pass, LinkError> {
+    let mut pass = Pass::default();
     while let Some(f) = frame::decode(buf)? {
         match f {
             Frame::Heartbeat => {}
@@ -520,16 +602,35 @@ fn handle_frames(
             Frame::RouteFence { id, node, filters } => broker.route_fence(peer, id, node, filters),
             Frame::RouteFenceAck { id } => cluster.moves.fence_ack(peer, id),
             Frame::HandoverFinished { client_id } => broker.relay_finished(&client_id),
+            Frame::ForwardAck { upto } => {
+                if let Some(ledger) = acks.as_ref().and_then(|a| a.ledger.as_ref()) {
+                    ledger.ack(upto);
+                }
+            }
+            Frame::ForwardResume { from } => {
+                if let Some(acks) = acks.as_mut() {
+                    acks.reading.resume(from);
+                }
+            }
             Frame::Publish {
                 id,
                 message,
                 groups,
             } => {
-                if let Some(session) = broker.route_forwarded(id, message, &groups) {
-                    return Ok(Some(session));
+                // Sent again after a reconnection and handled already: skipped.
+                if let Some(acks) = acks.as_mut()
+                    && !acks.reading.arrived()
+                {
+                    continue;
+                }
+                let (session, ticket) = broker.route_forwarded(id, message, &groups);
+                pass.ticket = pass.ticket.max(ticket.unwrap_or(0));
+                if session.is_some() {
+                    pass.congested = session;
+                    return Ok(pass);
                 }
             }
         }
     }
-    Ok(None)
+    Ok(pass)
 }

@@ -10,6 +10,7 @@
 //!
 //! What rides on the links (routes, forwarded messages, ownership) builds on this module.
 
+pub mod acks;
 pub mod adoption;
 pub mod discovery;
 pub mod frame;
@@ -95,6 +96,28 @@ pub enum Forwarded {
     Dropped,
 }
 
+/// A forwarded message the peer is to acknowledge: its number in the peer's ledger.
+#[derive(Debug, Clone)]
+pub struct AckWait {
+    /// The peer's ledger.
+    pub ledger: Arc<acks::Ledger>,
+    /// The message's number in it.
+    pub n: u64,
+}
+
+impl AckWait {
+    /// True once the peer acknowledged it (or it was given up).
+    pub fn is_done(&self) -> bool {
+        self.ledger.is_acked(self.n)
+    }
+}
+
+/// How long a peer at level 5 that went down keeps its routes (what is forwarded to it waits
+/// in its ledger, and the publishers' acknowledgements with it) when nobody adopts its
+/// sessions: long enough for a cut cable or a stalled process to come back, short enough that
+/// a node gone for good does not hold publishers long.
+pub const KEPT_WHILE_DOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A live link to a peer, as the registry holds it.
 #[derive(Debug, Clone)]
 pub struct PeerLink {
@@ -115,6 +138,9 @@ pub struct PeerLink {
     pub queued: Arc<LinkQueue>,
     /// Cancelled to close this link.
     pub close: CancellationToken,
+    /// The peer's ledger of forwarded messages not acknowledged (level 5 and up; set by
+    /// [`Cluster::register`]).
+    pub ledger: Option<Arc<acks::Ledger>>,
 }
 
 /// What a peer looks like from here, for metrics and status.
@@ -160,6 +186,14 @@ pub struct Cluster {
     draining: Mutex<ahash::AHashSet<String>>,
     /// The links' TLS, when mutual TLS is configured (reloaded with the other files).
     link_tls: std::sync::OnceLock<Arc<link::LinkTls>>,
+    /// What each peer (of level 5 and up) has not acknowledged, by node id.
+    ledgers: Mutex<AHashMap<String, Arc<acks::Ledger>>>,
+    /// What this node handled of each peer's forwarded messages: (its epoch, the count).
+    handled: Mutex<AHashMap<String, (u64, Arc<acks::Handled>)>>,
+    /// Peers down whose routes are kept (see [`KEPT_WHILE_DOWN`]).
+    kept: Mutex<ahash::AHashSet<String>>,
+    /// `kept` is not empty (read on every forward).
+    any_kept: std::sync::atomic::AtomicBool,
 }
 
 /// What registering a new link decided.
@@ -191,6 +225,10 @@ impl Cluster {
             moves: handover::Moves::default(),
             draining: Mutex::new(ahash::AHashSet::new()),
             link_tls: std::sync::OnceLock::new(),
+            ledgers: Mutex::new(AHashMap::new()),
+            handled: Mutex::new(AHashMap::new()),
+            kept: Mutex::new(ahash::AHashSet::new()),
+            any_kept: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -262,7 +300,7 @@ impl Cluster {
     /// pair, the one dialed by the smaller node id is kept; both nodes decide the same way. A
     /// link from the same dialer, or from a peer with a new epoch, replaces the old one (the
     /// dialer would not dial again if it thought the old one alive).
-    pub fn register(&self, peer: &str, link: PeerLink) -> Registered {
+    pub fn register(&self, peer: &str, mut link: PeerLink) -> Registered {
         if let Some(addr) = &link.dialed {
             self.note_seen(addr, peer);
         }
@@ -274,29 +312,167 @@ impl Cluster {
         {
             return Registered::Duplicate;
         }
+        self.attach_ledger(peer, &mut link);
         if let Some(old) = links.insert(peer.to_owned(), link) {
             old.close.cancel();
         }
+        drop(links);
+        self.unkeep(peer);
         Registered::Kept
     }
 
-    /// Forgets the link `link_id` to `peer` if it is still the registered one, and the
-    /// routes the peer announced on it.
-    pub fn unregister(&self, peer: &str, link_id: u64) {
+    /// Gives a new link of level 5 its peer's ledger and sends on it first what the ledger
+    /// holds (under the `links` lock, so nothing forwarded meanwhile goes ahead of it). A peer
+    /// with a new epoch restarted: what its old life did not acknowledge is given up.
+    fn attach_ledger(&self, peer: &str, link: &mut PeerLink) {
+        let mut ledgers = self.ledgers.lock();
+        let old = ledgers.get(peer).cloned();
+        if link.level < acks::ACK_LEVEL {
+            if let Some(old) = old {
+                ledgers.remove(peer);
+                self.count_given_up(peer, old.settle());
+            }
+            return;
+        }
+        let ledger = match old {
+            Some(l) if l.epoch == link.epoch => l,
+            old => {
+                if let Some(old) = old {
+                    self.count_given_up(peer, old.settle());
+                }
+                let l = Arc::new(acks::Ledger::new(link.epoch));
+                ledgers.insert(peer.to_owned(), l.clone());
+                l
+            }
+        };
+        let resent = ledger.resume(link.link_id, |f| {
+            // Counted before it is sent: the writer counts it off once written.
+            let publish = matches!(f, Frame::Publish { .. });
+            if publish {
+                link.queued.count.fetch_add(1, Ordering::Relaxed);
+            }
+            let sent = link.tx.send(f).is_ok();
+            if !sent && publish {
+                link.queued.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            sent
+        });
+        if resent > 0 {
+            tracing::info!(
+                peer,
+                messages = resent,
+                "forwarded messages not acknowledged sent again"
+            );
+        }
+        link.ledger = Some(ledger);
+    }
+
+    /// Forgets the link `link_id` to `peer` if it is still the registered one. The routes the
+    /// peer announced on it go too, unless the link was of level 5: then they stay, and what
+    /// is forwarded to the peer waits in its ledger, until it comes back or
+    /// [`Cluster::give_up`]. Returns true when the routes were kept.
+    pub fn unregister(&self, peer: &str, link_id: u64) -> bool {
         let removed = {
             let mut links = self.links.lock();
             let ours = links.get(peer).is_some_and(|l| l.link_id == link_id);
-            if ours {
-                links.remove(peer);
-            }
-            ours
+            if ours { links.remove(peer) } else { None }
         };
-        // Not under `links`: elsewhere `remote` is taken first, then `links`.
-        if removed {
-            self.remote.write().drop_peer(peer);
-            self.draining.lock().remove(peer);
-            self.asks.drop_parts(peer);
+        let Some(removed) = removed else {
+            return false;
+        };
+        self.draining.lock().remove(peer);
+        self.asks.drop_parts(peer);
+        if removed.ledger.is_some() {
+            let mut kept = self.kept.lock();
+            kept.insert(peer.to_owned());
+            self.any_kept.store(true, Ordering::Relaxed);
+            return true;
         }
+        // Not under `links`: elsewhere `remote` is taken first, then `links`.
+        self.remote.write().drop_peer(peer);
+        false
+    }
+
+    /// `peer`, down since its link `link_id` went, is not coming back in time (or its sessions
+    /// were adopted): its routes go and what waits for it is given up (counted as dropped), so
+    /// that its publishers' acknowledgements go out. Nothing if it came back meanwhile.
+    /// Returns how many messages were given up.
+    pub fn give_up(&self, peer: &str, link_id: u64) -> usize {
+        if self.is_up(peer) {
+            return 0;
+        }
+        let ledger = self.ledgers.lock().get(peer).cloned();
+        let Some(ledger) = ledger.filter(|l| l.is_link(link_id)) else {
+            return 0;
+        };
+        self.unkeep(peer);
+        self.remote.write().drop_peer(peer);
+        let given_up = ledger.settle();
+        self.count_given_up(peer, given_up);
+        given_up
+    }
+
+    fn unkeep(&self, peer: &str) {
+        let mut kept = self.kept.lock();
+        if kept.remove(peer) {
+            self.any_kept.store(!kept.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// True when `peer` is down and its routes are kept.
+    pub fn is_kept(&self, peer: &str) -> bool {
+        self.any_kept.load(Ordering::Relaxed) && self.kept.lock().contains(peer)
+    }
+
+    /// True when some peer is down with its routes kept (a shared group then prefers members
+    /// on linked nodes).
+    pub fn any_kept(&self) -> bool {
+        self.any_kept.load(Ordering::Relaxed)
+    }
+
+    fn count_given_up(&self, peer: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        tracing::warn!(
+            peer,
+            messages = n,
+            "forwarded messages not acknowledged given up"
+        );
+        let mut counts = self.forwarded.lock();
+        let entry = counts.entry(peer.to_owned()).or_insert((0, 0));
+        entry.1 += n as u64;
+    }
+
+    /// What this node handled of `peer`'s forwarded messages in its boot epoch `epoch`
+    /// (a new epoch starts from zero).
+    pub fn handled(&self, peer: &str, epoch: u64) -> Arc<acks::Handled> {
+        let mut handled = self.handled.lock();
+        match handled.get(peer) {
+            Some((e, h)) if *e == epoch => h.clone(),
+            _ => {
+                let h = Arc::new(acks::Handled::default());
+                handled.insert(peer.to_owned(), (epoch, h.clone()));
+                h
+            }
+        }
+    }
+
+    /// The ledger of `peer`, when it has one.
+    pub fn ledger(&self, peer: &str) -> Option<Arc<acks::Ledger>> {
+        self.ledgers.lock().get(peer).cloned()
+    }
+
+    /// Forwarded messages not acknowledged, per peer with a ledger.
+    pub fn unacked(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .ledgers
+            .lock()
+            .iter()
+            .map(|(p, l)| (p.clone(), l.unacked()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Sends `frame` to every linked peer (route changes).
@@ -325,23 +501,43 @@ impl Cluster {
     }
 
     /// Queues a forwarded message for `peer`. Dropped (and counted) only when the peer is not
-    /// linked or its queue is full.
-    pub fn forward(&self, peer: &str, frame: Frame) -> Forwarded {
+    /// linked or its queue is full. On a link of level 5 the message is numbered in the peer's
+    /// ledger (returned: the publisher's acknowledgement waits for it); a QoS 1/2 message for
+    /// a peer down with its routes kept waits in the ledger alone.
+    pub fn forward(&self, peer: &str, frame: Frame) -> (Forwarded, Option<AckWait>) {
         let result = {
             let links = self.links.lock();
             match links.get(peer) {
                 Some(link) if link.queued.len() < FORWARD_QUEUE => {
+                    // Counted before it is sent: the writer counts it off once written.
                     let n = link.queued.count.fetch_add(1, Ordering::Relaxed) + 1;
-                    if link.tx.send(frame).is_err() {
-                        link.queued.count.fetch_sub(1, Ordering::Relaxed);
-                        Forwarded::Dropped
-                    } else if n >= FORWARD_HIGH {
-                        Forwarded::Congested(link.queued.clone())
-                    } else {
-                        Forwarded::Sent
+                    let taken = match &link.ledger {
+                        Some(ledger) => ledger
+                            .take_and_send(frame, FORWARD_QUEUE, |f| link.tx.send(f).is_ok())
+                            .map(|n| {
+                                Some(AckWait {
+                                    ledger: ledger.clone(),
+                                    n,
+                                })
+                            }),
+                        None => link.tx.send(frame).is_ok().then_some(None),
+                    };
+                    match taken {
+                        None => {
+                            link.queued.count.fetch_sub(1, Ordering::Relaxed);
+                            (Forwarded::Dropped, None)
+                        }
+                        Some(wait) if n >= FORWARD_HIGH => {
+                            (Forwarded::Congested(link.queued.clone()), wait)
+                        }
+                        Some(wait) => (Forwarded::Sent, wait),
                     }
                 }
-                _ => Forwarded::Dropped,
+                Some(_) => (Forwarded::Dropped, None),
+                None => {
+                    drop(links);
+                    self.hold_for_down(peer, &frame)
+                }
             }
         };
         let mut counts = self.forwarded.lock();
@@ -352,12 +548,31 @@ impl Cluster {
         let Some(entry) = counts.get_mut(peer) else {
             return result;
         };
-        if matches!(result, Forwarded::Dropped) {
+        if matches!(result.0, Forwarded::Dropped) {
             entry.1 += 1;
         } else {
             entry.0 += 1;
         }
         result
+    }
+
+    /// A message for a peer that is down: kept in its ledger when its routes are kept and the
+    /// message is QoS 1 or 2 (QoS 0 promises nothing, and goes).
+    fn hold_for_down(&self, peer: &str, frame: &Frame) -> (Forwarded, Option<AckWait>) {
+        let qos = match frame {
+            Frame::Publish { message, .. } => message.qos,
+            _ => 0,
+        };
+        if qos == 0 || !self.is_kept(peer) {
+            return (Forwarded::Dropped, None);
+        }
+        let Some(ledger) = self.ledger(peer) else {
+            return (Forwarded::Dropped, None);
+        };
+        match ledger.take(frame, FORWARD_QUEUE) {
+            Some(n) => (Forwarded::Sent, Some(AckWait { ledger, n })),
+            None => (Forwarded::Dropped, None),
+        }
     }
 
     /// Records another node's claim of `client_id`; returns the newest claim known.
@@ -491,6 +706,7 @@ mod tests {
             tx,
             queued: Arc::new(LinkQueue::default()),
             close: CancellationToken::new(),
+            ledger: None,
         }
     }
 

@@ -6,6 +6,10 @@
 //! keep their order (MQTT 3.1.1 section 4.6). A QoS 2 PUBLISH to a persistent session also
 //! waits until its packet id is stored: sent with an id the broker could forget, a resend after
 //! a crash would carry another id and be delivered twice.
+//!
+//! A PUBACK or PUBREC of a message forwarded to peers of protocol level 5 waits here too, for
+//! each of those peers to acknowledge it (`cluster/acks.rs`): then every matching session in
+//! the cluster has it (and, in `sync` durability, has it stored).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,6 +20,7 @@ use rookery_store::committer::Ticket;
 use tokio::sync::watch;
 
 use super::Conn;
+use crate::cluster::AckWait;
 
 /// What waits for a commit.
 #[derive(Debug)]
@@ -30,23 +35,49 @@ pub(super) enum Waiting {
 
 /// A connection's writes waiting for commits.
 pub(super) struct Deferred {
-    committed: watch::Receiver<Ticket>,
-    items: VecDeque<(Ticket, Waiting)>,
+    /// The committer's progress, when there is a store.
+    committed: Option<watch::Receiver<Ticket>>,
+    items: VecDeque<Held>,
 }
 
-/// Waits until the first waiting write is durable; forever when nothing waits.
+/// One write that waits: for the commit `ticket` (0: none) and for the peers in `acks`.
+#[derive(Debug)]
+struct Held {
+    ticket: Ticket,
+    acks: Vec<AckWait>,
+    what: Waiting,
+}
+
+impl Deferred {
+    fn is_ready(&self, held: &Held) -> bool {
+        let committed = self.committed.as_ref().map_or(0, |c| *c.borrow());
+        held.ticket <= committed && held.acks.iter().all(AckWait::is_done)
+    }
+}
+
+/// Waits until the first waiting write may go (or one of the things it waits for happened);
+/// forever when nothing waits.
 pub(super) async fn committed_changed(d: Option<&mut Box<Deferred>>) {
     let Some(d) = d else {
         return std::future::pending().await;
     };
-    let Some(&(first, _)) = d.items.front() else {
+    let Some(first) = d.items.front() else {
         return std::future::pending().await;
     };
-    // `wait_for` looks at the current value first: a commit that landed before this wait
-    // began is not missed.
-    if d.committed.wait_for(|t| *t >= first).await.is_err() {
-        // The committer stopped (shutdown): nothing more will commit.
-        std::future::pending::<()>().await;
+    let ticket = first.ticket;
+    if let Some(committed) = d.committed.as_mut()
+        && ticket > *committed.borrow()
+    {
+        // `wait_for` looks at the current value first: a commit that landed before this wait
+        // began is not missed.
+        if committed.wait_for(|t| *t >= ticket).await.is_err() {
+            // The committer stopped (shutdown): nothing more will commit.
+            std::future::pending::<()>().await;
+        }
+        return;
+    }
+    if let Some(wait) = first.acks.iter().find(|a| !a.is_done()) {
+        wait.ledger.wait(wait.n).await;
     }
 }
 
@@ -66,44 +97,50 @@ impl Conn {
 
     /// Writes `packet` once `ticket` is durable and everything deferred before it is written.
     pub(super) fn write_after(&mut self, ticket: Option<Ticket>, packet: Packet) {
-        self.defer_or(ticket, Waiting::Packet(Box::new(packet)));
+        self.defer_or(ticket, Vec::new(), Waiting::Packet(Box::new(packet)));
     }
 
-    /// Writes an acknowledgement once `ticket` is durable, in order.
+    /// Writes an acknowledgement once `ticket` is durable and the peers in `acks` have the
+    /// message, in order.
     pub(super) fn write_ack_packet_after(
         &mut self,
         ticket: Option<Ticket>,
+        acks: Vec<AckWait>,
         kind: fn(Ack) -> Packet,
         ack: Ack,
     ) {
-        self.defer_or(ticket, Waiting::Ack(kind, ack));
+        self.defer_or(ticket, acks, Waiting::Ack(kind, ack));
     }
 
-    fn defer_or(&mut self, ticket: Option<Ticket>, what: Waiting) {
-        let pending = match (ticket, &self.broker.persist) {
+    fn defer_or(&mut self, ticket: Option<Ticket>, acks: Vec<AckWait>, what: Waiting) {
+        let pending_commit = match (ticket, &self.broker.persist) {
             (Some(t), Some(p)) if p.is_sync() => !p.committer().is_committed(t),
             _ => false,
         };
-        if !pending && !self.has_deferred() {
+        let acks: Vec<AckWait> = acks.into_iter().filter(|a| !a.is_done()).collect();
+        if !pending_commit && acks.is_empty() && !self.has_deferred() {
             self.write_now(what);
             return;
         }
-        let committer = match &self.broker.persist {
-            Some(p) => p.committer().clone(),
-            None => {
-                self.write_now(what);
-                return;
-            }
+        // Without `sync` durability nothing waits for the committer.
+        let ticket = match &self.broker.persist {
+            Some(p) if p.is_sync() => ticket.unwrap_or(0),
+            _ => 0,
         };
+        let broker = self.broker.clone();
         let d = self.deferred.get_or_insert_with(|| {
             Box::new(Deferred {
-                committed: committer.watch(),
+                committed: broker.persist.as_ref().map(|p| p.committer().watch()),
                 items: VecDeque::new(),
             })
         });
         // Behind what already waits, never ahead of it.
-        let after = d.items.back().map_or(0, |(t, _)| *t);
-        d.items.push_back((ticket.unwrap_or(0).max(after), what));
+        let after = d.items.back().map_or(0, |h| h.ticket);
+        d.items.push_back(Held {
+            ticket: ticket.max(after),
+            acks,
+            what,
+        });
     }
 
     fn write_now(&mut self, what: Waiting) {
@@ -114,18 +151,17 @@ impl Conn {
         }
     }
 
-    /// Writes what has become durable, in order.
+    /// Writes what may go now (durable, and acknowledged by the peers), in order.
     pub(super) fn release_deferred(&mut self) {
         let Some(mut d) = self.deferred.take() else {
             return;
         };
-        let committed = *d.committed.borrow_and_update();
-        while let Some((t, _)) = d.items.front() {
-            if *t > committed {
+        while let Some(first) = d.items.front() {
+            if !d.is_ready(first) {
                 break;
             }
-            if let Some((_, what)) = d.items.pop_front() {
-                self.write_now(what);
+            if let Some(held) = d.items.pop_front() {
+                self.write_now(held.what);
             }
         }
         if !d.items.is_empty() {
@@ -154,7 +190,7 @@ impl Conn {
         // it: a QoS 1 message resent under another id after a crash is a duplicate, which
         // QoS 1 allows; a QoS 2 one would be delivered twice.
         if qos2 && p.is_sync() {
-            self.defer_or(Some(ticket), Waiting::Publish(pid));
+            self.defer_or(Some(ticket), Vec::new(), Waiting::Publish(pid));
             return true;
         }
         false

@@ -56,6 +56,7 @@ impl Conn {
                 };
                 self.write_ack_packet_after(
                     ticket,
+                    Vec::new(),
                     Packet::PubComp,
                     Ack {
                         packet_id: a.packet_id,
@@ -178,6 +179,7 @@ impl Conn {
         };
         let ticket = routed.ticket.max(incoming_ticket);
         let receivers = routed.receivers;
+        let forwarded = routed.forwarded;
         self.work = self
             .work
             .saturating_add(u32::try_from(receivers).unwrap_or(u32::MAX))
@@ -199,8 +201,12 @@ impl Conn {
         };
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_ack_after(ticket, Packet::PubAck, packet_id, code, None),
-            QoS::ExactlyOnce => self.write_ack_after(ticket, Packet::PubRec, packet_id, code, None),
+            QoS::AtLeastOnce => {
+                self.write_forwarded_ack_after(ticket, forwarded, Packet::PubAck, packet_id, code)
+            }
+            QoS::ExactlyOnce => {
+                self.write_forwarded_ack_after(ticket, forwarded, Packet::PubRec, packet_id, code)
+            }
         }
         self.apply_limits(payload_len)
     }
@@ -376,11 +382,34 @@ impl Conn {
         };
         self.write_ack_packet_after(
             ticket,
+            Vec::new(),
             kind,
             Ack {
                 packet_id,
                 reason: code,
                 properties,
+            },
+        );
+    }
+
+    /// The PUBACK or PUBREC of a routed PUBLISH: written once `ticket` is durable and the peers
+    /// it was forwarded to acknowledged it (and after any that wait).
+    fn write_forwarded_ack_after(
+        &mut self,
+        ticket: Option<rookery_store::committer::Ticket>,
+        forwarded: Vec<crate::cluster::AckWait>,
+        kind: fn(Ack) -> Packet,
+        packet_id: u16,
+        code: u8,
+    ) {
+        self.write_ack_packet_after(
+            ticket,
+            forwarded,
+            kind,
+            Ack {
+                packet_id,
+                reason: code,
+                properties: AckProperties::default(),
             },
         );
     }

@@ -328,9 +328,9 @@ async fn a_session_moving_back_and_forth_under_load_misses_nothing_and_repeats_o
         assert!(ack.session_present);
         c = new;
     }
-    publisher.await.unwrap();
-    assert!(done.load(Ordering::Relaxed));
-    // The last connection gets the rest.
+    // The last connection gets the rest. It reads while the publisher goes on: the
+    // publisher's PUBACK waits until the subscriber's node has each message, and that node
+    // stops taking messages from the link while the subscriber reads none.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let got: std::collections::HashSet<u32> = seen.iter().map(|(n, _)| *n).collect();
@@ -347,6 +347,8 @@ async fn a_session_moving_back_and_forth_under_load_misses_nothing_and_repeats_o
             .await;
         }
     }
+    publisher.await.unwrap();
+    assert!(done.load(Ordering::Relaxed));
     let mut count = std::collections::HashMap::new();
     for (n, dup) in &seen {
         let e = count.entry(*n).or_insert((0, 0));

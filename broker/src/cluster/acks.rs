@@ -1,0 +1,457 @@
+//! Forward acknowledgements (protocol level 5, decision 0016): what a node forwarded to a peer
+//! and the peer has not yet acknowledged, and what a node handled of what a peer forwarded.
+//!
+//! TCP keeps a link's frames in order, so `Publish` frames carry no number: the sender counts
+//! the ones it sends to a peer (per boot epoch of that peer, across its links), the receiver
+//! counts the ones it handles (per boot epoch of the sender), and the receiver's
+//! `ForwardAck { upto }` says every frame up to that count has been routed (and, in `sync`
+//! durability, committed). A link that comes back to the same epoch starts with
+//! `ForwardResume { from }` and the frames after `from` again; the receiver skips those it
+//! handled already. Pure state, no I/O: the link task (`link.rs`) drives it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::frame::Frame;
+
+/// The first protocol level with forward acknowledgements.
+pub const ACK_LEVEL: u8 = 5;
+
+/// The sender's side for one peer (one boot epoch of it): the frames it has not acknowledged.
+#[derive(Debug)]
+pub struct Ledger {
+    /// The peer's boot epoch: a peer that restarted gets a new ledger.
+    pub epoch: u64,
+    inner: Mutex<Inner>,
+    acked: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The number of the last frame taken.
+    next: u64,
+    /// Frames `acked + 1 ..= next`, in order.
+    tail: VecDeque<Frame>,
+    /// The link the ledger belongs to now (or last did): a stale link's end does not give up
+    /// a newer link's frames.
+    link: u64,
+    /// Given up ([`Ledger::settle`]) and not linked since.
+    settled: bool,
+}
+
+impl Ledger {
+    /// A ledger for a peer first linked (or restarted) with boot epoch `epoch`.
+    pub fn new(epoch: u64) -> Ledger {
+        Ledger {
+            epoch,
+            inner: Mutex::new(Inner::default()),
+            acked: watch::Sender::new(0),
+        }
+    }
+
+    /// Numbers `frame` (a `Publish`) and keeps it until acknowledged; `None` when `limit`
+    /// frames wait already (the caller drops it, counted). Returns the frame's number.
+    pub fn take(&self, frame: &Frame, limit: usize) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        if inner.tail.len() >= limit {
+            return None;
+        }
+        inner.next += 1;
+        inner.tail.push_back(frame.clone());
+        inner.settled = false;
+        Some(inner.next)
+    }
+
+    /// Numbers `frame` and hands it to `send` (the link's queue) under the ledger's lock, so
+    /// that the queue's order is the numbers' order. `None` as for [`Ledger::take`], or when
+    /// `send` fails (nothing is kept then).
+    pub fn take_and_send(
+        &self,
+        frame: Frame,
+        limit: usize,
+        send: impl FnOnce(Frame) -> bool,
+    ) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        if inner.tail.len() >= limit {
+            return None;
+        }
+        inner.tail.push_back(frame.clone());
+        if !send(frame) {
+            inner.tail.pop_back();
+            return None;
+        }
+        inner.next += 1;
+        inner.settled = false;
+        Some(inner.next)
+    }
+
+    /// The peer handled every frame up to `upto`.
+    pub fn ack(&self, upto: u64) {
+        let mut inner = self.inner.lock();
+        let acked = *self.acked.borrow();
+        // A count beyond what was sent is a confused peer: believe no more than was sent.
+        let upto = upto.min(inner.next);
+        if upto <= acked {
+            return;
+        }
+        let done = usize::try_from(upto - acked)
+            .unwrap_or(usize::MAX)
+            .min(inner.tail.len());
+        inner.tail.drain(..done);
+        self.acked.send_replace(upto);
+    }
+
+    /// The count acknowledged.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+
+    /// True once frame `n` is acknowledged (or given up).
+    pub fn is_acked(&self, n: u64) -> bool {
+        self.acked() >= n
+    }
+
+    /// Waits until frame `n` is acknowledged (or given up).
+    pub async fn wait(&self, n: u64) {
+        let mut rx = self.acked.subscribe();
+        // The ledger lives as long as this borrow of it: the sender cannot be gone.
+        let _ = rx.wait_for(|a| *a >= n).await;
+    }
+
+    /// A link to the peer (of this epoch) is up: `send` gets `ForwardResume` with the count
+    /// acknowledged, then every frame not acknowledged, in order, under the ledger's lock.
+    /// Returns how many frames were sent again.
+    pub fn resume(&self, link: u64, mut send: impl FnMut(Frame) -> bool) -> usize {
+        let mut inner = self.inner.lock();
+        inner.link = link;
+        inner.settled = false;
+        let from = self.acked();
+        if !send(Frame::ForwardResume { from }) {
+            return 0;
+        }
+        let mut n = 0;
+        for f in &inner.tail {
+            if !send(f.clone()) {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The link `link` went down. True when it was the ledger's link (no newer one is up).
+    pub fn is_link(&self, link: u64) -> bool {
+        self.inner.lock().link == link
+    }
+
+    /// Gives up what waits (the peer is gone, its sessions elsewhere): every frame counts as
+    /// acknowledged, so publishers waiting on them go on. Returns how many were given up. The
+    /// count goes on from where it was, so a peer of this epoch that comes back after all
+    /// reads the next frames at the right numbers.
+    pub fn settle(&self) -> usize {
+        let mut inner = self.inner.lock();
+        let given_up = inner.tail.len();
+        inner.tail.clear();
+        inner.settled = true;
+        let next = inner.next;
+        self.acked.send_replace(next);
+        given_up
+    }
+
+    /// Frames waiting for an acknowledgement.
+    pub fn unacked(&self) -> usize {
+        self.inner.lock().tail.len()
+    }
+}
+
+/// The receiver's side for one peer (one boot epoch of it): how many of its forwarded frames
+/// have been handled, shared by its links (an old link may still deliver while a new one
+/// resends).
+#[derive(Debug, Default)]
+pub struct Handled {
+    count: AtomicU64,
+}
+
+impl Handled {
+    /// The count handled.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Frame number `n` arrived: true when it is to be handled now, false when it was
+    /// already (sent again after a reconnection).
+    pub fn claim(&self, n: u64) -> bool {
+        let mut current = self.count.load(Ordering::Acquire);
+        loop {
+            if n <= current {
+                return false;
+            }
+            match self
+                .count
+                .compare_exchange(current, n, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+/// One link's reading of forwarded frames: the number of the last `Publish` it read, and the
+/// acknowledgements it owes (each waiting for a commit in `sync` durability).
+#[derive(Debug)]
+pub struct Reading {
+    /// The number of the last `Publish` read on this link.
+    pub position: u64,
+    /// What was handled, shared with the peer's other links.
+    pub handled: std::sync::Arc<Handled>,
+    /// (count, commit ticket): acknowledgements waiting for their commit.
+    pub owed: VecDeque<(u64, u64)>,
+    /// The count last acknowledged on this link.
+    pub sent: u64,
+}
+
+impl Reading {
+    /// A link's reading of a peer whose frames `handled` counts.
+    pub fn new(handled: std::sync::Arc<Handled>) -> Reading {
+        Reading {
+            position: 0,
+            handled,
+            owed: VecDeque::new(),
+            sent: 0,
+        }
+    }
+
+    /// `ForwardResume { from }`: the next `Publish` is number `from + 1`.
+    pub fn resume(&mut self, from: u64) {
+        self.position = from;
+    }
+
+    /// A `Publish` arrived: true when it is to be routed, false when it was handled already.
+    pub fn arrived(&mut self) -> bool {
+        self.position += 1;
+        self.handled.claim(self.position)
+    }
+
+    /// After a read pass: what to acknowledge now, given the highest commit ticket the pass
+    /// made (`ticket`, 0 for none) and the ticket committed so far. Passes whose commits are
+    /// pending are kept in order and acknowledged by [`Reading::committed`].
+    pub fn after_pass(&mut self, ticket: u64, committed: u64) -> Option<u64> {
+        if self.position <= self.sent && self.owed.is_empty() {
+            return None;
+        }
+        if ticket > committed || !self.owed.is_empty() {
+            if self.owed.back().is_none_or(|(n, _)| *n < self.position) {
+                let ticket = ticket.max(self.owed.back().map_or(0, |(_, t)| *t));
+                self.owed.push_back((self.position, ticket));
+            }
+            return self.committed(committed);
+        }
+        self.ack(self.position)
+    }
+
+    /// The committer reached `committed`: the count to acknowledge now, if it moved.
+    pub fn committed(&mut self, committed: u64) -> Option<u64> {
+        let mut upto = None;
+        while let Some(&(n, t)) = self.owed.front() {
+            if t > committed {
+                break;
+            }
+            self.owed.pop_front();
+            upto = Some(n);
+        }
+        upto.and_then(|n| self.ack(n))
+    }
+
+    /// The ticket the first owed acknowledgement waits for.
+    pub fn waiting_for(&self) -> Option<u64> {
+        self.owed.front().map(|(_, t)| *t)
+    }
+
+    fn ack(&mut self, n: u64) -> Option<u64> {
+        (n > self.sent).then(|| {
+            self.sent = n;
+            n
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn publish(id: u64) -> Frame {
+        Frame::Publish {
+            id,
+            message: rookery_store::StoredMessage {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: 1,
+                retain: false,
+                properties: bytes::Bytes::new(),
+                expires_at_ms: None,
+            },
+            groups: vec![],
+        }
+    }
+
+    fn ids(frames: &[Frame]) -> Vec<u64> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Publish { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acknowledgements_are_cumulative_and_drop_what_they_cover() {
+        let l = Ledger::new(7);
+        for id in 1..=5 {
+            assert_eq!(l.take_and_send(publish(id), 10, |_| true), Some(id));
+        }
+        assert!(!l.is_acked(1));
+        l.ack(3);
+        assert!(l.is_acked(3) && !l.is_acked(4));
+        assert_eq!(l.unacked(), 2);
+        // Late or repeated acknowledgements change nothing; one past what was sent is capped.
+        l.ack(2);
+        assert_eq!(l.acked(), 3);
+        l.ack(99);
+        assert_eq!(l.acked(), 5);
+        assert_eq!(l.unacked(), 0);
+    }
+
+    #[test]
+    fn a_full_ledger_refuses_and_a_failed_send_keeps_nothing() {
+        let l = Ledger::new(1);
+        assert_eq!(l.take_and_send(publish(1), 2, |_| true), Some(1));
+        assert_eq!(l.take_and_send(publish(2), 2, |_| false), None);
+        assert_eq!(l.take(&publish(3), 2), Some(2));
+        assert_eq!(l.take(&publish(4), 2), None);
+        assert_eq!(l.unacked(), 2);
+    }
+
+    #[test]
+    fn a_link_back_resumes_from_the_acknowledged_count_and_the_receiver_skips_what_it_had() {
+        let sender = Ledger::new(1);
+        let handled = Arc::new(Handled::default());
+        let mut first = Reading::new(handled.clone());
+        for id in 1..=6 {
+            sender.take_and_send(publish(id), 100, |_| true);
+        }
+        // The first link delivers 1..=4; the acknowledgement of 3 and 4 is lost with it.
+        let mut routed = vec![];
+        for id in 1..=4 {
+            if first.arrived() {
+                routed.push(id);
+            }
+        }
+        sender.ack(2);
+        // The new link: ForwardResume { from: 2 }, then 3..=6 again.
+        let mut resent = vec![];
+        assert_eq!(
+            sender.resume(2, |f| {
+                resent.push(f);
+                true
+            }),
+            4
+        );
+        assert_eq!(resent[0], Frame::ForwardResume { from: 2 });
+        assert_eq!(ids(&resent), vec![3, 4, 5, 6]);
+        let mut second = Reading::new(handled.clone());
+        for f in &resent {
+            match f {
+                Frame::ForwardResume { from } => second.resume(*from),
+                Frame::Publish { id, .. } => {
+                    if second.arrived() {
+                        routed.push(*id);
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        assert_eq!(routed, vec![1, 2, 3, 4, 5, 6], "each once, in order");
+        assert_eq!(second.after_pass(0, 0), Some(6));
+        sender.ack(6);
+        assert_eq!(sender.unacked(), 0);
+    }
+
+    #[test]
+    fn an_old_link_still_delivering_beside_the_new_one_routes_nothing_twice() {
+        let handled = Arc::new(Handled::default());
+        let (mut old, mut new) = (Reading::new(handled.clone()), Reading::new(handled.clone()));
+        new.resume(0);
+        let mut routed = 0;
+        // Interleaved: both carry 1..=3.
+        for _ in 0..3 {
+            routed += usize::from(new.arrived());
+            routed += usize::from(old.arrived());
+        }
+        assert_eq!(routed, 3);
+        assert_eq!(handled.count(), 3);
+    }
+
+    #[test]
+    fn in_sync_durability_an_acknowledgement_waits_for_its_commit_and_keeps_order() {
+        let mut r = Reading::new(Arc::new(Handled::default()));
+        r.arrived();
+        r.arrived();
+        // Pass 1 made commit 10, not committed yet.
+        assert_eq!(r.after_pass(10, 5), None);
+        assert_eq!(r.waiting_for(), Some(10));
+        r.arrived();
+        // Pass 2 made no store write, but must not be acknowledged before pass 1.
+        assert_eq!(r.after_pass(0, 5), None);
+        assert_eq!(r.committed(9), None);
+        assert_eq!(r.committed(10), Some(3));
+        assert_eq!(r.waiting_for(), None);
+        // Nothing new read: nothing to say.
+        assert_eq!(r.after_pass(0, 10), None);
+        r.arrived();
+        assert_eq!(r.after_pass(11, 11), Some(4));
+    }
+
+    #[test]
+    fn settling_releases_the_waiters_and_the_count_goes_on() {
+        let l = Ledger::new(1);
+        l.take(&publish(1), 10);
+        l.take(&publish(2), 10);
+        assert_eq!(l.settle(), 2);
+        assert!(l.is_acked(2));
+        assert_eq!(l.take_and_send(publish(3), 10, |_| true), Some(3));
+        let mut resent = vec![];
+        l.resume(5, |f| {
+            resent.push(f);
+            true
+        });
+        assert_eq!(resent[0], Frame::ForwardResume { from: 2 });
+        assert_eq!(ids(&resent), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_at_its_number() {
+        let l = Arc::new(Ledger::new(1));
+        for id in 1..=3 {
+            l.take(&publish(id), 10);
+        }
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.wait(2).await }
+        });
+        tokio::task::yield_now().await;
+        l.ack(1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        l.ack(2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,378 @@
+//! Forward acknowledgements (protocol level 5): a real node, and a peer the test plays frame by
+//! frame. The publisher's PUBACK waits until the peer has the message; a peer that comes back
+//! to the same boot epoch gets again what it had not acknowledged, and a node that receives a
+//! message twice that way routes it once.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rookery_broker::Server;
+use rookery_broker::cluster::frame::{self, Frame, Hello};
+use rookery_codec::{Packet, Protocol, QoS};
+use rookery_store::StoredMessage;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cluster::{free_port, node_with, routed, until, up};
+use crate::support::*;
+
+/// The test's side of a link: node `node-z` of cluster "prod".
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Peer {
+    /// Links to the node on `port` as `node-z` at protocol `level`, boot epoch `epoch`.
+    async fn link(port: u16, level: u8, epoch: u64) -> Peer {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut peer = Peer {
+            stream,
+            buf: BytesMut::new(),
+        };
+        peer.send(&[Frame::Hello(Hello {
+            cluster: "prod".into(),
+            node_id: "node-z".into(),
+            epoch,
+            // Its id is the larger: without this the node would wait for it to dial instead.
+            insist: true,
+            protocol: level,
+        })])
+        .await;
+        peer
+    }
+
+    async fn send(&mut self, frames: &[Frame]) {
+        let mut out = BytesMut::new();
+        for f in frames {
+            frame::encode(f, &mut out);
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next frame other than a heartbeat or a route change.
+    async fn next(&mut self) -> Frame {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                while let Some(f) = frame::decode(&mut self.buf).unwrap() {
+                    match f {
+                        Frame::Heartbeat
+                        | Frame::Hello(_)
+                        | Frame::Routes(_)
+                        | Frame::RouteAdd(_)
+                        | Frame::RouteRemove(_)
+                        | Frame::Claim { .. }
+                        | Frame::Claims(_) => {}
+                        f => return f,
+                    }
+                }
+                assert!(
+                    self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                    "link closed"
+                );
+            }
+        })
+        .await
+        .expect("no frame from the node")
+    }
+
+    /// The payload of the next frame, which must be a forwarded message.
+    async fn next_publish(&mut self) -> String {
+        match self.next().await {
+            Frame::Publish { message, .. } => String::from_utf8_lossy(&message.payload).into(),
+            other => panic!("not a Publish: {other:?}"),
+        }
+    }
+
+    /// Waits for `ForwardAck { upto }` with this count (earlier, smaller ones are skipped).
+    async fn expect_ack(&mut self, upto: u64) {
+        loop {
+            match self.next().await {
+                Frame::ForwardAck { upto: n } if n == upto => return,
+                Frame::ForwardAck { upto: n } if n < upto => {}
+                // The node's own side of the link.
+                Frame::ForwardResume { .. } => {}
+                other => panic!("waiting for ForwardAck {{ upto: {upto} }}: {other:?}"),
+            }
+        }
+    }
+}
+
+fn forwarded(id: u64, payload: &str) -> Frame {
+    Frame::Publish {
+        id,
+        message: StoredMessage {
+            topic: "t".into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            qos: 1,
+            retain: false,
+            properties: bytes::Bytes::new(),
+            expires_at_ms: None,
+        },
+        groups: vec![],
+    }
+}
+
+async fn node(port: u16) -> Server {
+    node_with("node-a", "prod", port, &[], |_| {}).await
+}
+
+/// Sends a QoS 1 PUBLISH without waiting for its PUBACK.
+async fn send_qos1(p: &mut Raw, payload: &str, pid: u16) {
+    p.send(Packet::Publish(publish(
+        "t",
+        payload.as_bytes(),
+        QoS::AtLeastOnce,
+        false,
+        pid,
+    )))
+    .await;
+}
+
+async fn expect_puback(p: &mut Raw, pid: u16) {
+    expect_puback_within(p, pid, WAIT).await;
+}
+
+async fn expect_puback_within(p: &mut Raw, pid: u16, wait: Duration) {
+    match p.recv_within(wait).await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid),
+        other => panic!("not a PUBACK: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_puback_waits_until_the_peer_has_the_message() {
+    let port = free_port();
+    let a = node(port).await;
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    until("linked", || up(&a) == ["node-z"]).await;
+    routed(&a, "t", &["node-z"]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+
+    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    send_qos1(&mut p, "1", 1).await;
+    send_qos1(&mut p, "2", 2).await;
+    assert_eq!(z.next_publish().await, "1");
+    assert_eq!(z.next_publish().await, "2");
+    p.expect_silence(Duration::from_millis(300)).await;
+    z.send(&[Frame::ForwardAck { upto: 1 }]).await;
+    expect_puback(&mut p, 1).await;
+    p.expect_silence(Duration::from_millis(200)).await;
+    z.send(&[Frame::ForwardAck { upto: 2 }]).await;
+    expect_puback(&mut p, 2).await;
+    // QoS 0 waits for nothing (and is counted like the rest).
+    p.publish("t", b"0", QoS::AtMostOnce, false, 0).await;
+    assert_eq!(z.next_publish().await, "0");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_level_four_is_not_waited_for() {
+    let port = free_port();
+    let a = node(port).await;
+    let mut z = Peer::link(port, 4, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    routed(&a, "t", &["node-z"]).await;
+    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    send_qos1(&mut p, "1", 1).await;
+    expect_puback(&mut p, 1).await;
+    // No ForwardResume (a level-4 node would close the link on it): the message comes first.
+    assert_eq!(z.next_publish().await, "1");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_from_a_cut_gets_again_what_it_had_not_acknowledged() {
+    let port = free_port();
+    let a = node(port).await;
+    let metrics = a.metrics_addr.unwrap();
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    routed(&a, "t", &["node-z"]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    send_qos1(&mut p, "1", 1).await;
+    send_qos1(&mut p, "2", 2).await;
+    assert_eq!(z.next_publish().await, "1");
+    assert_eq!(z.next_publish().await, "2");
+    z.send(&[Frame::ForwardAck { upto: 1 }]).await;
+    expect_puback(&mut p, 1).await;
+
+    // The link drops with message 2 unacknowledged.
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    // Its routes stay: a QoS 1 message waits for the peer, a QoS 0 one goes.
+    routed(&a, "t", &["node-z"]).await;
+    send_qos1(&mut p, "3", 3).await;
+    p.publish("t", b"lost", QoS::AtMostOnce, false, 0).await;
+    p.expect_silence(Duration::from_millis(300)).await;
+    let m = scrape(metrics).await;
+    assert_eq!(
+        value(
+            &m,
+            "rookery_cluster_forward_unacknowledged{peer=\"node-z\"}"
+        ),
+        2.0
+    );
+
+    // Back, same boot epoch: what was not acknowledged comes again, in order, then new ones.
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 1 });
+    assert_eq!(z.next_publish().await, "2");
+    assert_eq!(z.next_publish().await, "3");
+    send_qos1(&mut p, "4", 4).await;
+    assert_eq!(z.next_publish().await, "4");
+    z.send(&[Frame::ForwardAck { upto: 4 }]).await;
+    for pid in [2, 3, 4] {
+        expect_puback(&mut p, pid).await;
+    }
+    let m = scrape(metrics).await;
+    assert_eq!(
+        value(
+            &m,
+            "rookery_cluster_forward_unacknowledged{peer=\"node-z\"}"
+        ),
+        0.0
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_counted() {
+    let port = free_port();
+    let a = node(port).await;
+    let metrics = a.metrics_addr.unwrap();
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    routed(&a, "t", &["node-z"]).await;
+    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    send_qos1(&mut p, "1", 1).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    assert_eq!(z.next_publish().await, "1");
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    p.expect_silence(Duration::from_millis(200)).await;
+
+    // It comes back restarted (a new epoch): its old life's messages are given up, and the
+    // publisher hears back.
+    let mut z = Peer::link(port, frame::LEVEL, 2).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    expect_puback(&mut p, 1).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    let m = scrape(metrics).await;
+    assert_eq!(
+        value(&m, "rookery_cluster_forward_dropped_total{peer=\"node-z\"}"),
+        1.0
+    );
+
+    // It goes and does not come back: after the wait its routes go and the publisher hears
+    // back (nobody adopts sessions without Redis).
+    send_qos1(&mut p, "2", 2).await;
+    assert_eq!(z.next_publish().await, "2");
+    drop(z);
+    let gone = Instant::now();
+    until("the link down", || up(&a).is_empty()).await;
+    send_qos1(&mut p, "3", 3).await;
+    p.expect_silence(Duration::from_secs(2)).await;
+    expect_puback_within(&mut p, 2, Duration::from_secs(15)).await;
+    expect_puback(&mut p, 3).await;
+    assert!(gone.elapsed() >= rookery_broker::cluster::KEPT_WHILE_DOWN);
+    routed(&a, "t", &[]).await;
+    let m = scrape(metrics).await;
+    assert_eq!(
+        value(&m, "rookery_cluster_forward_dropped_total{peer=\"node-z\"}"),
+        3.0
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_peer_sends_again_are_routed_once_and_acknowledged() {
+    let port = free_port();
+    let a = node(port).await;
+    let (mut s, _) = Raw::connect(a.addr(), Protocol::V5, "s", true).await;
+    s.subscribe("t", QoS::AtLeastOnce).await;
+
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    until("linked", || up(&a) == ["node-z"]).await;
+    z.send(&[
+        Frame::ForwardResume { from: 0 },
+        forwarded(101, "1"),
+        forwarded(102, "2"),
+    ])
+    .await;
+    z.expect_ack(2).await;
+    // The link drops before the node's acknowledgement of 2 came (as far as the peer knows):
+    // it sends 2 again after 1.
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[
+        Frame::ForwardResume { from: 1 },
+        forwarded(102, "2"),
+        forwarded(103, "3"),
+    ])
+    .await;
+    z.expect_ack(3).await;
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(p)) = s.recv_within(Duration::from_millis(500)).await {
+        got.push(String::from_utf8_lossy(&p.payload).to_string());
+        s.send(Packet::PubAck(rookery_codec::Ack {
+            packet_id: p.packet_id,
+            ..Default::default()
+        }))
+        .await;
+    }
+    assert_eq!(got, ["1", "2", "3"]);
+
+    // Restarted (a new epoch): its count starts again from nothing.
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    let mut z = Peer::link(port, frame::LEVEL, 2).await;
+    z.send(&[Frame::ForwardResume { from: 0 }, forwarded(1, "4")])
+        .await;
+    z.expect_ack(1).await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"4");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_durability_the_acknowledgement_follows_the_commit() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let a = node_with("node-a", "prod", port, &[], move |c| {
+        c.data_dir = data;
+        c.durability = rookery_broker::config::DurabilityMode::Sync;
+    })
+    .await;
+    // A persistent session, offline: what is forwarded for it is stored before it is acked.
+    let mut connect = connect_packet(Protocol::V5, "dev", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut d, _) = Raw::connect_with(a.addr(), connect.clone()).await;
+    d.subscribe("t", QoS::AtLeastOnce).await;
+    d.disconnect().await;
+
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    until("linked", || up(&a) == ["node-z"]).await;
+    let persist = a.broker.persist.clone().unwrap();
+    let before = *persist.committer().watch().borrow();
+    z.send(&[Frame::ForwardResume { from: 0 }, forwarded(7, "kept")])
+        .await;
+    z.expect_ack(1).await;
+    // By the time the node says it has the message, its queue entry is committed.
+    assert!(*persist.committer().watch().borrow() > before);
+    let stored = persist
+        .committer()
+        .stores()
+        .queue
+        .load("dev")
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(stored.len(), 1);
+    a.shutdown().await;
+    drop(dir);
+}
