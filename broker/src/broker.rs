@@ -245,6 +245,7 @@ impl Broker {
             client_id: session.client_id.to_string(),
             at_ms: session.claimed(),
         });
+        self.claim_in_store(session);
         if let Some((at_ms, node)) = cluster.claim_of(&session.client_id) {
             self.lose_to(session, at_ms, &node, false);
         }
@@ -747,6 +748,11 @@ impl Broker {
         }
     }
 
+    /// The claim this node holds `session` under, for a fenced store write.
+    pub(crate) fn owner_of(&self, session: &Session) -> Option<(u64, String)> {
+        Some((session.claimed(), self.config.node_id.clone()))
+    }
+
     /// Writes the record of a persistent session whose connection has ended.
     pub fn store_parked_session(&self, session: &Session) -> Option<Ticket> {
         let p = self.persist.as_ref()?;
@@ -764,7 +770,7 @@ impl Broker {
                 by_password,
                 v.subscriptions,
                 v.will,
-                v.generation,
+                session.claimed(),
             )
         })?;
         Some(p.put_session(record))
@@ -780,7 +786,7 @@ impl Broker {
             && session.is_durable()
         {
             session.set_durable(false);
-            p.delete_session(&session.client_id);
+            p.delete_session(&session.client_id, self.owner_of(session));
         }
         self.unsubscribe_all(session.id, &subs);
         self.sessions.remove(session);

@@ -319,6 +319,7 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
     }
     let _ = broker.cluster.set(cluster.clone());
     broker.router.write().set_cluster(cluster.clone());
+    crate::cluster::ownership::watch(broker);
     // Links are not the broker's tasks: shutdown cancels them, it does not wait for them.
     let mtls = tls.is_some();
     tokio::spawn(link::listen(

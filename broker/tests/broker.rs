@@ -29,6 +29,8 @@ mod handover;
 mod malformed;
 #[path = "broker/operations.rs"]
 mod operations;
+#[path = "broker/ownership.rs"]
+mod ownership;
 #[path = "broker/publish.rs"]
 mod publish;
 #[path = "broker/retained.rs"]

@@ -210,7 +210,7 @@ impl Inner {
         for op in ops {
             match op {
                 SessionOp::Put(r) => last.insert(r.client_id.as_str(), Some(r)),
-                SessionOp::Delete { client_id } => last.insert(client_id.as_str(), None),
+                SessionOp::Delete { client_id, .. } => last.insert(client_id.as_str(), None),
             };
         }
         let mut batch = self.db.batch();

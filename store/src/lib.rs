@@ -60,6 +60,53 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<SessionRecord>>;
     /// A short name for logs and metrics ("embedded", "redis", "postgres").
     fn name(&self) -> &'static str;
+    /// Claims `client_id` for `node` as of `epoch` (ms since the Unix epoch): the newest claim,
+    /// by (epoch, node id), owns the client id in every node's eyes. Returns the claim that
+    /// owns it now when it is newer than this one. Stores that one node keeps to itself have
+    /// nothing to settle: the claim always stands.
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        node: &'a str,
+        epoch: u64,
+    ) -> StoreFuture<'a, Claimed> {
+        let _ = (client_id, node, epoch);
+        Box::pin(async { Ok(Claimed::Stands) })
+    }
+    /// Sends `tx` every claim that stands (its own included), as nodes make them, until `tx`
+    /// is closed; returns at once for a store that is not shared between nodes.
+    fn watch_claims(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>,
+    ) -> StoreFuture<'_, ()> {
+        drop(tx);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The outcome of [`SessionStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The claim is the newest: it owns the client id.
+    Stands,
+    /// A newer claim owns the client id.
+    Newer {
+        /// Its node.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// A claim that stood, as [`SessionStore::watch_claims`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNotice {
+    /// The client id.
+    pub client_id: String,
+    /// The node that claimed it.
+    pub node: String,
+    /// The claim's epoch (ms since the Unix epoch).
+    pub epoch: u64,
 }
 
 /// Retained messages.

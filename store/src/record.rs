@@ -77,7 +77,11 @@ pub struct SessionRecord {
     pub will: Option<WillRecord>,
     /// The node that owns the session.
     pub owner_node: String,
-    /// Fencing epoch: raised by each takeover, so that a stale owner's writes can be told apart.
+    /// Fencing epoch: when the owner's connection claimed the client id (ms since the Unix
+    /// epoch; for a session installed without a connection, when it was installed). A store
+    /// shared between nodes refuses a write whose (epoch, owner_node) is older than the
+    /// newest claim it has seen (see `SessionStore::claim`), so that a node that lost the
+    /// session cannot overwrite the new owner's record.
     pub epoch: u64,
 }
 
@@ -122,6 +126,10 @@ pub enum SessionOp {
     Delete {
         /// Its client id.
         client_id: String,
+        /// The claim the deleting node holds, (ms, node id), as in `SessionRecord::epoch` and
+        /// `owner_node`: a store shared between nodes refuses the delete when a newer claim
+        /// owns the session. `None`: whoever owns it.
+        owner: Option<(u64, String)>,
     },
 }
 

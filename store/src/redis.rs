@@ -46,7 +46,10 @@ use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServ
 use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisConnectionInfo, RedisError};
 use parking_lot::Mutex;
 
-use crate::{SessionOp, SessionRecord, SessionStore, StoreError, StoreFuture, StoreResult};
+use crate::{
+    ClaimNotice, Claimed, SessionOp, SessionRecord, SessionStore, StoreError, StoreFuture,
+    StoreResult,
+};
 
 const STORE: &str = "redis";
 
@@ -59,11 +62,116 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per `MGET` in `load`.
 const MGET_CHUNK: usize = 500;
 
+/// How long a client id's claim is remembered without a session record that keeps it (a
+/// connected session's claim stays as long as its record).
+const OWNER_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Pause before subscribing to the claims again after the subscription broke.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// Lua shared by the scripts: `newer(cur, epoch, node)` is true when the claim `cur`
+/// (`"{epoch} {node}"`) is newer than (`epoch`, `node`): a larger epoch, or the same one and a
+/// larger node id, compared byte by byte as Rust compares strings (Lua's own comparison
+/// follows the server's locale).
+macro_rules! newer_lua {
+    () => {
+        r#"
+local function newer(cur, epoch, node)
+  if not cur then return false end
+  local e, n = string.match(cur, '^(%d+) (.*)$')
+  if not e then return false end
+  e = tonumber(e)
+  epoch = tonumber(epoch)
+  if e ~= epoch then return e > epoch end
+  local la, lb = #n, #node
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(n, i), string.byte(node, i)
+    if x ~= y then return x > y end
+  end
+  return la > lb
+end
+"#
+    };
+}
+
+/// Writes a session unless a newer claim owns it, and records its claim. KEYS: session,
+/// owner, index. ARGV: epoch, node, value, expiry at (ms, or empty), index score, client id,
+/// claim TTL (ms). Returns 1, or 0 when refused.
+const PUT_SCRIPT: &str = concat!(
+    newer_lua!(),
+    r#"
+if newer(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2]) then return 0 end
+local owner = ARGV[1] .. ' ' .. ARGV[2]
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('SET', KEYS[2], owner)
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[4])
+  local keep = math.max(tonumber(ARGV[4]), tonumber(redis.call('TIME')[1]) * 1000 + tonumber(ARGV[7]))
+  redis.call('SET', KEYS[2], owner, 'PXAT', keep)
+end
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+return 1
+"#
+);
+
+/// Deletes a session unless a newer claim owns it. KEYS: session, owner, index. ARGV: "1" to
+/// check the claim ("0": whoever owns it), epoch, node, client id, claim TTL (ms). The claim
+/// itself is kept a while: a late write of an older claim stays refused. Returns 1, or 0.
+const DELETE_SCRIPT: &str = concat!(
+    newer_lua!(),
+    r#"
+if ARGV[1] == '1' and newer(redis.call('GET', KEYS[2]), ARGV[2], ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[4])
+if redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+return 1
+"#
+);
+
+/// Claims a client id unless a newer claim owns it, and publishes the claim. KEYS: owner.
+/// ARGV: epoch, node, channel, client id, claim TTL (ms). Returns nil, or the newer claim.
+const CLAIM_SCRIPT: &str = concat!(
+    newer_lua!(),
+    r#"
+local cur = redis.call('GET', KEYS[1])
+if newer(cur, ARGV[1], ARGV[2]) then return cur end
+local owner = ARGV[1] .. ' ' .. ARGV[2]
+if cur and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], owner, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], owner, 'PX', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[3], owner .. ' ' .. ARGV[4])
+return false
+"#
+);
+
+/// `"{epoch} {node}"`: the claim. Pure.
+fn parse_owner(value: &str) -> Option<(u64, &str)> {
+    let (epoch, node) = value.split_once(' ')?;
+    Some((epoch.parse().ok()?, node))
+}
+
+/// `"{epoch} {node} {client id}"`: a published claim (node ids hold no space; client ids
+/// may). Pure.
+fn parse_notice(payload: &str) -> Option<ClaimNotice> {
+    let (epoch, rest) = payload.split_once(' ')?;
+    let (node, client_id) = rest.split_once(' ')?;
+    Some(ClaimNotice {
+        client_id: client_id.to_owned(),
+        node: node.to_owned(),
+        epoch: epoch.parse().ok()?,
+    })
+}
+
 /// Persistent sessions in Redis, or in a Redis that Sentinels watch. See the [module
 /// documentation](self) for the key layout and the failover behaviour.
 pub struct RedisSessionStore {
     key_prefix: String,
     index_key: String,
+    owner_prefix: String,
+    claims_channel: String,
     connector: Connector,
 }
 
@@ -75,6 +183,8 @@ impl RedisSessionStore {
         let store = RedisSessionStore {
             key_prefix: format!("rookery:{cluster_name}:session:"),
             index_key: format!("rookery:{cluster_name}:sessions"),
+            owner_prefix: format!("rookery:{cluster_name}:owner:"),
+            claims_channel: format!("rookery:{cluster_name}:claims"),
             connector: Connector::new(url)?,
         };
         store.connector.connection().await.map_err(map_error)?;
@@ -100,6 +210,11 @@ impl RedisSessionStore {
         self.connector.run(f).await
     }
 
+    /// The key of a client id's newest claim: `"{epoch} {node}"`.
+    pub fn owner_key(&self, client_id: &str) -> String {
+        format!("{}{client_id}", self.owner_prefix)
+    }
+
     async fn apply_ops(&self, ops: &[SessionOp]) -> StoreResult<()> {
         if ops.is_empty() {
             return Ok(());
@@ -107,40 +222,150 @@ impl RedisSessionStore {
         let now = now_ms();
         let mut pipe = ::redis::pipe();
         pipe.atomic();
+        // Which op each script's answer is about (1: done, 0: refused, a newer claim owns it).
+        let mut fenced: Vec<&str> = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
                 SessionOp::Put(record) => {
-                    let key = self.session_key(&record.client_id);
                     let deadline = deadline_ms(record);
+                    fenced.push(&record.client_id);
                     if deadline.is_some_and(|at| at <= now) {
-                        pipe.del(&key).ignore();
-                        pipe.zrem(&self.index_key, &record.client_id).ignore();
+                        self.delete_script(
+                            &mut pipe,
+                            &record.client_id,
+                            Some((record.epoch, &record.owner_node)),
+                        );
                         continue;
                     }
                     let value = encode(record)?;
-                    let set = pipe.cmd("SET").arg(&key).arg(value);
-                    if let Some(at) = deadline {
-                        set.arg("PXAT").arg(at);
-                    }
-                    set.ignore();
                     let score = deadline.map_or_else(|| "+inf".to_owned(), |at| at.to_string());
-                    pipe.cmd("ZADD")
+                    pipe.cmd("EVAL")
+                        .arg(PUT_SCRIPT)
+                        .arg(3)
+                        .arg(self.session_key(&record.client_id))
+                        .arg(self.owner_key(&record.client_id))
                         .arg(&self.index_key)
+                        .arg(record.epoch)
+                        .arg(&record.owner_node)
+                        .arg(value)
+                        .arg(deadline.map_or_else(String::new, |at| at.to_string()))
                         .arg(score)
                         .arg(&record.client_id)
-                        .ignore();
+                        .arg(OWNER_TTL_MS);
                 }
-                SessionOp::Delete { client_id } => {
-                    pipe.del(self.session_key(client_id)).ignore();
-                    pipe.zrem(&self.index_key, client_id).ignore();
+                SessionOp::Delete { client_id, owner } => {
+                    fenced.push(client_id);
+                    let owner = owner.as_ref().map(|(e, n)| (*e, n.as_str()));
+                    self.delete_script(&mut pipe, client_id, owner);
                 }
             }
         }
-        self.run(|mut connection| {
-            let pipe = &pipe;
-            async move { pipe.exec_async(&mut connection).await }
+        let done: Vec<i64> = self
+            .run(|mut connection| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut connection).await }
+            })
+            .await?;
+        for (client_id, done) in fenced.iter().zip(done) {
+            if done == 0 {
+                tracing::info!(
+                    client_id,
+                    "session write refused: another node's newer claim owns the session"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_script(
+        &self,
+        pipe: &mut ::redis::Pipeline,
+        client_id: &str,
+        owner: Option<(u64, &str)>,
+    ) {
+        let (epoch, node) = owner.unwrap_or((0, ""));
+        pipe.cmd("EVAL")
+            .arg(DELETE_SCRIPT)
+            .arg(3)
+            .arg(self.session_key(client_id))
+            .arg(self.owner_key(client_id))
+            .arg(&self.index_key)
+            .arg(if owner.is_some() { "1" } else { "0" })
+            .arg(epoch)
+            .arg(node)
+            .arg(client_id)
+            .arg(OWNER_TTL_MS);
+    }
+
+    async fn claim_one(&self, client_id: &str, node: &str, epoch: u64) -> StoreResult<Claimed> {
+        let owner_key = self.owner_key(client_id);
+        let newer: Option<String> = self
+            .run(|mut connection| {
+                let owner_key = &owner_key;
+                async move {
+                    ::redis::cmd("EVAL")
+                        .arg(CLAIM_SCRIPT)
+                        .arg(1)
+                        .arg(owner_key)
+                        .arg(epoch)
+                        .arg(node)
+                        .arg(&self.claims_channel)
+                        .arg(client_id)
+                        .arg(OWNER_TTL_MS)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        Ok(match newer.as_deref().and_then(parse_owner) {
+            Some((epoch, node)) => Claimed::Newer {
+                node: node.to_owned(),
+                epoch,
+            },
+            None => Claimed::Stands,
         })
-        .await
+    }
+
+    /// Forwards the claims published on the cluster's channel to `tx` until it closes,
+    /// subscribing again (after a pause) whenever the subscription breaks.
+    async fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>) -> StoreResult<()> {
+        use futures_util::StreamExt;
+        while !tx.is_closed() {
+            let subscribed = async {
+                let mut pubsub = self.connector.pubsub().await?;
+                pubsub.subscribe(&self.claims_channel).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(2 * TIMEOUT, subscribed).await {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "redis: cannot watch claims; trying again");
+                    tokio::time::sleep(WATCH_RETRY).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("redis: watching claims timed out; trying again");
+                    tokio::time::sleep(WATCH_RETRY).await;
+                    continue;
+                }
+            };
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    m = messages.next() => {
+                        let Some(m) = m else { break };
+                        let Ok(payload) = m.get_payload::<String>() else { continue };
+                        if let Some(notice) = parse_notice(&payload) {
+                            let _ = tx.send(notice);
+                        }
+                    }
+                    _ = tx.closed() => return Ok(()),
+                }
+            }
+            tracing::warn!("redis: the claims subscription ended; subscribing again");
+            tokio::time::sleep(WATCH_RETRY).await;
+        }
+        Ok(())
     }
 
     async fn load_all(&self) -> StoreResult<Vec<SessionRecord>> {
@@ -232,6 +457,22 @@ impl RedisSessionStore {
 impl SessionStore for RedisSessionStore {
     fn apply<'a>(&'a self, ops: &'a [SessionOp]) -> StoreFuture<'a, ()> {
         Box::pin(self.apply_ops(ops))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        node: &'a str,
+        epoch: u64,
+    ) -> StoreFuture<'a, Claimed> {
+        Box::pin(self.claim_one(client_id, node, epoch))
+    }
+
+    fn watch_claims(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.watch(tx))
     }
 
     fn load(&self) -> StoreFuture<'_, Vec<SessionRecord>> {
@@ -556,6 +797,18 @@ impl Connector {
 
     fn reset(&self) {
         *self.current.lock() = None;
+    }
+
+    /// A connection of its own for a subscription (through the Sentinels for a Sentinel URL:
+    /// the master now).
+    pub(crate) async fn pubsub(&self) -> Result<::redis::aio::PubSub, RedisError> {
+        match &self.target {
+            Target::Direct(client) => client.get_async_pubsub().await,
+            Target::Sentinel(sentinels) => {
+                let master = sentinels.client().await?.async_get_client().await?;
+                master.get_async_pubsub().await
+            }
+        }
     }
 }
 

@@ -79,6 +79,7 @@ async fn sessions_and_retained_round_trip_and_survive_reopening() {
         &s,
         &[SessionOp::Delete {
             client_id: "b".into(),
+            owner: None,
         }],
     )
     .await

@@ -104,6 +104,7 @@ async fn sessions_round_trip() {
             SessionOp::Put(a2.clone()),
             SessionOp::Delete {
                 client_id: "b:with:colons".into(),
+                owner: None,
             },
         ])
         .await
@@ -121,9 +122,11 @@ async fn batches_apply_in_order() {
             SessionOp::Put(session("x")),
             SessionOp::Delete {
                 client_id: "x".into(),
+                owner: None,
             },
             SessionOp::Delete {
                 client_id: "y".into(),
+                owner: None,
             },
             SessionOp::Put(session("y")),
         ])
@@ -383,4 +386,142 @@ async fn follows_a_sentinel_failover_after_the_master_dies() {
     sentinel.wait_for_master(replica.port());
     assert_eq!(replica.command(&["EXISTS", &store.session_key("two")]), "1");
     assert_eq!(store.load().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_newest_claim_owns_a_client_id_and_fences_older_writes() {
+    use rookery_store::{ClaimNotice, Claimed};
+    let server = RedisServer::shared();
+    let (store, cluster) = store(server).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The same cluster's feed (a second store of that cluster name, as another node has).
+    let watcher = RedisSessionStore::connect(server.url(), &cluster)
+        .await
+        .unwrap();
+    let watching = tokio::spawn(async move { watcher.watch_claims(tx).await });
+    // The subscription is up once a claim made after it arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(
+            store.claim("probe", "node-1", 1).await.unwrap(),
+            Claimed::Stands
+        );
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no claim came through"
+        );
+    }
+
+    // Claims: newer epochs win, ties go to the larger node id, older ones are told the newer.
+    assert_eq!(
+        store.claim("dev", "node-1", 100).await.unwrap(),
+        Claimed::Stands
+    );
+    assert_eq!(
+        store.claim("dev", "node-2", 99).await.unwrap(),
+        Claimed::Newer {
+            node: "node-1".into(),
+            epoch: 100
+        }
+    );
+    assert_eq!(
+        store.claim("dev", "node-2", 100).await.unwrap(),
+        Claimed::Stands
+    );
+    assert_eq!(
+        store.claim("dev", "node-10", 100).await.unwrap(),
+        Claimed::Newer {
+            node: "node-2".into(),
+            epoch: 100
+        }
+    );
+    // A client id with spaces, as MQTT allows.
+    assert_eq!(
+        store.claim("a b", "node-1", 5).await.unwrap(),
+        Claimed::Stands
+    );
+    let mut seen = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        if n.client_id != "probe" {
+            seen.push(n);
+        }
+    }
+    let notice = |id: &str, node: &str, epoch| ClaimNotice {
+        client_id: id.into(),
+        node: node.into(),
+        epoch,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            notice("dev", "node-1", 100),
+            notice("dev", "node-2", 100),
+            notice("a b", "node-1", 5)
+        ],
+        "every claim that stood, and no other"
+    );
+
+    // Writes: one of an older claim is refused, one of the newest or a newer claim goes.
+    let mut old = session("dev");
+    old.owner_node = "node-1".into();
+    old.epoch = 100;
+    store.apply(&[SessionOp::Put(old.clone())]).await.unwrap();
+    assert_eq!(store.get("dev").await.unwrap(), None, "node-2 owns it");
+    let mut current = old.clone();
+    current.owner_node = "node-2".into();
+    store
+        .apply(&[SessionOp::Put(current.clone())])
+        .await
+        .unwrap();
+    assert_eq!(store.get("dev").await.unwrap(), Some(current.clone()));
+    let mut stale = current.clone();
+    stale.owner_node = "node-1".into();
+    stale.subscriptions.clear();
+    store
+        .apply(&[
+            SessionOp::Put(stale.clone()),
+            SessionOp::Delete {
+                client_id: "dev".into(),
+                owner: Some((99, "node-3".into())),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("dev").await.unwrap(),
+        Some(current.clone()),
+        "fenced"
+    );
+    // A write under a newer claim is that claim: older claims lose to it from then on.
+    let mut newer = current.clone();
+    newer.owner_node = "node-3".into();
+    newer.epoch = 200;
+    store.apply(&[SessionOp::Put(newer.clone())]).await.unwrap();
+    assert_eq!(
+        store.claim("dev", "node-2", 150).await.unwrap(),
+        Claimed::Newer {
+            node: "node-3".into(),
+            epoch: 200
+        }
+    );
+    // A delete by the owner goes; the claim stays a while (a late write stays refused).
+    store
+        .apply(&[SessionOp::Delete {
+            client_id: "dev".into(),
+            owner: Some((200, "node-3".into())),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.get("dev").await.unwrap(), None);
+    store.apply(&[SessionOp::Put(current)]).await.unwrap();
+    assert_eq!(store.get("dev").await.unwrap(), None);
+    let owner = format!("rookery:{cluster}:owner:dev");
+    assert_eq!(server.command(&["GET", &owner]), "200 node-3");
+    let ttl: i64 = server.command(&["PTTL", &owner]).parse().unwrap();
+    assert!(ttl > 0, "PTTL {ttl}");
+    drop(rx);
+    drop(watching);
 }

@@ -773,6 +773,7 @@ impl Broker {
                 ops.push(rookery_store::committer::Op::Session(
                     rookery_store::SessionOp::Delete {
                         client_id: client_id.to_owned(),
+                        owner: None,
                     },
                 ));
             }
@@ -939,6 +940,8 @@ impl Broker {
         if self.persist.is_none() {
             session.set_durable(false);
         }
+        // Ours from now: its record is written under a claim newer than its last owner's.
+        session.set_claimed(now_ms().max(session.claimed()));
         self.store_parked_session(&session);
         Some(session)
     }

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod frame;
 pub mod handover;
 pub mod link;
+pub mod ownership;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -257,7 +257,7 @@ impl Conn {
             by_password,
             &self.state.subscriptions,
             self.will.as_deref(),
-            self.generation,
+            self.session.claimed(),
         );
         Some(p.put_session(record))
     }
@@ -272,7 +272,7 @@ impl Conn {
         if self.expiry_secs == 0 {
             if was_durable {
                 self.session.set_durable(false);
-                p.delete_session(&self.session.client_id);
+                p.delete_session(&self.session.client_id, self.broker.owner_of(&self.session));
             }
             return;
         }

@@ -205,11 +205,13 @@ impl Persist {
         self.committer.submit([Op::Session(SessionOp::Put(record))])
     }
 
-    /// Deletes a session and everything queued for it.
-    pub fn delete_session(&self, client_id: &str) -> Ticket {
+    /// Deletes a session and everything queued for it; `owner` is the claim this node holds
+    /// it under (a shared store refuses the delete when a newer claim owns it).
+    pub fn delete_session(&self, client_id: &str, owner: Option<(u64, String)>) -> Ticket {
         self.committer.submit([
             Op::Session(SessionOp::Delete {
                 client_id: client_id.to_owned(),
+                owner,
             }),
             Op::Queue(QueueOp::Purge {
                 client_id: client_id.to_owned(),

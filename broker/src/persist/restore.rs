@@ -223,6 +223,8 @@ pub(crate) fn restore_session(
         will,
         disconnected_ms: record.disconnected_at_ms,
     })?;
+    // The claim its record was written under: later writes of it carry the same, or newer.
+    session.set_claimed(record.epoch);
     if let Some(hook) = before_routes {
         hook(&session);
     }

@@ -1,0 +1,88 @@
+//! Client-id ownership through Redis: two nodes of one cluster whose links are down (here:
+//! never configured, a partition of the links) still end with one connection per client id,
+//! because each claim also goes to Redis and every node follows the claims there; and a
+//! node that lost a session cannot overwrite the new owner's record.
+
+use rookery_broker::Server;
+use rookery_codec::{ConnectProperties, Protocol, QoS, reason};
+use rookery_store::redis::RedisSessionStore;
+use rookery_store::{SessionOp, SessionStore};
+use rookery_testkit::RedisServer;
+
+use crate::cluster::{free_port, node_with, until};
+use crate::support::*;
+
+fn persistent(id: &str) -> rookery_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, id, false);
+    c.properties = ConnectProperties {
+        session_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    c
+}
+
+async fn node(id: &str, cluster: &str, dir: &std::path::Path) -> Server {
+    let (url, dir) = (RedisServer::shared().url().to_owned(), dir.to_owned());
+    node_with(id, cluster, free_port(), &[], move |c| {
+        c.durability = rookery_broker::config::DurabilityMode::Sync;
+        c.data_dir = dir;
+        c.redis_url = Some(url);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_links_redis_keeps_one_connection_per_client_id_and_fences_the_loser() {
+    let redis = RedisServer::shared();
+    let cluster = RedisServer::prefix();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = node("node-a", &cluster, dirs[0].path()).await;
+    let b = node("node-b", &cluster, dirs[1].path()).await;
+    let owner_key = format!("rookery:{cluster}:owner:dev");
+
+    let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
+    on_a.subscribe("x", QoS::AtLeastOnce).await;
+    until("node-a's claim in Redis", || {
+        redis.command(&["GET", &owner_key]).ends_with(" node-a")
+    })
+    .await;
+    let store = RedisSessionStore::connect(redis.url(), &cluster)
+        .await
+        .unwrap();
+    let before = store.get("dev").await.unwrap().unwrap();
+    assert_eq!(before.owner_node, "node-a");
+
+    // The same client id on the other node: no link tells node-a, Redis does.
+    let (_on_b, _) = Raw::connect_with(b.addr(), persistent("dev")).await;
+    let d = on_a.expect_closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
+    until("node-a gave its copy up", || {
+        a.broker.sessions.get("dev").is_none()
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let now = loop {
+        let now = store.get("dev").await.unwrap().unwrap();
+        if now.owner_node == "node-b" {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record by node-b");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(redis.command(&["GET", &owner_key]).ends_with(" node-b"));
+
+    // What node-a would still write under its old claim is refused.
+    let mut stale = before.clone();
+    stale.subscriptions.clear();
+    store.apply(&[SessionOp::Put(stale)]).await.unwrap();
+    store
+        .apply(&[SessionOp::Delete {
+            client_id: "dev".into(),
+            owner: Some((before.epoch, "node-a".into())),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.get("dev").await.unwrap(), Some(now));
+    a.shutdown().await;
+    b.shutdown().await;
+}
