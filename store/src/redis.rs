@@ -14,10 +14,16 @@
 //!   milliseconds (`+inf` for none), so that [`load`](SessionStore::load) lists sessions without
 //!   `KEYS` or `SCAN`. `load` first drops the members whose deadline has passed
 //!   (`ZREMRANGEBYSCORE`), then reads the rest with `MGET` and drops members whose key is gone.
+//! - `rookery:C:owner:<client id>`: the newest claim of the client id, `"{ms} {node id}"`
+//!   ([`SessionStore::claim`], and every write). It lives as long as the session's record, and
+//!   a day past a delete or a claim without a record.
+//! - `rookery:C:claims`: the pub/sub channel on which each claim that stands is published,
+//!   `"{ms} {node id} {client id}"` ([`SessionStore::watch_claims`]).
 //!
 //! [`apply`](SessionStore::apply) sends all of a batch's commands as one `MULTI`/`EXEC`
-//! pipeline: one round trip, applied atomically. A session whose deadline has already passed is
-//! deleted rather than written.
+//! pipeline: one round trip, applied atomically. Each write and delete is a Lua script that
+//! refuses it when the owner key holds a newer claim than the one it was made under (fencing:
+//! decision 0017). A session whose deadline has already passed is deleted rather than written.
 //!
 //! # Connections and failover
 //!
@@ -33,8 +39,9 @@
 //! and replaces it when it fails: after a connection error, a timeout, or a `READONLY`,
 //! `MASTERDOWN` or `LOADING` reply (what an old master answers after a failover), the next
 //! attempt connects afresh, through the Sentinels for a Sentinel URL, so it reaches the new
-//! master without a restart. Each operation is tried twice (both are idempotent: `SET`, `DEL`,
-//! `ZADD`, `ZREM`) before it fails with [`StoreError::Unavailable`].
+//! master without a restart. Each operation is tried twice (all are idempotent: writes,
+//! deletes and claims are compare-and-set scripts that a repeat leaves as they were, bar a
+//! claim's second publication) before it fails with [`StoreError::Unavailable`].
 
 use std::time::Duration;
 
