@@ -369,9 +369,9 @@ impl Cluster {
     }
 
     /// Forgets the link `link_id` to `peer` if it is still the registered one. The routes the
-    /// peer announced on it go too, unless the link was of level 5: then they stay, and what
-    /// is forwarded to the peer waits in its ledger, until it comes back or
-    /// [`Cluster::give_up`]. Returns true when the routes were kept.
+    /// peer announced on it go too, unless the link was of level 5 and the peer was not
+    /// draining: then they stay, and what is forwarded to the peer waits in its ledger, until
+    /// it comes back or [`Cluster::give_up`]. Returns true when the routes were kept.
     pub fn unregister(&self, peer: &str, link_id: u64) -> bool {
         let removed = {
             let mut links = self.links.lock();
@@ -381,8 +381,15 @@ impl Cluster {
         let Some(removed) = removed else {
             return false;
         };
-        self.draining.lock().remove(peer);
+        // A node that drained is leaving: it took its sessions elsewhere, and it comes back,
+        // if at all, as a new boot epoch.
+        let drained = self.draining.lock().remove(peer);
         self.asks.drop_parts(peer);
+        if let (Some(ledger), true) = (&removed.ledger, drained) {
+            self.remote.write().drop_peer(peer);
+            self.count_given_up(peer, ledger.settle());
+            return false;
+        }
         if removed.ledger.is_some() {
             let mut kept = self.kept.lock();
             kept.insert(peer.to_owned());

@@ -376,3 +376,28 @@ async fn in_sync_durability_the_acknowledgement_follows_the_commit() {
     a.shutdown().await;
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_drained_is_not_waited_for_once_gone() {
+    let port = free_port();
+    let a = node(port).await;
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    routed(&a, "t", &["node-z"]).await;
+    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    send_qos1(&mut p, "1", 1).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    assert_eq!(z.next_publish().await, "1");
+    // It drains and leaves without acknowledging: it is not coming back as it was.
+    z.send(&[Frame::Draining]).await;
+    until("the drain seen", || {
+        a.broker.cluster.get().unwrap().is_draining("node-z")
+    })
+    .await;
+    let gone = Instant::now();
+    drop(z);
+    expect_puback(&mut p, 1).await;
+    assert!(gone.elapsed() < rookery_broker::cluster::KEPT_WHILE_DOWN);
+    routed(&a, "t", &[]).await;
+    a.shutdown().await;
+}
