@@ -362,3 +362,154 @@ async fn a_flooding_publisher_does_not_starve_subscribers_on_one_thread() {
         "no message reached a subscriber while the publisher flooded"
     );
 }
+
+/// Sends one packet (MQTT 5.0).
+async fn send(s: &mut TcpStream, packet: Packet) {
+    let mut out = BytesMut::new();
+    encode(&packet, Protocol::V5, &mut out);
+    s.write_all(&out).await.unwrap();
+}
+
+/// The next packet within `wait`, `None` when none came.
+async fn next_within(s: &mut TcpStream, buf: &mut BytesMut, wait: Duration) -> Option<Packet> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(p) = decode(buf, Protocol::V5, usize::MAX).unwrap() {
+            return Some(p);
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => panic!("connection closed"),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publishers_puback_waits_while_the_subscribers_node_is_stopped() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (id, link) = (format!("node-{i}"), format!("127.0.0.1:{port}"));
+        let mut node = BrokerProcess::start(
+            binary(),
+            &[
+                "--log-level",
+                "warn,rookery_broker=info",
+                "--node-id",
+                &id,
+                "--cluster-listen",
+                &link,
+                "--peers",
+                &peers,
+            ],
+        )
+        .unwrap();
+        node.wait_for_log("cluster links starting", Duration::from_secs(10))
+            .unwrap();
+        nodes.push(node);
+    }
+    for node in &mut nodes {
+        node.wait_for_log("cluster link up", Duration::from_secs(10))
+            .unwrap();
+    }
+    let (mut sub, mut sub_buf, _) = connect_v5(nodes[1].addr, "sub").await;
+    send(
+        &mut sub,
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            }],
+            properties: Default::default(),
+        }),
+    )
+    .await;
+    assert!(matches!(
+        next_within(&mut sub, &mut sub_buf, Duration::from_secs(5)).await,
+        Some(Packet::SubAck(_))
+    ));
+    let (mut publ, mut pub_buf, _) = connect_v5(nodes[0].addr, "pub").await;
+    let publish = |pid: u16| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: pid,
+            payload: bytes::Bytes::from_static(b"x"),
+            properties: Default::default(),
+        })
+    };
+    // Until node 1's route reaches node 0, a message finds no subscriber (0x10).
+    let mut pid = 1;
+    loop {
+        send(&mut publ, publish(pid)).await;
+        match next_within(&mut publ, &mut pub_buf, Duration::from_secs(5)).await {
+            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => break,
+            Some(Packet::PubAck(a)) if a.reason == reason::NO_MATCHING_SUBSCRIBERS => {}
+            other => panic!("{other:?}"),
+        }
+        pid += 1;
+        assert!(pid < 100, "the route never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The subscriber's node stops (SIGSTOP; shorter than the failure detector's 3.5 s).
+    nodes[1].signal(19).unwrap();
+    // Stopped once /proc says so (the signal takes effect a moment later).
+    let stat = format!("/proc/{}/stat", nodes[1].pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&stat)
+        .unwrap()
+        .split(") ")
+        .nth(1)
+        .is_some_and(|rest| rest.starts_with('T'))
+    {
+        assert!(std::time::Instant::now() < deadline, "not stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pid += 1;
+    send(&mut publ, publish(pid)).await;
+    let early = next_within(&mut publ, &mut pub_buf, Duration::from_millis(1000)).await;
+    assert!(
+        early.is_none(),
+        "acknowledged while the node was stopped: {early:?}"
+    );
+    nodes[1].signal(18).unwrap();
+    match next_within(&mut publ, &mut pub_buf, Duration::from_secs(5)).await {
+        Some(Packet::PubAck(a)) => {
+            assert_eq!((a.packet_id, a.reason), (pid, reason::SUCCESS));
+        }
+        other => panic!("{other:?}"),
+    }
+    // And the subscriber has it (after the first one).
+    let mut got = 0;
+    while let Some(p) = next_within(&mut sub, &mut sub_buf, Duration::from_secs(2)).await {
+        if let Packet::Publish(p) = p {
+            got += 1;
+            send(
+                &mut sub,
+                Packet::PubAck(Ack {
+                    packet_id: p.packet_id,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+    }
+    assert_eq!(got, 2);
+}
