@@ -387,41 +387,7 @@ async fn next_within(s: &mut TcpStream, buf: &mut BytesMut, wait: Duration) -> O
 
 #[tokio::test]
 async fn a_publishers_puback_waits_while_the_subscribers_node_is_stopped() {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let peers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let (id, link) = (format!("node-{i}"), format!("127.0.0.1:{port}"));
-        let mut node = BrokerProcess::start(
-            binary(),
-            &[
-                "--log-level",
-                "warn,rookery_broker=info",
-                "--node-id",
-                &id,
-                "--cluster-listen",
-                &link,
-                "--peers",
-                &peers,
-            ],
-        )
-        .unwrap();
-        node.wait_for_log("cluster links starting", Duration::from_secs(10))
-            .unwrap();
-        nodes.push(node);
-    }
-    for node in &mut nodes {
-        node.wait_for_log("cluster link up", Duration::from_secs(10))
-            .unwrap();
-    }
+    let nodes = rookery_e2e::start_cluster(binary(), "node", 2, &[]).unwrap();
     let (mut sub, mut sub_buf, _) = connect_v5(nodes[1].addr, "sub").await;
     send(
         &mut sub,

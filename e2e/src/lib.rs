@@ -173,6 +173,54 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// Starts a cluster of `n` broker processes on loopback (node ids `{prefix}-0`, ...; each
+/// with `args` too), and returns them once each has logged its link up. With info logging
+/// (the link lines are info): pass no `--log-level` that hides them.
+pub fn start_cluster(
+    binary: &Path,
+    prefix: &str,
+    n: usize,
+    args: &[&str],
+) -> anyhow::Result<Vec<BrokerProcess>> {
+    let ports = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<Result<Vec<u16>, _>>()?;
+    let peers = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (id, link) = (format!("{prefix}-{i}"), format!("127.0.0.1:{port}"));
+        let mut all = vec![
+            "--log-level",
+            "warn,rookery_broker=info",
+            "--node-id",
+            &id,
+            "--cluster-listen",
+            &link,
+            "--peers",
+            &peers,
+        ];
+        all.extend_from_slice(args);
+        let mut node = BrokerProcess::start(binary, &all)?;
+        node.wait_for_log("cluster links starting", Duration::from_secs(10))
+            .context("the cluster links did not start")?;
+        nodes.push(node);
+    }
+    // Only the link that stays logs "up" (the larger node hangs up its own dial unseen).
+    for node in &mut nodes {
+        node.wait_for_log("cluster link up", Duration::from_secs(10))
+            .context("no cluster link came up")?;
+    }
+    Ok(nodes)
+}
+
 /// Finds `listening on ADDR` in a log line (text or JSON).
 pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];

@@ -128,43 +128,7 @@ async fn the_tool_speaks_tls() {
 
 #[tokio::test]
 async fn across_two_cluster_nodes_nothing_is_lost() {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let peers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = format!("bench-{i}");
-        let link = format!("127.0.0.1:{port}");
-        let mut node = BrokerProcess::start(
-            &broker_binary(),
-            &[
-                "--log-level",
-                "warn,rookery_broker=info",
-                "--node-id",
-                &id,
-                "--cluster-listen",
-                &link,
-                "--peers",
-                &peers,
-            ],
-        )
-        .unwrap();
-        node.wait_for_log("cluster links starting", std::time::Duration::from_secs(10))
-            .unwrap();
-        nodes.push(node);
-    }
-    // Only the link that stays logs "up" (the larger node hangs up its own dial unseen).
-    for node in &mut nodes {
-        node.wait_for_log("cluster link up", std::time::Duration::from_secs(10))
-            .unwrap();
-    }
+    let nodes = rookery_e2e::start_cluster(&broker_binary(), "bench", 2, &[]).unwrap();
     for (scenario, qos) in [(Scenario::Pairs, 1), (Scenario::FanIn, 2)] {
         let report = bench::run(Options {
             subscriber_broker: Some(nodes[1].addr),

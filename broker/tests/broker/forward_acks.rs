@@ -117,6 +117,18 @@ async fn node(port: u16) -> Server {
     node_with("node-a", "prod", port, &[], |_| {}).await
 }
 
+/// A node, the test's peer linked to it at level 5 with a subscriber for `t` (its opening
+/// `ForwardResume { from: 0 }` read), and a publisher on the node.
+async fn linked_with_publisher(port: u16) -> (Server, Peer, Raw) {
+    let a = node(port).await;
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    routed(&a, "t", &["node-z"]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    let (p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    (a, z, p)
+}
+
 /// Sends a QoS 1 PUBLISH without waiting for its PUBACK.
 async fn send_qos1(p: &mut Raw, payload: &str, pid: u16) {
     p.send(Packet::Publish(publish(
@@ -142,15 +154,7 @@ async fn expect_puback_within(p: &mut Raw, pid: u16, wait: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publishers_puback_waits_until_the_peer_has_the_message() {
-    let port = free_port();
-    let a = node(port).await;
-    let mut z = Peer::link(port, frame::LEVEL, 1).await;
-    z.send(&[Frame::Routes(vec!["t".into()])]).await;
-    until("linked", || up(&a) == ["node-z"]).await;
-    routed(&a, "t", &["node-z"]).await;
-    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
-
-    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    let (a, mut z, mut p) = linked_with_publisher(free_port()).await;
     send_qos1(&mut p, "1", 1).await;
     send_qos1(&mut p, "2", 2).await;
     assert_eq!(z.next_publish().await, "1");
@@ -185,13 +189,8 @@ async fn a_peer_of_level_four_is_not_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_back_from_a_cut_gets_again_what_it_had_not_acknowledged() {
     let port = free_port();
-    let a = node(port).await;
+    let (a, mut z, mut p) = linked_with_publisher(port).await;
     let metrics = a.metrics_addr.unwrap();
-    let mut z = Peer::link(port, frame::LEVEL, 1).await;
-    z.send(&[Frame::Routes(vec!["t".into()])]).await;
-    routed(&a, "t", &["node-z"]).await;
-    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
-    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
     send_qos1(&mut p, "1", 1).await;
     send_qos1(&mut p, "2", 2).await;
     assert_eq!(z.next_publish().await, "1");
@@ -242,14 +241,9 @@ async fn a_peer_back_from_a_cut_gets_again_what_it_had_not_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_counted() {
     let port = free_port();
-    let a = node(port).await;
+    let (a, mut z, mut p) = linked_with_publisher(port).await;
     let metrics = a.metrics_addr.unwrap();
-    let mut z = Peer::link(port, frame::LEVEL, 1).await;
-    z.send(&[Frame::Routes(vec!["t".into()])]).await;
-    routed(&a, "t", &["node-z"]).await;
-    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
     send_qos1(&mut p, "1", 1).await;
-    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
     assert_eq!(z.next_publish().await, "1");
     drop(z);
     until("the link down", || up(&a).is_empty()).await;
@@ -379,14 +373,8 @@ async fn in_sync_durability_the_acknowledgement_follows_the_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_drained_is_not_waited_for_once_gone() {
-    let port = free_port();
-    let a = node(port).await;
-    let mut z = Peer::link(port, frame::LEVEL, 1).await;
-    z.send(&[Frame::Routes(vec!["t".into()])]).await;
-    routed(&a, "t", &["node-z"]).await;
-    let (mut p, _) = Raw::connect(a.addr(), Protocol::V5, "p", true).await;
+    let (a, mut z, mut p) = linked_with_publisher(free_port()).await;
     send_qos1(&mut p, "1", 1).await;
-    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
     assert_eq!(z.next_publish().await, "1");
     // It drains and leaves without acknowledging: it is not coming back as it was.
     z.send(&[Frame::Draining]).await;
