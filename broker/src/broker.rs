@@ -289,7 +289,10 @@ impl Broker {
         let (broker, client_id, node) =
             (self.clone(), session.client_id.to_string(), node.to_owned());
         tokio::spawn(async move {
-            if broker.discard_for_peer(&client_id, at_ms, resumed).await {
+            if broker
+                .discard_for_peer(&client_id, (at_ms, &node), resumed)
+                .await
+            {
                 info!(
                     client_id,
                     node, "session taken over by a connection on another node"

@@ -583,8 +583,9 @@ impl Broker {
         };
         // Unasked (a drain), the session is parked: no connection of ours to compare with.
         let claim_at = if at_ms == PUSHED { u64::MAX } else { at_ms };
-        let Some((x, username, by_password, session_id)) =
-            self.take_session(client_id, claim_at, Some(peer)).await
+        let Some((x, username, by_password, session_id)) = self
+            .take_session(client_id, (claim_at, peer), Some(peer))
+            .await
         else {
             if at_ms != PUSHED {
                 cluster.send_to(
@@ -677,17 +678,19 @@ impl Broker {
         }
     }
 
-    /// A newer connection of `client_id` exists on another node: ours (if older) is closed
-    /// and our copy of the session ends. After a clean start there, its will is published;
-    /// when that connection resumed (`resumed`: a claim learned after a partition healed), the
-    /// client is alive and its session lives there. True when it was here.
+    /// A newer connection of `client_id` exists on another node (claimed at `at_ms` by
+    /// `node`): ours (if older) is closed and our copy of the session ends. After a clean
+    /// start there, its will is published; when that connection resumed (`resumed`: a claim
+    /// learned after a partition healed), the client is alive and its session lives there.
+    /// True when it was here.
     pub async fn discard_for_peer(
         self: &Arc<Self>,
         client_id: &str,
-        at_ms: u64,
+        (at_ms, node): (u64, &str),
         resumed: bool,
     ) -> bool {
-        let Some((x, username, _, _)) = self.take_session(client_id, at_ms, None).await else {
+        let Some((x, username, _, _)) = self.take_session(client_id, (at_ms, node), None).await
+        else {
             return false;
         };
         if !resumed && let Some(will) = x.will {
@@ -696,7 +699,8 @@ impl Broker {
         true
     }
 
-    /// Closes our connection of `client_id` unless it is newer than `at_ms` (telling it
+    /// Closes our connection of `client_id` unless it is newer than the claim (`at_ms`,
+    /// `by` node; ties go to the larger node id, as everywhere) (telling it
     /// whether the newcomer resumes: it does when the session goes `to` a node), then takes
     /// the session out: our own disk's copy deleted (a shared copy is the new owner's), our
     /// writes for it landed. Its routes stay, relaying to `to` until the other nodes know the
@@ -704,13 +708,15 @@ impl Broker {
     async fn take_session(
         self: &Arc<Self>,
         client_id: &str,
-        at_ms: u64,
+        (at_ms, by): (u64, &str),
         to: Option<&str>,
     ) -> Option<(Extracted, Option<ByteString>, bool, SessionId)> {
         let resumes = to.is_some();
         let session = self.sessions.get(client_id)?;
         let _guard = session.attach_lock.lock().await;
-        if session.claimed() > at_ms {
+        // The claim as `lose_to` compares it: a connection that attached within the same
+        // millisecond as the other node's keeps the id when this node's id is the larger.
+        if (session.claimed(), self.config.node_id.as_str()) > (at_ms, by) {
             // Our connection is newer: it keeps the id, and the other one loses to our claim.
             return None;
         }

@@ -909,3 +909,32 @@ async fn link_certificates_rotate_with_a_reload() {
     n0.shutdown().await;
     fresh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_the_same_millisecond_goes_to_the_larger_node_id_when_it_is_acted_on() {
+    // Two CONNECTs of one id on two nodes in one millisecond: the claim of the smaller node
+    // can reach the larger one before its connection noted its own time; acted on once the
+    // connection is attached, it must lose to it (ties go to the larger node id), not take
+    // both connections down.
+    let node = node_with("node-b", "prod", free_port(), &[], |_| {}).await;
+    let (mut c, _) = Raw::connect(node.addr(), rookery_codec::Protocol::V5, "twin", true).await;
+    let at = node.broker.sessions.get("twin").unwrap().claimed();
+    assert!(
+        !node
+            .broker
+            .discard_for_peer("twin", (at, "node-a"), false)
+            .await,
+        "an equal claim of a smaller node id loses"
+    );
+    c.expect_silence(Duration::from_millis(200)).await;
+    assert!(node.broker.sessions.get("twin").unwrap().is_attached());
+    assert!(
+        node.broker
+            .discard_for_peer("twin", (at, "node-c"), false)
+            .await,
+        "an equal claim of a larger node id wins"
+    );
+    let d = c.expect_closed().await.unwrap();
+    assert_eq!(d.reason, rookery_codec::reason::SESSION_TAKEN_OVER);
+    node.shutdown().await;
+}
