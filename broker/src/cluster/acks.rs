@@ -52,17 +52,11 @@ impl Ledger {
         }
     }
 
-    /// Numbers `frame` (a `Publish`) and keeps it until acknowledged; `None` when `limit`
-    /// frames wait already (the caller drops it, counted). Returns the frame's number.
+    /// Numbers `frame` (a `Publish`) and keeps it until acknowledged, sending it nowhere yet
+    /// (the peer is down); `None` when `limit` frames wait already (the caller drops it,
+    /// counted). Returns the frame's number.
     pub fn take(&self, frame: &Frame, limit: usize) -> Option<u64> {
-        let mut inner = self.inner.lock();
-        if inner.tail.len() >= limit {
-            return None;
-        }
-        inner.next += 1;
-        inner.tail.push_back(frame.clone());
-        inner.settled = false;
-        Some(inner.next)
+        self.take_and_send(frame.clone(), limit, |_| true)
     }
 
     /// Numbers `frame` and hands it to `send` (the link's queue) under the ledger's lock, so
