@@ -63,6 +63,14 @@ enum Groups<'a> {
     Decide(&'a mut SharedMatches),
     /// A forwarded message: only these groups (`$share/{group}/{filter}`).
     Only(&'a [String]),
+    /// A message a dead node had not committed, sent again to the nodes that adopted its
+    /// sessions: only to sessions adopted from `from`, and only these groups.
+    Adopted {
+        /// Shared groups the dead node was picked for.
+        groups: &'a [String],
+        /// The dead node.
+        from: &'a str,
+    },
 }
 
 /// One session a message goes to, with what is particular to it.
@@ -233,6 +241,35 @@ impl Broker {
         (routed.congested, routed.ticket)
     }
 
+    /// Routes a message that `departed` (a dead node) had been forwarded and had not
+    /// committed, to the sessions adopted here from it only. As [`Broker::route_forwarded`].
+    pub fn route_adopted(
+        &self,
+        departed: &str,
+        id: u64,
+        stored: StoredMessage,
+        groups: &[String],
+    ) -> (Option<Arc<Session>>, Option<Ticket>) {
+        let message = Arc::new(convert::message(stored, 0, id, Instant::now(), now_ms()));
+        let routed = self.route_here(
+            &message,
+            false,
+            Groups::Adopted {
+                groups,
+                from: departed,
+            },
+        );
+        (routed.congested, routed.ticket)
+    }
+
+    fn is_adopted_from(&self, session: &Session, departed: &str) -> bool {
+        session.is_moving()
+            && self
+                .cluster
+                .get()
+                .is_some_and(|c| c.moves.adopted_from(session.id, departed))
+    }
+
     /// Tells the other nodes that a connection here took `session`'s client id (at the time
     /// [`Session::set_claimed`] noted), and gives the session up at once if another node's
     /// newer claim came while it was attaching: of concurrent CONNECTs the newest wins,
@@ -400,7 +437,12 @@ impl Broker {
             .as_ref()
             .filter(|_| message.qos != QoS::AtMostOnce);
         let mut routed = Routed::default();
-        if message.retain {
+        let adopted_from = match groups {
+            Groups::Adopted { from, .. } => Some(from),
+            _ => None,
+        };
+        // A message sent again for adopted sessions was retained where it was published.
+        if message.retain && adopted_from.is_none() {
             // `$SYS` values are the broker's own and current only while it runs: not stored.
             let stored = self
                 .persist
@@ -423,11 +465,17 @@ impl Broker {
         let router = self.router.read();
         let mut matches: Matches<'_, Arc<Session>> = Matches::new();
         let mut denied = 0u64;
-        if self.security.has_acl() {
+        if self.security.has_acl() || adopted_from.is_some() {
             // Subscriptions the ACL allows only in part: each message is checked for read
             // access, inside the match so that a shared group picks a member that may read it.
+            // Likewise a message for adopted sessions picks among them.
             let denied_cell = std::cell::Cell::new(0u64);
             let accept = |s: &Arc<Session>, sub: &Subscription| {
+                if let Some(from) = adopted_from
+                    && !self.is_adopted_from(s, from)
+                {
+                    return false;
+                }
                 let ok = !sub.acl_check || self.readable_by(s, &message.topic);
                 if !ok {
                     denied_cell.set(denied_cell.get() + 1);
@@ -452,7 +500,7 @@ impl Broker {
         match groups {
             Groups::All => {}
             // Forwarded: only the groups the publishing node picked this node for.
-            Groups::Only(keys) => {
+            Groups::Only(keys) | Groups::Adopted { groups: keys, .. } => {
                 matches.retain(|m| m.group.is_none_or(|k| keys.iter().any(|g| **g == **k)));
             }
             // Published here, with members of some groups elsewhere too: a group with an

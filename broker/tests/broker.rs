@@ -33,6 +33,8 @@ mod operations;
 mod ownership;
 #[path = "broker/publish.rs"]
 mod publish;
+#[path = "broker/reroute.rs"]
+mod reroute;
 #[path = "broker/retained.rs"]
 mod retained;
 #[path = "broker/rumqttc_clients.rs"]

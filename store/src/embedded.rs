@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionRecord,
-    SessionStore, StoreError, StoreFuture, StoreResult, StoredMessage, now_ms,
+    ForwardMark, QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp,
+    SessionRecord, SessionStore, StoreError, StoreFuture, StoreResult, StoredMessage, now_ms,
 };
 
 /// The name these stores report (`SessionStore::name` and the others).
@@ -44,6 +44,8 @@ struct Inner {
     messages: Keyspace,
     queue: Keyspace,
     incoming: Keyspace,
+    /// Forward marks, by `receiver` NUL `sender`.
+    marks: Keyspace,
     path: PathBuf,
     /// Queue entries referring to each stored message.
     refs: Mutex<AHashMap<u64, u32>>,
@@ -89,6 +91,7 @@ impl EmbeddedStore {
             messages: open("messages")?,
             queue: open("queue")?,
             incoming: open("incoming")?,
+            marks: open("marks")?,
             db,
             path: path.clone(),
             refs: Mutex::new(AHashMap::new()),
@@ -291,8 +294,12 @@ impl Inner {
         let mut messages: AHashMap<u64, Vec<u8>> = AHashMap::new();
         let mut incoming: AHashMap<Vec<u8>, bool> = AHashMap::new();
         let mut delta: AHashMap<u64, i64> = AHashMap::new();
+        let mut marks: AHashMap<Vec<u8>, &ForwardMark> = AHashMap::new();
         for op in ops {
             match op {
+                QueueOp::ForwardMark(mark) => {
+                    marks.insert(client_key(&mark.receiver, mark.sender.as_bytes()), mark);
+                }
                 QueueOp::Message { id, message } => {
                     messages.insert(*id, encode(message)?);
                     delta.entry(*id).or_insert(0);
@@ -375,6 +382,9 @@ impl Inner {
                 batch.remove(&self.incoming, key.as_slice());
             }
         }
+        for (key, mark) in &marks {
+            batch.insert(&self.marks, key.as_slice(), encode(mark)?);
+        }
         let refs = self.refs.lock();
         let count = |id: &u64, d: i64| i64::from(refs.get(id).copied().unwrap_or(0)) + d;
         for (id, d) in &delta {
@@ -448,6 +458,16 @@ impl Inner {
         Ok((entries, ids))
     }
 
+    fn forward_mark(&self, receiver: &str, sender: &str) -> StoreResult<Option<ForwardMark>> {
+        let key = client_key(receiver, sender.as_bytes());
+        match self.marks.get(&key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(
+                self.decode(|| format!("forward mark {receiver}/{sender}"), &v)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     fn queue_clients(&self) -> StoreResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         for ks in [&self.queue, &self.incoming] {
@@ -511,6 +531,13 @@ impl QueueStore for EmbeddedStore {
     }
     fn clients(&self) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move { self.blocking(|s| s.queue_clients()) })
+    }
+    fn forward_mark<'a>(
+        &'a self,
+        receiver: &'a str,
+        sender: &'a str,
+    ) -> StoreFuture<'a, Option<ForwardMark>> {
+        Box::pin(async move { self.blocking(|s| s.forward_mark(receiver, sender)) })
     }
     fn name(&self) -> &'static str {
         NAME

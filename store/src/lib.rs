@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 pub use error::{StoreError, StoreResult};
 pub use record::{
-    IncomingRecord, QueueEntry, QueueOp, RetainedOp, SessionOp, SessionRecord, StoredMessage,
-    SubscriptionRecord, WillRecord,
+    ForwardMark, IncomingRecord, QueueEntry, QueueOp, RetainedOp, SessionOp, SessionRecord,
+    StoredMessage, SubscriptionRecord, WillRecord,
 };
 
 /// Milliseconds since the Unix epoch: the clock every stored deadline and expiry uses.
@@ -138,6 +138,12 @@ pub trait QueueStore: Send + Sync + 'static {
     fn load<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, (Vec<QueueEntry>, Vec<u16>)>;
     /// Client ids that have entries or received QoS 2 ids.
     fn clients(&self) -> StoreFuture<'_, Vec<String>>;
+    /// The last [`ForwardMark`] `receiver` wrote for what `sender` forwarded to it.
+    fn forward_mark<'a>(
+        &'a self,
+        receiver: &'a str,
+        sender: &'a str,
+    ) -> StoreFuture<'a, Option<ForwardMark>>;
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 }

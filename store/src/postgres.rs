@@ -43,8 +43,8 @@ use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use crate::{
-    QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, StoreError, StoreFuture,
-    StoreResult, StoredMessage,
+    ForwardMark, QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, StoreError,
+    StoreFuture, StoreResult, StoredMessage,
 };
 
 const STORE: &str = "postgres";
@@ -374,6 +374,34 @@ impl PostgresStore {
             .map_err(map_error)?;
         }
 
+        if !batch.marks.is_empty() {
+            let (mut receivers, mut senders, mut receiver_epochs, mut sender_epochs, mut upto) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for mark in batch.marks.values() {
+                receivers.push(mark.receiver.as_str());
+                senders.push(mark.sender.as_str());
+                receiver_epochs.push(bits(mark.receiver_epoch));
+                sender_epochs.push(bits(mark.sender_epoch));
+                upto.push(bits(mark.upto));
+            }
+            sqlx::query(
+                "INSERT INTO forward_marks (receiver, sender, receiver_epoch, sender_epoch, upto)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                                      $5::bigint[])
+                 ON CONFLICT (receiver, sender) DO UPDATE SET
+                     receiver_epoch = EXCLUDED.receiver_epoch,
+                     sender_epoch = EXCLUDED.sender_epoch, upto = EXCLUDED.upto",
+            )
+            .bind(receivers)
+            .bind(senders)
+            .bind(receiver_epochs)
+            .bind(sender_epochs)
+            .bind(upto)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_error)?;
+        }
+
         freed.extend(batch.dropped_message_ids.iter().copied());
         if !freed.is_empty() {
             freed.sort_unstable();
@@ -425,6 +453,29 @@ impl PostgresStore {
             .map(|p| u16::try_from(p).map_err(|_| corrupt("incoming", format!("packet id {p}"))))
             .collect::<StoreResult<_>>()?;
         Ok((entries, incoming))
+    }
+
+    async fn load_forward_mark(
+        &self,
+        receiver: &str,
+        sender: &str,
+    ) -> StoreResult<Option<ForwardMark>> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT receiver_epoch, sender_epoch, upto FROM forward_marks
+             WHERE receiver = $1 AND sender = $2",
+        )
+        .bind(receiver)
+        .bind(sender)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_error)?;
+        Ok(row.map(|(receiver_epoch, sender_epoch, upto)| ForwardMark {
+            receiver: receiver.to_owned(),
+            receiver_epoch: unbits(receiver_epoch),
+            sender: sender.to_owned(),
+            sender_epoch: unbits(sender_epoch),
+            upto: unbits(upto),
+        }))
     }
 
     async fn queue_clients(&self) -> StoreResult<Vec<String>> {
@@ -534,6 +585,14 @@ impl QueueStore for PostgresStore {
         Box::pin(self.queue_clients())
     }
 
+    fn forward_mark<'a>(
+        &'a self,
+        receiver: &'a str,
+        sender: &'a str,
+    ) -> StoreFuture<'a, Option<ForwardMark>> {
+        Box::pin(self.load_forward_mark(receiver, sender))
+    }
+
     fn name(&self) -> &'static str {
         STORE
     }
@@ -581,6 +640,8 @@ struct QueueBatch<'a> {
     incoming: BTreeMap<(&'a str, u16), bool>,
     /// Bodies of entries the batch enqueued and then dropped (never written).
     dropped_message_ids: Vec<i64>,
+    /// The last forward mark of each (receiver, sender).
+    marks: BTreeMap<(&'a str, &'a str), &'a ForwardMark>,
 }
 
 impl<'a> QueueBatch<'a> {
@@ -667,6 +728,11 @@ impl<'a> QueueBatch<'a> {
                         .incoming
                         .retain(|(incoming_client, _), _| *incoming_client != client);
                     batch.purged.insert(client);
+                }
+                QueueOp::ForwardMark(mark) => {
+                    batch
+                        .marks
+                        .insert((mark.receiver.as_str(), mark.sender.as_str()), mark);
                 }
             }
         }
@@ -781,6 +847,16 @@ fn corrupt(table: &str, message: String) -> StoreError {
         path: table.into(),
         message,
     }
+}
+
+/// A boot epoch or count as a bigint, bit for bit (any `u64` a peer sends fits).
+fn bits(value: u64) -> i64 {
+    i64::from_be_bytes(value.to_be_bytes())
+}
+
+/// The inverse of [`bits`].
+fn unbits(value: i64) -> u64 {
+    u64::from_be_bytes(value.to_be_bytes())
 }
 
 /// An id or time as a bigint; values past `i64::MAX` are refused.

@@ -200,13 +200,34 @@ pub enum QueueOp {
         /// The session.
         client_id: String,
     },
+    /// How far this node has handled what a peer forwarded to it, written with the queue
+    /// entries those messages made (decision 0016): the nodes that adopt this node's sessions
+    /// after it dies send again only what it had not committed.
+    ForwardMark(ForwardMark),
+}
+
+/// The forwarded messages a node (`receiver`) has handled of one peer (`sender`), each in its
+/// boot epoch: `Publish` frames `1..=upto` of that pair of epochs are routed, and their queue
+/// entries written in the same commit as the mark or before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardMark {
+    /// The node that handled the messages.
+    pub receiver: String,
+    /// Its boot epoch.
+    pub receiver_epoch: u64,
+    /// The node that forwarded them.
+    pub sender: String,
+    /// Its boot epoch.
+    pub sender_epoch: u64,
+    /// The count handled.
+    pub upto: u64,
 }
 
 impl QueueOp {
     /// The client id the operation belongs to, if any (`Message` belongs to none).
     pub fn client_id(&self) -> Option<&str> {
         match self {
-            QueueOp::Message { .. } => None,
+            QueueOp::Message { .. } | QueueOp::ForwardMark(_) => None,
             QueueOp::Enqueue { client_id, .. }
             | QueueOp::Inflight { client_id, .. }
             | QueueOp::Ack { client_id, .. }

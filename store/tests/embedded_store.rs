@@ -9,8 +9,8 @@ use rookery_store::committer::{Committer, CommitterConfig, Durability, Op, Store
 use rookery_store::embedded::{EmbeddedStore, STORE_DIR};
 use rookery_store::now_ms;
 use rookery_store::{
-    QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp, SessionRecord,
-    SessionStore, StoredMessage, SubscriptionRecord,
+    ForwardMark, QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, SessionOp,
+    SessionRecord, SessionStore, StoredMessage, SubscriptionRecord,
 };
 
 fn msg(topic: &str, payload: &str, expires_at_ms: Option<u64>) -> StoredMessage {
@@ -442,4 +442,33 @@ mod tokio_util_like {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn forward_marks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = |upto| {
+        QueueOp::ForwardMark(ForwardMark {
+            receiver: "node-1".into(),
+            receiver_epoch: 3,
+            sender: "node-0".into(),
+            sender_epoch: 4,
+            upto,
+        })
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.forward_mark("node-1", "node-0").await.unwrap(), None);
+        QueueStore::apply(&store, &[mark(2), mark(7)])
+            .await
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let m = store
+        .forward_mark("node-1", "node-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.receiver_epoch, m.sender_epoch, m.upto), (3, 4, 7));
+    assert_eq!(store.forward_mark("node-0", "node-1").await.unwrap(), None);
 }

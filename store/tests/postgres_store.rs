@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rookery_store::postgres::{PostgresOptions, PostgresStore, Swept};
 use rookery_store::{
-    QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, StoreError, StoredMessage,
+    ForwardMark, QueueEntry, QueueOp, QueueStore, RetainedOp, RetainedStore, StoreError,
+    StoredMessage,
 };
 use rookery_testkit::PostgresServer;
 
@@ -620,4 +621,93 @@ async fn survives_a_server_restart() {
     QueueStore::apply(&store, &batch(3)).await.unwrap();
     let (entries, _) = QueueStore::load(&store, "c").await.unwrap();
     assert_eq!(ids(&entries), [1, 3]);
+}
+
+fn mark(receiver: &str, sender: &str, sender_epoch: u64, upto: u64) -> QueueOp {
+    QueueOp::ForwardMark(ForwardMark {
+        receiver: receiver.into(),
+        receiver_epoch: u64::MAX - 1,
+        sender: sender.into(),
+        sender_epoch,
+        upto,
+    })
+}
+
+#[tokio::test]
+async fn forward_marks_keep_the_last_per_pair_and_commit_with_the_entries() {
+    let (store, url) = store().await;
+    assert_eq!(store.forward_mark("node-1", "node-0").await.unwrap(), None);
+    // The last of a batch wins, per (receiver, sender); epochs of any u64 fit.
+    QueueStore::apply(
+        &store,
+        &[
+            QueueOp::Message {
+                id: 1,
+                message: message("t", "a"),
+            },
+            enqueue("c", entry(10, 1)),
+            mark("node-1", "node-0", 5, 3),
+            mark("node-1", "node-0", 5, 4),
+            mark("node-1", "node-2", 9, 1),
+        ],
+    )
+    .await
+    .unwrap();
+    let m = store
+        .forward_mark("node-1", "node-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.receiver_epoch, m.sender_epoch, m.upto),
+        (u64::MAX - 1, 5, 4)
+    );
+    assert_eq!(
+        store
+            .forward_mark("node-1", "node-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .upto,
+        1
+    );
+    assert_eq!(store.forward_mark("node-0", "node-1").await.unwrap(), None);
+    // A later batch replaces it, epochs included.
+    QueueStore::apply(&store, &[mark("node-1", "node-0", 6, 1)])
+        .await
+        .unwrap();
+    let m = store
+        .forward_mark("node-1", "node-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.sender_epoch, m.upto), (6, 1));
+    // A batch that fails commits neither its entries nor its mark.
+    let failing = QueueStore::apply(
+        &store,
+        &[
+            enqueue("c", entry(11, 1)),
+            mark("node-1", "node-0", 6, 2),
+            enqueue(
+                "c",
+                QueueEntry {
+                    qos: 1,
+                    subscription_ids: vec![u32::MAX],
+                    ..entry(12, 1)
+                },
+            ),
+        ],
+    )
+    .await;
+    assert!(failing.is_err());
+    assert_eq!(
+        store
+            .forward_mark("node-1", "node-0")
+            .await
+            .unwrap()
+            .unwrap()
+            .upto,
+        1
+    );
+    assert_eq!(count(&url, "queue"), 1);
 }

@@ -507,6 +507,16 @@ impl Snapshot {
                     .map(|(p, _, d)| (vec![("peer", p.clone())], *d))
                     .collect(),
             });
+            counters.push(Family {
+                name: "rookery_cluster_forward_rerouted",
+                help: "Messages a departed peer had not committed, sent to the nodes that \
+                       adopted its sessions, by the departed peer's node id.",
+                rows: cluster
+                    .rerouted_counts()
+                    .into_iter()
+                    .map(|(p, n)| (vec![("peer", p)], n))
+                    .collect(),
+            });
             gauges.push(Family {
                 name: "rookery_cluster_forward_unacknowledged",
                 help: "Messages forwarded to a peer (or kept for it while it is down) that it has \

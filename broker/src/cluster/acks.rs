@@ -40,6 +40,9 @@ struct Inner {
     link: u64,
     /// Given up ([`Ledger::settle`]) and not linked since.
     settled: bool,
+    /// Its frames are being sent to the nodes that adopted the peer's sessions
+    /// ([`Ledger::close_after`]): it takes no more until a link to the peer resumes it.
+    closed: bool,
 }
 
 impl Ledger {
@@ -69,7 +72,7 @@ impl Ledger {
         send: impl FnOnce(Frame) -> bool,
     ) -> Option<u64> {
         let mut inner = self.inner.lock();
-        if inner.tail.len() >= limit {
+        if inner.tail.len() >= limit || inner.closed {
             return None;
         }
         inner.tail.push_back(frame.clone());
@@ -122,6 +125,7 @@ impl Ledger {
         let mut inner = self.inner.lock();
         inner.link = link;
         inner.settled = false;
+        inner.closed = false;
         let from = self.acked();
         if !send(Frame::ForwardResume { from }) {
             return 0;
@@ -153,6 +157,18 @@ impl Ledger {
         let next = inner.next;
         self.acked.send_replace(next);
         given_up
+    }
+
+    /// The peer died and its sessions were adopted: the frames it had not acknowledged and
+    /// that are numbered above `mark` (the count it had committed, as its store says), in
+    /// order, for the adopters. The ledger takes nothing more (the peer's routes are gone);
+    /// what it holds waits until [`Ledger::settle`], so publishers wait for the adopters.
+    pub fn close_after(&self, mark: u64) -> Vec<Frame> {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        let acked = self.acked();
+        let skip = usize::try_from(mark.saturating_sub(acked)).unwrap_or(usize::MAX);
+        inner.tail.iter().skip(skip).cloned().collect()
     }
 
     /// Frames waiting for an acknowledgement.
@@ -301,6 +317,28 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn closing_for_the_adopters_yields_what_the_dead_peer_had_not_committed() {
+        let l = Ledger::new(7);
+        for id in 1..=6 {
+            l.take_and_send(publish(id), 10, |_| true);
+        }
+        l.ack(2);
+        // Its store says it committed up to 4: frames 5 and 6 go to the adopters.
+        assert_eq!(ids(&l.close_after(4)), [5, 6]);
+        // A mark at or below what was acknowledged: everything not acknowledged.
+        assert_eq!(ids(&l.close_after(0)), [3, 4, 5, 6]);
+        assert_eq!(ids(&l.close_after(9)), Vec::<u64>::new());
+        // Closed: nothing more is taken, and the publishers wait until it is settled.
+        assert_eq!(l.take(&publish(7), 10), None);
+        assert!(!l.is_acked(6));
+        assert_eq!(l.settle(), 4);
+        assert!(l.is_acked(6));
+        // A link of the same epoch opens it again.
+        l.resume(2, |_| true);
+        assert_eq!(l.take(&publish(8), 10), Some(7));
     }
 
     #[test]

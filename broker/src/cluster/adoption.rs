@@ -60,8 +60,9 @@ impl Broker {
                         "sessions of a departed node adopted"
                     );
                 }
-                // Its sessions are now here or on the other nodes, which route for them.
-                cluster.give_up(&peer, link_id);
+                // Its sessions are now here or on the other nodes, which route for them; what
+                // it had not committed goes to them.
+                broker.reroute_for(&peer, link_id).await;
                 return;
             }
             if !kept {
@@ -122,7 +123,8 @@ impl Broker {
                     continue;
                 }
             };
-            if self.install(record, entries, incoming, None).is_some() {
+            let arrival = super::handover::Arrival::Adopted(departed);
+            if self.install(record, entries, incoming, arrival).is_some() {
                 adopted += 1;
             }
         }

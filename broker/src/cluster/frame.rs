@@ -28,7 +28,9 @@ pub const VERSION: u8 = 2;
 /// - 3: `HandoverPart` (a session's queue in parts before its `HandoverReply`).
 /// - 4: `DeliverInGroup` (a relayed shared-group delivery names its group).
 /// - 5: `ForwardAck` and `ForwardResume` (forwarded messages are acknowledged, `acks.rs`).
-pub const LEVEL: u8 = 5;
+/// - 6: `Adopted` and `PublishAdopted` (what a dead node had not committed goes to the nodes
+///   that adopted its sessions, `reroute.rs`).
+pub const LEVEL: u8 = 6;
 /// The level of a peer whose `Hello` carries no level byte.
 pub const FIRST_LEVEL: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
@@ -157,6 +159,26 @@ pub enum Frame {
         /// The count the sender knows acknowledged.
         from: u64,
     },
+    /// The sender has adopted its share of the sessions of `departed`, a node that left
+    /// without handing them over, and announced their routes (level 6): the receiver may now
+    /// send it what `departed` had not committed.
+    Adopted {
+        /// The node that left.
+        departed: String,
+    },
+    /// A message `departed` had been forwarded and had not committed when it died, for the
+    /// receiver's sessions adopted from it only (level 6). Numbered and acknowledged like a
+    /// `Publish`.
+    PublishAdopted {
+        /// The node whose sessions it is for.
+        departed: String,
+        /// The message's cluster-wide id.
+        id: u64,
+        /// The message.
+        message: StoredMessage,
+        /// Shared groups `departed` was picked for.
+        groups: Vec<String>,
+    },
 }
 
 /// A delivery relayed for a session handed over, as `Deliver` and `DeliverInGroup` carry it.
@@ -179,6 +201,11 @@ pub struct Relayed {
 }
 
 impl Frame {
+    /// True for the frames forward acknowledgements count (`acks.rs`).
+    pub fn is_forwarded(&self) -> bool {
+        matches!(self, Frame::Publish { .. } | Frame::PublishAdopted { .. })
+    }
+
     /// This frame as a link of protocol `level` can carry it: a `DeliverInGroup` becomes the
     /// level-3 `Deliver` of a shared group (the receiver then checks duplicates across all its
     /// groups at once, as before level 4). Pure.
@@ -429,6 +456,25 @@ mod tests {
         encode(&Frame::Routes(vec!["a/+".into(), "#".into()]), &mut wire);
         encode(&Frame::ForwardResume { from: 3 }, &mut wire);
         encode(&Frame::ForwardAck { upto: u64::MAX }, &mut wire);
+        let adopted = Frame::Adopted {
+            departed: "node-2".into(),
+        };
+        encode(&adopted, &mut wire);
+        let again = match message.clone() {
+            Frame::Publish {
+                id,
+                message,
+                groups,
+            } => Frame::PublishAdopted {
+                departed: "node-2".into(),
+                id,
+                message,
+                groups,
+            },
+            other => other,
+        };
+        assert!(again.is_forwarded() && message.is_forwarded() && !adopted.is_forwarded());
+        encode(&again, &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -438,14 +484,16 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got.len(), 6);
+        assert_eq!(got.len(), 8);
         assert_eq!(got[..2], [hello(), Frame::Heartbeat]);
         assert_eq!(got[2], message);
         assert_eq!(
             got[4..],
             [
                 Frame::ForwardResume { from: 3 },
-                Frame::ForwardAck { upto: u64::MAX }
+                Frame::ForwardAck { upto: u64::MAX },
+                adopted,
+                again
             ]
         );
         assert!(buf.is_empty());

@@ -354,7 +354,26 @@ struct Seen {
     ids: ahash::AHashSet<(u64, u64)>,
     order: std::collections::VecDeque<(u64, u64)>,
     until: Option<Instant>,
+    /// Adopted from this node, which died (`reroute.rs`): what it had not committed comes
+    /// again, and may also come the usual way.
+    from: Option<Arc<str>>,
 }
+
+/// How a session comes to be installed here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arrival<'a> {
+    /// Read from a store, nothing on its way to it.
+    Parked,
+    /// Handed over by a node that relays for it meanwhile; it brought these message ids.
+    Moving(&'a [u64]),
+    /// Adopted from a node that died: what that node had not committed is sent again
+    /// (`reroute.rs`), and a copy that also comes the usual way is delivered once.
+    Adopted(&'a str),
+}
+
+/// How long an adopted session checks for duplicates: the rerouting waits at most
+/// `reroute::ADOPTED_WAIT` for the adopters, then for the links' acknowledgements.
+const ADOPTED_DEDUP: Duration = Duration::from_secs(60);
 
 /// The delivery of a message not from a shared group.
 const VIA_SUBSCRIPTION: u64 = 0;
@@ -410,6 +429,14 @@ impl Seen {
 }
 
 impl Moves {
+    /// True when the session `id` was adopted here from `departed` lately (its duplicate
+    /// check still runs).
+    pub fn adopted_from(&self, id: SessionId, departed: &str) -> bool {
+        self.received.lock().get(&id).is_some_and(|s| {
+            s.from.as_deref() == Some(departed) && s.until.is_none_or(|u| Instant::now() < u)
+        })
+    }
+
     /// A peer answered our fence `id`.
     pub fn fence_ack(&self, peer: &str, id: u64) {
         if let Some(f) = self.fences.lock().get_mut(&id) {
@@ -858,7 +885,12 @@ impl Broker {
         {
             p.submit(ops);
         }
-        self.install(record, restored, incoming, moving.then_some(&delivered[..]))
+        let arrival = if moving {
+            Arrival::Moving(&delivered)
+        } else {
+            Arrival::Parked
+        };
+        self.install(record, restored, incoming, arrival)
     }
 
     /// Reads `client_id`'s session from a shared session store (its owner left the cluster).
@@ -887,7 +919,8 @@ impl Broker {
         };
         info!(client_id, from = %record.owner_node, entries = entries.len(),
             "session read from the store (its node is gone)");
-        self.install(record, entries, incoming, None).is_some()
+        self.install(record, entries, incoming, Arrival::Parked)
+            .is_some()
     }
 
     /// Registers a session (parked) with its timers, and writes its record as ours.
@@ -896,22 +929,37 @@ impl Broker {
         record: SessionRecord,
         entries: Vec<QueueEntry>,
         incoming: Vec<u16>,
-        moving: Option<&[u64]>,
+        arrival: Arrival<'_>,
     ) -> Option<Arc<crate::session::Session>> {
         // A session arriving from a node that relays for it checks for duplicates from its
         // first delivery here, before its routes exist; what it brought counts as delivered.
-        let cluster = self.cluster.get().filter(|_| moving.is_some());
+        // An adopted one does too, while what its dead node had not committed comes again.
+        let cluster = self
+            .cluster
+            .get()
+            .filter(|_| !matches!(arrival, Arrival::Parked));
         let hook = |session: &Arc<crate::session::Session>| {
             if let Some(cluster) = cluster {
-                // Ended by the old node's HandoverFinished; at the latest, once its relay
-                // could no longer run.
-                let mut seen = Seen {
-                    until: Some(Instant::now() + RELAY_LIMIT + FENCE_TIMEOUT + DEDUP_AFTER),
-                    ..Seen::default()
+                let seen = match arrival {
+                    Arrival::Parked => return,
+                    // Ended by the old node's HandoverFinished; at the latest, once its
+                    // relay could no longer run.
+                    Arrival::Moving(ids) => {
+                        let mut seen = Seen {
+                            until: Some(Instant::now() + RELAY_LIMIT + FENCE_TIMEOUT + DEDUP_AFTER),
+                            ..Seen::default()
+                        };
+                        for id in ids {
+                            seen.brought(*id);
+                        }
+                        seen
+                    }
+                    Arrival::Adopted(from) => Seen {
+                        until: Some(Instant::now() + ADOPTED_DEDUP),
+                        from: Some(from.into()),
+                        ..Seen::default()
+                    },
                 };
-                for id in moving.into_iter().flatten() {
-                    seen.brought(*id);
-                }
                 cluster.moves.received.lock().insert(session.id, seen);
                 session.set_moving(true);
             }

@@ -364,6 +364,7 @@ async fn run(
     let acks = (level >= acks::ACK_LEVEL).then(|| Acks {
         ledger: cluster.ledger(&peer),
         reading: acks::Reading::new(cluster.handled(&peer, hello.epoch)),
+        peer_epoch: hello.epoch,
     });
     let mut ends = Ends {
         reader: &mut reader,
@@ -402,6 +403,8 @@ struct Ends<'a> {
 struct Acks {
     ledger: Option<Arc<acks::Ledger>>,
     reading: acks::Reading,
+    /// The peer's boot epoch (its forward marks name it).
+    peer_epoch: u64,
 }
 
 /// What a read pass did.
@@ -415,7 +418,7 @@ struct Pass {
 
 /// Queues `f` in `out`, counting a forwarded message off the peer's budget.
 fn take(f: &Frame, out: &mut BytesMut, queued: &LinkQueue) {
-    if matches!(f, Frame::Publish { .. }) {
+    if f.is_forwarded() {
         queued.taken();
     }
     frame::encode(f, out);
@@ -612,25 +615,49 @@ fn handle_frames(
                     acks.reading.resume(from);
                 }
             }
-            Frame::Publish {
-                id,
-                message,
-                groups,
-            } => {
+            Frame::Adopted { departed } => cluster.note_adopted(peer, &departed),
+            f @ (Frame::Publish { .. } | Frame::PublishAdopted { .. }) => {
                 // Sent again after a reconnection and handled already: skipped.
                 if let Some(acks) = acks.as_mut()
                     && !acks.reading.arrived()
                 {
                     continue;
                 }
-                let (session, ticket) = broker.route_forwarded(id, message, &groups);
+                let (session, ticket) = match f {
+                    Frame::Publish {
+                        id,
+                        message,
+                        groups,
+                    } => broker.route_forwarded(id, message, &groups),
+                    Frame::PublishAdopted {
+                        departed,
+                        id,
+                        message,
+                        groups,
+                    } => broker.route_adopted(&departed, id, message, &groups),
+                    _ => (None, None),
+                };
                 pass.ticket = pass.ticket.max(ticket.unwrap_or(0));
                 if session.is_some() {
                     pass.congested = session;
-                    return Ok(pass);
+                    return Ok(mark(broker, peer, acks, pass));
                 }
             }
         }
     }
-    Ok(pass)
+    Ok(mark(broker, peer, acks, pass))
+}
+
+/// After a read pass that wrote to the store: records how far this node has handled the
+/// peer's forwarded messages, in the same commit as what they wrote or a later one, so that
+/// if this node dies the peer sends its adopters only what was not committed (`reroute.rs`).
+fn mark(broker: &Broker, peer: &str, acks: Option<&mut Acks>, mut pass: Pass) -> Pass {
+    if pass.ticket == 0 {
+        return pass;
+    }
+    let Some(acks) = acks else { return pass };
+    if let Some(ticket) = broker.write_forward_mark(peer, acks.peer_epoch, acks.reading.position) {
+        pass.ticket = pass.ticket.max(ticket);
+    }
+    pass
 }

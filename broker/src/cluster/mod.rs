@@ -17,6 +17,7 @@ pub mod frame;
 pub mod handover;
 pub mod link;
 pub mod ownership;
+pub mod reroute;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -195,6 +196,13 @@ pub struct Cluster {
     kept: Mutex<ahash::AHashSet<String>>,
     /// `kept` is not empty (read on every forward).
     any_kept: std::sync::atomic::AtomicBool,
+    /// Peers that said they adopted their share of a departed node's sessions, by departed
+    /// node (`Frame::Adopted`).
+    adopted: Mutex<AHashMap<String, ahash::AHashSet<String>>>,
+    /// Wakes the waiters of [`Cluster::wait_adopted`].
+    adopted_changed: tokio::sync::Notify,
+    /// Messages sent to the adopters of each departed peer, and those given up.
+    rerouted: Mutex<AHashMap<String, u64>>,
 }
 
 /// What registering a new link decided.
@@ -230,7 +238,96 @@ impl Cluster {
             handled: Mutex::new(AHashMap::new()),
             kept: Mutex::new(ahash::AHashSet::new()),
             any_kept: std::sync::atomic::AtomicBool::new(false),
+            adopted: Mutex::new(AHashMap::new()),
+            adopted_changed: tokio::sync::Notify::new(),
+            rerouted: Mutex::new(AHashMap::new()),
         })
+    }
+
+    /// `peer` said it adopted its share of `departed`'s sessions.
+    pub fn note_adopted(&self, peer: &str, departed: &str) {
+        self.adopted
+            .lock()
+            .entry(departed.to_owned())
+            .or_default()
+            .insert(peer.to_owned());
+        self.adopted_changed.notify_waiters();
+    }
+
+    /// Waits until every linked peer that adopts (level 6 and up, not draining) has said it
+    /// adopted its share of `departed`'s sessions, or `limit` passed. True when all did.
+    pub async fn wait_adopted(&self, departed: &str, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.adopted_changed.notified();
+            // One lock at a time (`register` takes `adopted` under `links`).
+            let said = self
+                .adopted
+                .lock()
+                .get(departed)
+                .cloned()
+                .unwrap_or_default();
+            let missing = self
+                .peers_at(reroute::REROUTE_LEVEL)
+                .into_iter()
+                .any(|p| p != departed && !self.is_draining(&p) && !said.contains(&p));
+            if !missing {
+                return true;
+            }
+            // Links come and go without a notice: look again now and then.
+            let tick =
+                (tokio::time::Instant::now() + std::time::Duration::from_millis(100)).min(deadline);
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(tick) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// Peers linked at `level` or above.
+    pub fn peers_at(&self, level: u8) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .links
+            .lock()
+            .iter()
+            .filter(|(_, l)| !l.close.is_cancelled() && l.level >= level)
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops keeping `departed`'s routes: nothing more is forwarded to it or waits for it.
+    pub fn forget_routes(&self, departed: &str) {
+        self.unkeep(departed);
+        self.remote.write().drop_peer(departed);
+    }
+
+    /// Counts `n` messages of `departed` sent to its adopters.
+    pub fn count_rerouted(&self, departed: &str, n: usize) {
+        if n > 0 {
+            *self.rerouted.lock().entry(departed.to_owned()).or_insert(0) += n as u64;
+        }
+    }
+
+    /// (departed peer, messages sent to its adopters), for the metrics.
+    pub fn rerouted_counts(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .rerouted
+            .lock()
+            .iter()
+            .map(|(p, n)| (p.clone(), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Counts `n` messages of `peer` given up (see [`Cluster::give_up`]).
+    pub fn count_dropped_for(&self, peer: &str, n: usize) {
+        self.count_given_up(peer, n);
     }
 
     /// Notes that a configured peer could not be reached (or refused the link).
@@ -314,6 +411,8 @@ impl Cluster {
             return Registered::Duplicate;
         }
         self.attach_ledger(peer, &mut link);
+        // Back: a later departure is a new one.
+        self.adopted.lock().remove(peer);
         if let Some(old) = links.insert(peer.to_owned(), link) {
             old.close.cancel();
         }
@@ -348,7 +447,7 @@ impl Cluster {
         };
         let resent = ledger.resume(link.link_id, |f| {
             // Counted before it is sent: the writer counts it off once written.
-            let publish = matches!(f, Frame::Publish { .. });
+            let publish = f.is_forwarded();
             if publish {
                 link.queued.count.fetch_add(1, Ordering::Relaxed);
             }
@@ -568,7 +667,7 @@ impl Cluster {
     /// message is QoS 1 or 2 (QoS 0 promises nothing, and goes).
     fn hold_for_down(&self, peer: &str, frame: &Frame) -> (Forwarded, Option<AckWait>) {
         let qos = match frame {
-            Frame::Publish { message, .. } => message.qos,
+            Frame::Publish { message, .. } | Frame::PublishAdopted { message, .. } => message.qos,
             _ => 0,
         };
         if qos == 0 || !self.is_kept(peer) {

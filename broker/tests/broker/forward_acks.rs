@@ -17,14 +17,14 @@ use crate::cluster::{free_port, node_with, routed, until, up};
 use crate::support::*;
 
 /// The test's side of a link: node `node-z` of cluster "prod".
-struct Peer {
+pub(crate) struct Peer {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Peer {
     /// Links to the node on `port` as `node-z` at protocol `level`, boot epoch `epoch`.
-    async fn link(port: u16, level: u8, epoch: u64) -> Peer {
+    pub(crate) async fn link(port: u16, level: u8, epoch: u64) -> Peer {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut peer = Peer {
             stream,
@@ -42,7 +42,7 @@ impl Peer {
         peer
     }
 
-    async fn send(&mut self, frames: &[Frame]) {
+    pub(crate) async fn send(&mut self, frames: &[Frame]) {
         let mut out = BytesMut::new();
         for f in frames {
             frame::encode(f, &mut out);
@@ -51,7 +51,7 @@ impl Peer {
     }
 
     /// The next frame other than a heartbeat or a route change.
-    async fn next(&mut self) -> Frame {
+    pub(crate) async fn next(&mut self) -> Frame {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 while let Some(f) = frame::decode(&mut self.buf).unwrap() {
@@ -77,7 +77,7 @@ impl Peer {
     }
 
     /// The payload of the next frame, which must be a forwarded message.
-    async fn next_publish(&mut self) -> String {
+    pub(crate) async fn next_publish(&mut self) -> String {
         match self.next().await {
             Frame::Publish { message, .. } => String::from_utf8_lossy(&message.payload).into(),
             other => panic!("not a Publish: {other:?}"),

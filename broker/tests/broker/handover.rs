@@ -460,6 +460,16 @@ async fn the_sessions_of_a_node_that_dies_are_adopted_and_keep_queueing() {
         })
     })
     .await;
+    // With the entries, node 2 wrote how far it handled node 0's forwarded messages.
+    until("node 2's forward mark", || {
+        rookery_testkit::PostgresServer::psql(
+            &pg_url,
+            "SELECT upto FROM forward_marks WHERE receiver = 'node-2' AND sender = 'node-0'",
+        )
+        .trim()
+            == "2"
+    })
+    .await;
     // Node 2 stops without draining (as a crash would leave it, its state in the stores).
     let dead = nodes.pop().unwrap();
     dead.shutdown().await;

@@ -1,0 +1,176 @@
+//! What a dead node had not committed, sent again to the nodes that adopted its sessions
+//! (protocol level 6, decision 0016 "Rerouting").
+//!
+//! A node that receives forwarded messages writes a forward mark with each commit that stores
+//! them: per peer, the count of that peer's `Publish` frames handled up to then
+//! ([`rookery_store::ForwardMark`], in the queue store, in the same transaction as the queue
+//! entries). When the node dies, each survivor holds in its ledger for it the frames it had
+//! not acknowledged. Once every survivor has adopted its share of the dead node's sessions
+//! (each says so with `Adopted`, after announcing their routes), each survivor:
+//!
+//! 1. reads the dead node's mark for it: frames up to the mark were committed, and their queue
+//!    entries came to the adopters with the sessions; the frames after it were not;
+//! 2. stops routing to the dead node, and sends each frame after the mark as `PublishAdopted`
+//!    to every adopter, itself included: each delivers it to the sessions it adopted from the
+//!    dead node, and to no other;
+//! 3. waits until the adopters have acknowledged them (committed, in `sync` durability), and
+//!    only then releases its publishers' acknowledgements.
+//!
+//! An adopted session checks for duplicates by message id for a while: a message published
+//! after the adopters' routes were known reaches it the usual way, and may be in the ledger
+//! too. What reached the dead node's subscribers and was committed is in the queue store: never
+//! sent twice, which QoS 2 needs. QoS 1 deliveries the dead node made before committing may
+//! come again, as QoS 1 allows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rookery_store::QueueOp;
+use rookery_store::committer::{Op, Ticket};
+use tracing::{info, warn};
+
+use super::frame::Frame;
+use crate::broker::Broker;
+
+/// The first protocol level with `Adopted` and `PublishAdopted`.
+pub const REROUTE_LEVEL: u8 = 6;
+
+/// How long a survivor waits for the others to adopt their share of a dead node's sessions
+/// before it sends what the dead node had not committed (an adopter that has not installed
+/// its sessions would find nobody to deliver to).
+pub const ADOPTED_WAIT: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Writes how far this node has handled what `sender` (boot epoch `sender_epoch`)
+    /// forwarded: `upto` frames. Only where another node can read it (a shared queue store).
+    pub fn write_forward_mark(&self, sender: &str, sender_epoch: u64, upto: u64) -> Option<Ticket> {
+        let p = self.persist.as_ref().filter(|p| p.queues_shared())?;
+        let cluster = self.cluster.get()?;
+        Some(p.submit([Op::Queue(QueueOp::ForwardMark(
+            rookery_store::ForwardMark {
+                receiver: cluster.node_id.clone(),
+                receiver_epoch: cluster.epoch,
+                sender: sender.to_owned(),
+                sender_epoch,
+                upto,
+            },
+        ))]))
+    }
+
+    /// This node adopted its share of `departed`'s sessions (its link `link_id` went down):
+    /// tells the others, waits for theirs, then sends the adopters what `departed` had not
+    /// committed of ours, and releases our publishers once they have it. Returns how many
+    /// messages were sent again.
+    pub async fn reroute_for(self: &Arc<Self>, departed: &str, link_id: u64) -> usize {
+        let Some(cluster) = self.cluster.get() else {
+            return 0;
+        };
+        for peer in cluster.peers_at(REROUTE_LEVEL) {
+            cluster.send_to(
+                &peer,
+                Frame::Adopted {
+                    departed: departed.to_owned(),
+                },
+            );
+        }
+        let all = tokio::select! {
+            all = cluster.wait_adopted(departed, ADOPTED_WAIT) => all,
+            _ = self.drain.cancelled() => false,
+        };
+        if !all {
+            warn!(
+                departed,
+                "not every node said it adopted its share of a departed node's sessions in time"
+            );
+        }
+        if cluster.is_up(departed) {
+            return 0;
+        }
+        let Some(ledger) = cluster.ledger(departed).filter(|l| l.is_link(link_id)) else {
+            cluster.forget_routes(departed);
+            return 0;
+        };
+        let mark = self.committed_by(departed, ledger.epoch).await;
+        // From here nothing more is forwarded to it: the adopters' routes are known (each
+        // announced them before it said `Adopted`).
+        cluster.forget_routes(departed);
+        let frames = ledger.close_after(mark);
+        let adopters = cluster.peers_at(REROUTE_LEVEL);
+        let mut waits = Vec::new();
+        let mut ticket: Option<Ticket> = None;
+        let mut sent = 0;
+        for frame in frames {
+            let Frame::Publish {
+                id,
+                message,
+                groups,
+            } = frame
+            else {
+                continue;
+            };
+            // QoS 0 promised nothing.
+            if message.qos == 0 {
+                continue;
+            }
+            for peer in adopters.iter().filter(|p| *p != departed) {
+                let (_, wait) = cluster.forward(
+                    peer,
+                    Frame::PublishAdopted {
+                        departed: departed.to_owned(),
+                        id,
+                        message: message.clone(),
+                        groups: groups.clone(),
+                    },
+                );
+                waits.extend(wait);
+            }
+            let (_, t) = self.route_adopted(departed, id, message, &groups);
+            ticket = ticket.max(t);
+            sent += 1;
+        }
+        if let (Some(p), Some(t)) = (self.persist.as_ref().filter(|p| p.is_sync()), ticket) {
+            let mut committed = p.committer().watch();
+            let _ = committed.wait_for(|c| *c >= t).await;
+        }
+        // Each wait ends when its adopter acknowledges, or when that adopter is given up too.
+        for w in waits {
+            w.ledger.wait(w.n).await;
+        }
+        let waited = ledger.settle();
+        cluster.count_rerouted(departed, sent);
+        if sent > 0 {
+            info!(
+                departed,
+                messages = sent,
+                committed_there = waited.saturating_sub(sent),
+                "messages a departed node had not committed sent to its adopters"
+            );
+        }
+        sent
+    }
+
+    /// The count of our forwarded frames `departed` (boot epoch `epoch`) had committed, as its
+    /// forward mark in the queue store says; 0 when it has none for these epochs.
+    async fn committed_by(&self, departed: &str, epoch: u64) -> u64 {
+        let (Some(p), Some(cluster)) = (&self.persist, self.cluster.get()) else {
+            return 0;
+        };
+        match p
+            .committer()
+            .stores()
+            .queue
+            .forward_mark(departed, &cluster.node_id)
+            .await
+        {
+            Ok(Some(m)) if m.receiver_epoch == epoch && m.sender_epoch == cluster.epoch => m.upto,
+            Ok(_) => 0,
+            Err(e) => {
+                // Sending everything again may deliver a committed QoS 2 message twice;
+                // sending nothing loses what was not committed. The first is the lesser harm.
+                warn!(departed, error = %e,
+                    "cannot read a departed node's forward mark: sending everything it had not acknowledged");
+                0
+            }
+        }
+    }
+}
