@@ -2,7 +2,9 @@
 //! `rookery-N.rookery-headless`, Redis, PostgreSQL and HAProxy (with the operator's generated
 //! configuration) on a private Docker network; clients on the host reach the brokers only
 //! through HAProxy's published port. Under QoS 2 load: a rolling restart, a node killed, a node
-//! cut off from the network and brought back, and a scale-down from three nodes to two.
+//! cut off from the network and brought back, and a scale-down from three nodes to two; each
+//! checked for every QoS 2 message delivered to every subscriber exactly once (the cut: none
+//! twice, and missing ones only around the cut).
 //!
 //! The images come from `e2e/images/build.sh` (nothing is pulled from a registry);
 //! `scripts/test` builds them before the tests run.
@@ -389,9 +391,10 @@ fn assert_exactly_once_one(name: &str, p: &Published, r: &Received) {
     assert_eq!(r.repeated(), vec![], "{name}: delivered more than once");
 }
 
-/// A node lost (killed, cut off) at `at`: subscribers moved, no session lost, nothing
-/// delivered twice, and what is missing was published around the loss: in flight through the
-/// lost node, or before its sessions were adopted (docs/clustering.md, "A node that dies").
+/// A node cut off at `at` and back with the same boot epoch: subscribers moved, no session
+/// lost, nothing delivered twice, and what is missing was published around the cut: for a
+/// session whose client resumed elsewhere while the cut node came back before the adoption
+/// (docs/clustering.md, "In containers").
 fn assert_within_window(name: &str, p: &Published, subscribers: &[Received], at: Instant) {
     assert!(
         subscribers.iter().any(|r| r.connects > 1),
@@ -440,19 +443,20 @@ fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
     });
     assert_exactly_once("rolling restart", &p, &r);
 
-    // A node killed (SIGKILL), then started again.
-    let killed_at = std::cell::Cell::new(None);
+    // A node killed (SIGKILL), then started again: what it had not committed reaches the
+    // nodes that adopted its sessions (docs/clustering.md, "When a node dies with messages
+    // unacknowledged").
     let (p, r) = under_load(&rt, &env, "kill", |env| {
-        killed_at.set(Some(Instant::now()));
         docker_ok(&["kill", &env.broker(1)]);
         env.until_down(1);
         std::thread::sleep(Duration::from_secs(2));
         docker_ok(&["start", &env.broker(1)]);
         env.until_up(3);
     });
-    assert_within_window("kill", &p, &r, killed_at.get().unwrap());
+    assert_exactly_once("kill", &p, &r);
 
-    // A node cut off from the network, then reconnected.
+    // A node cut off from the network, then reconnected (docs/clustering.md, "In
+    // containers", says what may be missing and why).
     let cut_at = std::cell::Cell::new(None);
     let (p, r) = under_load(&rt, &env, "cut", |env| {
         cut_at.set(Some(Instant::now()));

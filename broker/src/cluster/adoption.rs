@@ -3,6 +3,10 @@
 //! same hash as a drain's hand-off, read each from Redis and PostgreSQL, and route for it
 //! again, so messages published for an offline device keep being queued until it returns.
 //!
+//! Each adoption is a claim in Redis just after the departed node's own claim: a connection
+//! the client made anywhere since wins over it (the session is not adopted), and a connection
+//! the departed node still holds across a partition is closed when that node hears of it.
+//!
 //! A node that drained first hands everything over itself and leaves nothing to adopt. A node
 //! that comes back restores only the sessions it still owns; an adopted one belongs to its
 //! adopter now. Without Redis the departed node's sessions are on its own disk: they return
@@ -111,10 +115,10 @@ impl Broker {
                 continue;
             }
             // Its client may have come back somewhere meanwhile (and that node owns it now).
-            match stores.sessions.get(&record.client_id).await {
-                Ok(Some(now)) if now.owner_node == departed => {}
+            let record = match stores.sessions.get(&record.client_id).await {
+                Ok(Some(now)) if now.owner_node == departed => now,
                 _ => continue,
-            }
+            };
             let (entries, incoming) = match stores.queue.load(&record.client_id).await {
                 Ok(q) => q,
                 Err(e) => {
@@ -123,6 +127,21 @@ impl Broker {
                     continue;
                 }
             };
+            // Claimed just after the departed node's own claim: it stands unless the client
+            // connected somewhere since (that node has the session or is fetching it), and
+            // a connection the departed node still holds across a partition is closed when
+            // it hears of it.
+            let node = self.config.node_id.as_str();
+            let at = record.epoch.saturating_add(1);
+            match stores.sessions.claim(&record.client_id, node, at).await {
+                Ok(rookery_store::Claimed::Stands) => {}
+                Ok(rookery_store::Claimed::Newer { .. }) => continue,
+                Err(e) => {
+                    warn!(client_id = %record.client_id, error = %e,
+                        "cannot claim an adopted session");
+                    continue;
+                }
+            }
             let arrival = super::handover::Arrival::Adopted(departed);
             if self.install(record, entries, incoming, arrival).is_some() {
                 adopted += 1;

@@ -919,8 +919,17 @@ impl Broker {
         };
         info!(client_id, from = %record.owner_node, entries = entries.len(),
             "session read from the store (its node is gone)");
-        self.install(record, entries, incoming, Arrival::Parked)
-            .is_some()
+        // Taken from a node that died: what that node had not committed comes to it as to
+        // the sessions adopted from it (`reroute.rs`).
+        let owner = record.owner_node.clone();
+        let gone =
+            owner != self.config.node_id && self.cluster.get().is_some_and(|c| !c.is_up(&owner));
+        let arrival = if gone {
+            Arrival::Adopted(&owner)
+        } else {
+            Arrival::Parked
+        };
+        self.install(record, entries, incoming, arrival).is_some()
     }
 
     /// Registers a session (parked) with its timers, and writes its record as ours.

@@ -483,6 +483,18 @@ async fn the_sessions_of_a_node_that_dies_are_adopted_and_keep_queueing() {
         })
     })
     .await;
+    // Each adoption is a claim in Redis, just after node 2's own.
+    for id in &ids {
+        let holder = nodes
+            .iter()
+            .find(|n| n.broker.sessions.get(id).is_some())
+            .unwrap();
+        let owner = redis.command(&["GET", &format!("rookery:adopt:owner:{id}")]);
+        assert!(
+            owner.ends_with(&format!(" {}", holder.broker.config.node_id)),
+            "{id}: {owner}"
+        );
+    }
     // Both survivors took a share, and route for them again.
     assert!(
         nodes

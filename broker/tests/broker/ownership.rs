@@ -86,3 +86,36 @@ async fn without_links_redis_keeps_one_connection_per_client_id_and_fences_the_l
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adoption_claims_the_client_id_and_closes_a_connection_the_departed_node_kept() {
+    // node-b thinks node-a departed (a partition of the links) and adopts its sessions; the
+    // client is in fact still connected to node-a, which hears of the claim through Redis.
+    let redis = RedisServer::shared();
+    let cluster = RedisServer::prefix();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = node("node-a", &cluster, dirs[0].path()).await;
+    let b = node("node-b", &cluster, dirs[1].path()).await;
+    let owner_key = format!("rookery:{cluster}:owner:dev");
+    let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
+    on_a.subscribe("x", QoS::AtLeastOnce).await;
+    until("node-a's claim in Redis", || {
+        redis.command(&["GET", &owner_key]).ends_with(" node-a")
+    })
+    .await;
+
+    assert_eq!(b.broker.adopt_sessions_of("node-a").await, 1);
+    let d = on_a.expect_closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
+    assert!(b.broker.sessions.get("dev").is_some());
+    until("node-a gave its copy up", || {
+        a.broker.sessions.get("dev").is_none()
+    })
+    .await;
+
+    // The client, back on node-b, finds its session there.
+    let (_on_b, ack) = Raw::connect_with(b.addr(), persistent("dev")).await;
+    assert!(ack.session_present);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -92,6 +92,28 @@ async fn expect_pubrec(p: &mut Raw, pid: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_dead_node_had_not_committed_reaches_its_adopted_sessions_once() {
+    dead_node_with_messages_not_committed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_before_the_adoption_gets_what_its_dead_node_had_not_committed() {
+    // Its client reconnects at once (as clients of a killed node do), before the others
+    // adopt: the node it reaches reads the session from the store, and gets the rest too.
+    dead_node_with_messages_not_committed(true).await;
+}
+
+fn persistent_sub() -> rookery_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, "sub", false);
+    c.properties = ConnectProperties {
+        session_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    c
+}
+
+/// node-z dies with four QoS 2 messages forwarded from node-0, two of them committed; its
+/// subscriber resumes after the adoption, or at once (`early`) on node-0.
+async fn dead_node_with_messages_not_committed(early: bool) {
     let redis = RedisServer::start_private();
     let pg_url = PostgresServer::shared().database();
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -183,6 +205,16 @@ async fn what_a_dead_node_had_not_committed_reaches_its_adopted_sessions_once() 
     }));
     queue.apply(&ops).await.unwrap();
     drop(zs);
+    let mut early_sub = None;
+    if early {
+        until("node-z down", || {
+            !up(&nodes[0]).contains(&"node-z".to_owned())
+        })
+        .await;
+        let (sub, ack) = Raw::connect_with(nodes[0].addr(), persistent_sub()).await;
+        assert!(ack.session_present);
+        early_sub = Some(sub);
+    }
 
     // Adopted by one of the two, and the two it had not committed sent there: only now are
     // the publisher's messages acknowledged.
@@ -206,13 +238,14 @@ async fn what_a_dead_node_had_not_committed_reaches_its_adopted_sessions_once() 
     p.publish("t", b"5", QoS::ExactlyOnce, false, 5).await;
 
     // Each message exactly once, in order: two from the store, two sent again, one new.
-    let mut c = connect_packet(Protocol::V5, "sub", false);
-    c.properties = ConnectProperties {
-        session_expiry_interval: Some(3600),
-        ..Default::default()
+    let mut sub = match early_sub {
+        Some(sub) => sub,
+        None => {
+            let (sub, ack) = Raw::connect_with(holder.addr(), persistent_sub()).await;
+            assert!(ack.session_present);
+            sub
+        }
     };
-    let (mut sub, ack) = Raw::connect_with(holder.addr(), c).await;
-    assert!(ack.session_present);
     assert_eq!(receive_qos2(&mut sub, 5).await, ["1", "2", "3", "4", "5"]);
     // Nothing more comes (the PUBRELs of the last ones are answered).
     loop {
