@@ -168,8 +168,19 @@ impl Ledger {
     pub fn close_after(&self, mark: u64) -> Vec<Frame> {
         let mut inner = self.inner.lock();
         inner.closed = true;
-        let acked = self.acked();
-        let skip = usize::try_from(mark.saturating_sub(acked)).unwrap_or(usize::MAX);
+        self.after(&inner, mark)
+    }
+
+    /// The frames not acknowledged, with their numbers, in order, leaving the ledger as it is
+    /// (copies for a node that resumed one of the peer's sessions).
+    pub fn numbered(&self) -> Vec<(u64, Frame)> {
+        let inner = self.inner.lock();
+        let first = self.acked() + 1;
+        (first..).zip(inner.tail.iter().cloned()).collect()
+    }
+
+    fn after(&self, inner: &Inner, mark: u64) -> Vec<Frame> {
+        let skip = usize::try_from(mark.saturating_sub(self.acked())).unwrap_or(usize::MAX);
         inner.tail.iter().skip(skip).cloned().collect()
     }
 
@@ -328,22 +339,31 @@ mod tests {
             l.take_and_send(publish(id), 10, |_| true);
         }
         l.ack(2);
-        // Its store says it committed up to 4: frames 5 and 6 go to the adopters.
-        assert_eq!(ids(&l.close_after(4)), [5, 6]);
+        // Its store says it committed up to 4: frames 5 and 6 go to the adopters (copies for
+        // a node that resumed a session leave the ledger open).
+        let numbered = l.numbered();
+        assert_eq!(
+            numbered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+        let frames: Vec<Frame> = numbered.into_iter().map(|(_, f)| f).collect();
+        assert_eq!(ids(&frames), [3, 4, 5, 6]);
+        assert_eq!(l.take(&publish(7), 10), Some(7));
+        assert_eq!(ids(&l.close_after(4)), [5, 6, 7]);
         // A mark at or below what was acknowledged: everything not acknowledged.
-        assert_eq!(ids(&l.close_after(0)), [3, 4, 5, 6]);
+        assert_eq!(ids(&l.close_after(0)), [3, 4, 5, 6, 7]);
         assert_eq!(ids(&l.close_after(9)), Vec::<u64>::new());
         // Closed: nothing more is taken, and the publishers wait until it is settled.
-        assert_eq!(l.take(&publish(7), 10), None);
-        assert!(!l.is_acked(6));
-        assert_eq!(l.settle(), 4);
-        assert!(l.is_acked(6));
+        assert_eq!(l.take(&publish(8), 10), None);
+        assert!(!l.is_acked(7));
+        assert_eq!(l.settle(), 5);
+        assert!(l.is_acked(7));
         // Settled, it takes again (a link of the same epoch may be up by then), and a link of
         // the same epoch opens it too.
-        assert_eq!(l.take(&publish(7), 10), Some(7));
+        assert_eq!(l.take(&publish(8), 10), Some(8));
         l.close_after(0);
         l.resume(2, |_| true);
-        assert_eq!(l.take(&publish(8), 10), Some(8));
+        assert_eq!(l.take(&publish(9), 10), Some(9));
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub const VERSION: u8 = 2;
 /// - 3: `HandoverPart` (a session's queue in parts before its `HandoverReply`).
 /// - 4: `DeliverInGroup` (a relayed shared-group delivery names its group).
 /// - 5: `ForwardAck` and `ForwardResume` (forwarded messages are acknowledged, `acks.rs`).
-/// - 6: `Adopted` and `PublishAdopted` (what a dead node had not committed goes to the nodes
-///   that adopted its sessions, `reroute.rs`).
+/// - 6: `Adopted`, `PublishAdopted` and `Resumed` (what a dead node had not committed goes to
+///   the nodes that adopted its sessions, or resumed one from the store, `reroute.rs`).
 pub const LEVEL: u8 = 6;
 /// The level of a peer whose `Hello` carries no level byte.
 pub const FIRST_LEVEL: u8 = 2;
@@ -178,6 +178,14 @@ pub enum Frame {
         message: StoredMessage,
         /// Shared groups `departed` was picked for.
         groups: Vec<String>,
+    },
+    /// The sender read a session of `departed`, a node it has no link to, from the store (its
+    /// client came back there before an adoption): the receiver sends it, as
+    /// `PublishAdopted`, what it forwarded to `departed` and `departed` has not committed
+    /// (level 6). Nothing waits for these copies; the adoption's resend still comes.
+    Resumed {
+        /// The node the session was read away from.
+        departed: String,
     },
 }
 
@@ -475,6 +483,10 @@ mod tests {
         };
         assert!(again.is_forwarded() && message.is_forwarded() && !adopted.is_forwarded());
         encode(&again, &mut wire);
+        let resumed = Frame::Resumed {
+            departed: "node-2".into(),
+        };
+        encode(&resumed, &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -484,7 +496,7 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got.len(), 8);
+        assert_eq!(got.len(), 9);
         assert_eq!(got[..2], [hello(), Frame::Heartbeat]);
         assert_eq!(got[2], message);
         assert_eq!(
@@ -493,7 +505,8 @@ mod tests {
                 Frame::ForwardResume { from: 3 },
                 Frame::ForwardAck { upto: u64::MAX },
                 adopted,
-                again
+                again,
+                resumed
             ]
         );
         assert!(buf.is_empty());

@@ -929,7 +929,23 @@ impl Broker {
         } else {
             Arrival::Parked
         };
-        self.install(record, entries, incoming, arrival).is_some()
+        let installed = self.install(record, entries, incoming, arrival).is_some();
+        if installed
+            && gone
+            && let Some(cluster) = self.cluster.get()
+        {
+            // Our routes for it are announced: the others may send what `owner` holds.
+            for peer in cluster.peers_at(super::reroute::REROUTE_LEVEL) {
+                cluster.send_to(
+                    &peer,
+                    Frame::Resumed {
+                        departed: owner.clone(),
+                    },
+                );
+            }
+            self.resend_for_resumed(owner, None);
+        }
+        installed
     }
 
     /// Registers a session (parked) with its timers, and writes its record as ours.

@@ -616,6 +616,7 @@ fn handle_frames(
                 }
             }
             Frame::Adopted { departed } => cluster.note_adopted(peer, &departed),
+            Frame::Resumed { departed } => broker.resend_for_resumed(departed, Some(peer.into())),
             f @ (Frame::Publish { .. } | Frame::PublishAdopted { .. }) => {
                 // Sent again after a reconnection and handled already: skipped.
                 if let Some(acks) = acks.as_mut()

@@ -149,6 +149,72 @@ impl Broker {
         sent
     }
 
+    /// A session of `departed` (a node not linked) was read from the store on `to` (on this
+    /// node when `None`) because its client came back there: sends it copies of what we
+    /// forwarded to `departed` and `departed` had not committed, for that node's sessions
+    /// taken from `departed` (duplicates are checked there). Nothing waits for the copies:
+    /// `departed` may come back and be sent them too (its copy of the session is stale and
+    /// goes once it learns of the newer claim), or be adopted, which sends them again.
+    pub fn resend_for_resumed(self: &Arc<Self>, departed: String, to: Option<String>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        // Even if `departed` is linked again: the session is no longer there. Taken now,
+        // before `departed`, back, acknowledges them into its stale copy.
+        let Some(ledger) = cluster.ledger(&departed) else {
+            return;
+        };
+        let frames = ledger.numbered();
+        if frames.is_empty() {
+            return;
+        }
+        let (broker, epoch) = (self.clone(), ledger.epoch);
+        tokio::spawn(async move {
+            let Some(cluster) = broker.cluster.get() else {
+                return;
+            };
+            let mark = broker.committed_by(&departed, epoch).await;
+            let mut sent = 0;
+            for (n, frame) in frames {
+                let Frame::Publish {
+                    id,
+                    message,
+                    groups,
+                } = frame
+                else {
+                    continue;
+                };
+                if n <= mark || message.qos == 0 {
+                    continue;
+                }
+                match &to {
+                    Some(peer) => {
+                        let again = Frame::PublishAdopted {
+                            departed: departed.clone(),
+                            id,
+                            message,
+                            groups,
+                        };
+                        let _ = cluster.forward(peer, again);
+                    }
+                    None => {
+                        broker.route_adopted(&departed, id, message, &groups);
+                    }
+                }
+                sent += 1;
+            }
+            cluster.count_rerouted(&departed, sent);
+            if sent > 0 {
+                info!(
+                    departed,
+                    messages = sent,
+                    to = to.as_deref().unwrap_or("here"),
+                    "messages a node not linked had not committed sent for a session resumed from it"
+                );
+            }
+        });
+    }
+
     /// The count of our forwarded frames `departed` (boot epoch `epoch`) had committed, as its
     /// forward mark in the queue store says; 0 when it has none for these epochs.
     async fn committed_by(&self, departed: &str, epoch: u64) -> u64 {

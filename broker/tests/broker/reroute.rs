@@ -92,14 +92,34 @@ async fn expect_pubrec(p: &mut Raw, pid: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_dead_node_had_not_committed_reaches_its_adopted_sessions_once() {
-    dead_node_with_messages_not_committed(false).await;
+    dead_node_with_messages_not_committed(Resume::AfterAdoption).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_back_before_the_adoption_gets_what_its_dead_node_had_not_committed() {
     // Its client reconnects at once (as clients of a killed node do), before the others
     // adopt: the node it reaches reads the session from the store, and gets the rest too.
-    dead_node_with_messages_not_committed(true).await;
+    dead_node_with_messages_not_committed(Resume::AtOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_elsewhere_before_its_cut_node_returns_gets_what_that_node_had_not_committed()
+{
+    // The node was only cut off: it comes back (same boot epoch) before anyone adopts, and
+    // is sent again what it had not acknowledged; the client, resumed on another node from
+    // the store meanwhile, gets it there (no adoption comes to send it).
+    dead_node_with_messages_not_committed(Resume::AtOnceAndTheNodeReturns).await;
+}
+
+/// When node-z's subscriber resumes.
+#[derive(Clone, Copy, PartialEq)]
+enum Resume {
+    /// After the survivors adopted its session.
+    AfterAdoption,
+    /// At once on node-0, which reads the session from the store.
+    AtOnce,
+    /// At once on node-0, and node-z links again before the adoption.
+    AtOnceAndTheNodeReturns,
 }
 
 fn persistent_sub() -> rookery_codec::Connect {
@@ -112,8 +132,8 @@ fn persistent_sub() -> rookery_codec::Connect {
 }
 
 /// node-z dies with four QoS 2 messages forwarded from node-0, two of them committed; its
-/// subscriber resumes after the adoption, or at once (`early`) on node-0.
-async fn dead_node_with_messages_not_committed(early: bool) {
+/// subscriber resumes as `resume` says.
+async fn dead_node_with_messages_not_committed(resume: Resume) {
     let redis = RedisServer::start_private();
     let pg_url = PostgresServer::shared().database();
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -206,7 +226,8 @@ async fn dead_node_with_messages_not_committed(early: bool) {
     queue.apply(&ops).await.unwrap();
     drop(zs);
     let mut early_sub = None;
-    if early {
+    let mut returned = None;
+    if resume != Resume::AfterAdoption {
         until("node-z down", || {
             !up(&nodes[0]).contains(&"node-z".to_owned())
         })
@@ -214,6 +235,17 @@ async fn dead_node_with_messages_not_committed(early: bool) {
         let (sub, ack) = Raw::connect_with(nodes[0].addr(), persistent_sub()).await;
         assert!(ack.session_present);
         early_sub = Some(sub);
+    }
+    if resume == Resume::AtOnceAndTheNodeReturns {
+        // Back within the grace: node-0 sends it all four again; it acknowledges them.
+        let mut z = Peer::link(ports[0], frame::LEVEL, z_epoch).await;
+        z.send(&[Frame::Routes(vec!["t".into()])]).await;
+        assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+        for i in 1..=4 {
+            assert_eq!(z.next_publish().await, i.to_string());
+        }
+        z.send(&[Frame::ForwardAck { upto: 4 }]).await;
+        returned = Some(z);
     }
 
     // Adopted by one of the two, and the two it had not committed sent there: only now are
@@ -225,19 +257,21 @@ async fn dead_node_with_messages_not_committed(early: bool) {
         .iter()
         .find(|n| n.broker.sessions.get("sub").is_some())
         .expect("the session adopted");
-    let metrics = scrape(nodes[0].metrics_addr.unwrap()).await;
-    assert_eq!(
-        value(
-            &metrics,
-            "rookery_cluster_forward_rerouted_total{peer=\"node-z\"}"
-        ),
-        2.0
-    );
+    if resume == Resume::AfterAdoption {
+        let metrics = scrape(nodes[0].metrics_addr.unwrap()).await;
+        assert_eq!(
+            value(
+                &metrics,
+                "rookery_cluster_forward_rerouted_total{peer=\"node-z\"}"
+            ),
+            2.0
+        );
+    }
 
     // A message published now goes the usual way to the adopter.
     p.publish("t", b"5", QoS::ExactlyOnce, false, 5).await;
 
-    // Each message exactly once, in order: two from the store, two sent again, one new.
+    // Each message exactly once: two from the store, two sent again, one new.
     let mut sub = match early_sub {
         Some(sub) => sub,
         None => {
@@ -246,7 +280,13 @@ async fn dead_node_with_messages_not_committed(early: bool) {
             sub
         }
     };
-    assert_eq!(receive_qos2(&mut sub, 5).await, ["1", "2", "3", "4", "5"]);
+    let mut got = receive_qos2(&mut sub, 5).await;
+    if resume != Resume::AfterAdoption {
+        // The copies for a session resumed from the store come as they come: a message
+        // published later may overtake them (docs/clustering.md).
+        got.sort();
+    }
+    assert_eq!(got, ["1", "2", "3", "4", "5"]);
     // Nothing more comes (the PUBRELs of the last ones are answered).
     loop {
         match sub.recv_within(Duration::from_millis(700)).await {
@@ -261,6 +301,7 @@ async fn dead_node_with_messages_not_committed(early: bool) {
             Some(other) => panic!("a duplicate or more: {other:?}"),
         }
     }
+    drop(returned);
     for n in nodes {
         n.shutdown().await;
     }
