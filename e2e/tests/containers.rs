@@ -3,7 +3,8 @@
 //! configuration) on a private Docker network; clients on the host reach the brokers only
 //! through HAProxy's published port. Under QoS 2 load: a rolling restart, a node killed, a node
 //! cut off from the network and brought back, and a scale-down from three nodes to two; each
-//! checked for every QoS 2 message delivered to every subscriber exactly once.
+//! checked for every QoS 2 message delivered to every subscriber exactly once (the cut: none
+//! twice, and missing ones only around the cut).
 //!
 //! The images come from `e2e/images/build.sh` (nothing is pulled from a registry);
 //! `scripts/test` builds them before the tests run.
@@ -390,6 +391,38 @@ fn assert_exactly_once_one(name: &str, p: &Published, r: &Received) {
     assert_eq!(r.repeated(), vec![], "{name}: delivered more than once");
 }
 
+/// A node cut off at `at` and back with the same boot epoch: subscribers moved, no session
+/// lost, nothing delivered twice, and what is missing was published around the cut (for a
+/// client that stayed connected to the cut node while the others adopted its session:
+/// docs/clustering.md, "In containers").
+fn assert_within_window(name: &str, p: &Published, subscribers: &[Received], at: Instant) {
+    assert!(
+        subscribers.iter().any(|r| r.connects > 1),
+        "{name}: no subscriber was moved"
+    );
+    let window = Duration::from_secs(12);
+    for r in subscribers {
+        assert_eq!(
+            r.repeated(),
+            vec![],
+            "{name}: QoS 2 delivered more than once"
+        );
+        assert_eq!(
+            p.sessions_lost + r.sessions_lost,
+            0,
+            "{name}: a session was lost"
+        );
+        for n in r.missing(p.last) {
+            let sent = p.sent_at[n as usize - 1];
+            assert!(
+                sent + Duration::from_millis(500) >= at && sent <= at + window,
+                "{name}: message {n} missing, sent {:?} after the loss",
+                sent.checked_duration_since(at)
+            );
+        }
+    }
+}
+
 #[test]
 fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -422,8 +455,11 @@ fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
     });
     assert_exactly_once("kill", &p, &r);
 
-    // A node cut off from the network, then reconnected.
+    // A node cut off from the network (from the other nodes, Redis and PostgreSQL too), then
+    // reconnected: docs/clustering.md, "In containers", says what may be missing and why.
+    let cut_at = std::cell::Cell::new(None);
     let (p, r) = under_load(&rt, &env, "cut", |env| {
+        cut_at.set(Some(Instant::now()));
         docker_ok(&["network", "disconnect", &env.net, &env.broker(2)]);
         env.until_down(2);
         std::thread::sleep(Duration::from_secs(3));
@@ -437,7 +473,7 @@ fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
         ]);
         env.until_up(3);
     });
-    assert_exactly_once("cut", &p, &r);
+    assert_within_window("cut", &p, &r, cut_at.get().unwrap());
 
     // After all that, the cluster routes between every pair of nodes again.
     let (p, r) = under_load(&rt, &env, "after", |_| {});

@@ -25,8 +25,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rookery_store::QueueOp;
 use rookery_store::committer::{Op, Ticket};
+use rookery_store::{QueueOp, StoredMessage};
 use tracing::{info, warn};
 
 use super::frame::Frame;
@@ -39,6 +39,19 @@ pub const REROUTE_LEVEL: u8 = 6;
 /// before it sends what the dead node had not committed (an adopter that has not installed
 /// its sessions would find nobody to deliver to).
 pub const ADOPTED_WAIT: Duration = Duration::from_secs(5);
+
+/// A forwarded QoS 1/2 message's id, body and shared groups; `None` for anything else (QoS 0
+/// promised nothing). Pure.
+fn promised(frame: Frame) -> Option<(u64, StoredMessage, Vec<String>)> {
+    match frame {
+        Frame::Publish {
+            id,
+            message,
+            groups,
+        } if message.qos > 0 => Some((id, message, groups)),
+        _ => None,
+    }
+}
 
 impl Broker {
     /// Writes how far this node has handled what `sender` (boot epoch `sender_epoch`)
@@ -84,6 +97,15 @@ impl Broker {
             );
         }
         if cluster.is_up(departed) {
+            // Back with the same epoch after the adoption: it is sent what it had not
+            // acknowledged again, into copies of sessions that are ours now (it drops them
+            // once it hears of the adoptions' claims). The adopters get copies too.
+            self.resend_for_resumed(departed.to_owned(), None);
+            for peer in cluster.peers_at(REROUTE_LEVEL) {
+                if peer != departed {
+                    self.resend_for_resumed(departed.to_owned(), Some(peer));
+                }
+            }
             return 0;
         }
         let Some(ledger) = cluster.ledger(departed).filter(|l| l.is_link(link_id)) else {
@@ -99,19 +121,7 @@ impl Broker {
         let mut waits = Vec::new();
         let mut ticket: Option<Ticket> = None;
         let mut sent = 0;
-        for frame in frames {
-            let Frame::Publish {
-                id,
-                message,
-                groups,
-            } = frame
-            else {
-                continue;
-            };
-            // QoS 0 promised nothing.
-            if message.qos == 0 {
-                continue;
-            }
+        for (id, message, groups) in frames.into_iter().filter_map(promised) {
             for peer in adopters.iter().filter(|p| *p != departed) {
                 let (_, wait) = cluster.forward(
                     peer,
@@ -150,7 +160,8 @@ impl Broker {
     }
 
     /// A session of `departed` (a node not linked) was read from the store on `to` (on this
-    /// node when `None`) because its client came back there: sends it copies of what we
+    /// node when `None`) because its client came back there, or was adopted there while
+    /// `departed` came back: sends it copies of what we
     /// forwarded to `departed` and `departed` had not committed, for that node's sessions
     /// taken from `departed` (duplicates are checked there). Nothing waits for the copies:
     /// `departed` may come back and be sent them too (its copy of the session is stale and
@@ -175,18 +186,8 @@ impl Broker {
             };
             let mark = broker.committed_by(&departed, epoch).await;
             let mut sent = 0;
-            for (n, frame) in frames {
-                let Frame::Publish {
-                    id,
-                    message,
-                    groups,
-                } = frame
-                else {
-                    continue;
-                };
-                if n <= mark || message.qos == 0 {
-                    continue;
-                }
+            let after_mark = frames.into_iter().filter(|(n, _)| *n > mark);
+            for (id, message, groups) in after_mark.filter_map(|(_, f)| promised(f)) {
                 match &to {
                     Some(peer) => {
                         let again = Frame::PublishAdopted {
@@ -238,5 +239,34 @@ impl Broker {
                 0
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(qos: u8) -> Frame {
+        Frame::Publish {
+            id: 9,
+            message: StoredMessage {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: bytes::Bytes::new(),
+                expires_at_ms: None,
+            },
+            groups: vec!["$share/g/t".into()],
+        }
+    }
+
+    #[test]
+    fn only_qos_1_and_2_messages_are_sent_again() {
+        let (id, message, groups) = promised(publish(2)).expect("QoS 2 is sent again");
+        assert_eq!((id, message.qos, groups.len()), (9, 2, 1));
+        assert!(promised(publish(1)).is_some());
+        assert!(promised(publish(0)).is_none());
+        assert!(promised(Frame::Heartbeat).is_none());
     }
 }
