@@ -31,21 +31,53 @@ async fn node(id: &str, cluster: &str, dir: &std::path::Path) -> Server {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_links_redis_keeps_one_connection_per_client_id_and_fences_the_loser() {
+/// Two nodes of one cluster on the shared Redis, no links, and client "dev" connected to
+/// node-a (subscribed to `x`) with its claim in Redis.
+struct Pair {
+    redis: &'static RedisServer,
+    cluster: String,
+    owner_key: String,
+    _dirs: [tempfile::TempDir; 2],
+    a: Server,
+    b: Server,
+    on_a: Raw,
+}
+
+async fn pair_with_dev_on_a() -> Pair {
     let redis = RedisServer::shared();
     let cluster = RedisServer::prefix();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let a = node("node-a", &cluster, dirs[0].path()).await;
     let b = node("node-b", &cluster, dirs[1].path()).await;
     let owner_key = format!("rookery:{cluster}:owner:dev");
-
     let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
     on_a.subscribe("x", QoS::AtLeastOnce).await;
     until("node-a's claim in Redis", || {
         redis.command(&["GET", &owner_key]).ends_with(" node-a")
     })
     .await;
+    Pair {
+        redis,
+        cluster,
+        owner_key,
+        _dirs: dirs,
+        a,
+        b,
+        on_a,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_links_redis_keeps_one_connection_per_client_id_and_fences_the_loser() {
+    let Pair {
+        redis,
+        cluster,
+        owner_key,
+        _dirs,
+        a,
+        b,
+        mut on_a,
+    } = pair_with_dev_on_a().await;
     let store = RedisSessionStore::connect(redis.url(), &cluster)
         .await
         .unwrap();
@@ -91,18 +123,13 @@ async fn without_links_redis_keeps_one_connection_per_client_id_and_fences_the_l
 async fn an_adoption_claims_the_client_id_and_closes_a_connection_the_departed_node_kept() {
     // node-b thinks node-a departed (a partition of the links) and adopts its sessions; the
     // client is in fact still connected to node-a, which hears of the claim through Redis.
-    let redis = RedisServer::shared();
-    let cluster = RedisServer::prefix();
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = node("node-a", &cluster, dirs[0].path()).await;
-    let b = node("node-b", &cluster, dirs[1].path()).await;
-    let owner_key = format!("rookery:{cluster}:owner:dev");
-    let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
-    on_a.subscribe("x", QoS::AtLeastOnce).await;
-    until("node-a's claim in Redis", || {
-        redis.command(&["GET", &owner_key]).ends_with(" node-a")
-    })
-    .await;
+    let Pair {
+        _dirs,
+        a,
+        b,
+        mut on_a,
+        ..
+    } = pair_with_dev_on_a().await;
 
     assert_eq!(b.broker.adopt_sessions_of("node-a").await, 1);
     let d = on_a.expect_closed().await.expect("a DISCONNECT");
