@@ -935,14 +935,10 @@ impl Broker {
             && let Some(cluster) = self.cluster.get()
         {
             // Our routes for it are announced: the others may send what `owner` holds.
-            for peer in cluster.peers_at(super::reroute::REROUTE_LEVEL) {
-                cluster.send_to(
-                    &peer,
-                    Frame::Resumed {
-                        departed: owner.clone(),
-                    },
-                );
-            }
+            let resumed = Frame::Resumed {
+                departed: owner.clone(),
+            };
+            cluster.broadcast_at(super::reroute::REROUTE_LEVEL, &resumed);
             self.resend_for_resumed(owner, None);
         }
         installed

@@ -300,6 +300,13 @@ impl Cluster {
         v
     }
 
+    /// Sends `frame` to every peer linked at `level` or above (a frame type of that level).
+    pub fn broadcast_at(&self, level: u8, frame: &Frame) {
+        for peer in self.peers_at(level) {
+            self.send_to(&peer, frame.clone());
+        }
+    }
+
     /// Stops keeping `departed`'s routes: nothing more is forwarded to it or waits for it.
     pub fn forget_routes(&self, departed: &str) {
         self.unkeep(departed);
@@ -323,11 +330,6 @@ impl Cluster {
             .collect();
         v.sort();
         v
-    }
-
-    /// Counts `n` messages of `peer` given up (see [`Cluster::give_up`]).
-    pub fn count_dropped_for(&self, peer: &str, n: usize) {
-        self.count_given_up(peer, n);
     }
 
     /// Notes that a configured peer could not be reached (or refused the link).
@@ -758,15 +760,7 @@ impl Cluster {
 
     /// Node ids with a link up.
     pub fn up_peers(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .links
-            .lock()
-            .iter()
-            .filter(|(_, l)| !l.close.is_cancelled())
-            .map(|(k, _)| k.clone())
-            .collect();
-        v.sort();
-        v
+        self.peers_at(0)
     }
 
     /// Every configured peer (by address, this node's own left out once known) and every

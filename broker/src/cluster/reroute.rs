@@ -78,14 +78,10 @@ impl Broker {
         let Some(cluster) = self.cluster.get() else {
             return 0;
         };
-        for peer in cluster.peers_at(REROUTE_LEVEL) {
-            cluster.send_to(
-                &peer,
-                Frame::Adopted {
-                    departed: departed.to_owned(),
-                },
-            );
-        }
+        let adopted = Frame::Adopted {
+            departed: departed.to_owned(),
+        };
+        cluster.broadcast_at(REROUTE_LEVEL, &adopted);
         let all = tokio::select! {
             all = cluster.wait_adopted(departed, ADOPTED_WAIT) => all,
             _ = self.drain.cancelled() => false,
