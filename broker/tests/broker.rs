@@ -9,6 +9,8 @@ mod support;
 #[allow(dead_code)]
 mod pki;
 
+#[path = "broker/cable.rs"]
+mod cable;
 #[path = "broker/client.rs"]
 mod client;
 #[path = "broker/cluster.rs"]

@@ -74,14 +74,40 @@ pub trait SessionStore: Send + Sync + 'static {
         Box::pin(async { Ok(Claimed::Stands) })
     }
     /// Sends `tx` every claim that stands (its own included), as nodes make them, until `tx`
-    /// is closed; returns at once for a store that is not shared between nodes.
+    /// is closed, and [`ClaimWatch::Following`] each time it starts following them (again:
+    /// claims made meanwhile were missed); returns at once for a store that is not shared
+    /// between nodes.
     fn watch_claims(
         &self,
-        tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>,
+        tx: tokio::sync::mpsc::UnboundedSender<ClaimWatch>,
     ) -> StoreFuture<'_, ()> {
         drop(tx);
         Box::pin(async { Ok(()) })
     }
+    /// The claim that owns each of `client_ids` now, in order: `None` where none is on
+    /// record. A store that one node keeps to itself has none.
+    fn owners<'a>(&'a self, client_ids: &'a [String]) -> StoreFuture<'a, Vec<Option<Owner>>> {
+        Box::pin(async move { Ok(vec![None; client_ids.len()]) })
+    }
+}
+
+/// A claim on record: the node that owns a client id, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The node.
+    pub node: String,
+    /// The claim's epoch (ms since the Unix epoch).
+    pub epoch: u64,
+}
+
+/// What [`SessionStore::watch_claims`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimWatch {
+    /// The watch follows the claims from now on. After a break, claims made meanwhile were
+    /// missed: a node checks the owners of the sessions it holds ([`SessionStore::owners`]).
+    Following,
+    /// A claim that stood.
+    Claim(ClaimNotice),
 }
 
 /// The outcome of [`SessionStore::claim`].

@@ -54,8 +54,8 @@ use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisConnectionInfo, Red
 use parking_lot::Mutex;
 
 use crate::{
-    ClaimNotice, Claimed, SessionOp, SessionRecord, SessionStore, StoreError, StoreFuture,
-    StoreResult,
+    ClaimNotice, ClaimWatch, Claimed, Owner, SessionOp, SessionRecord, SessionStore, StoreError,
+    StoreFuture, StoreResult,
 };
 
 const STORE: &str = "redis";
@@ -75,6 +75,12 @@ const OWNER_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Pause before subscribing to the claims again after the subscription broke.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the claims subscription is pinged, and how long the answer may take: a
+/// connection that died without a word (a cut cable, a frozen server) counts as broken after
+/// that, and the watch subscribes again.
+const WATCH_PING_EVERY: Duration = Duration::from_secs(1);
+const WATCH_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Lua shared by the scripts: `newer(cur, epoch, node)` is true when the claim `cur`
 /// (`"{epoch} {node}"`) is newer than (`epoch`, `node`): a larger epoch, or the same one and a
@@ -334,8 +340,10 @@ impl RedisSessionStore {
     }
 
     /// Forwards the claims published on the cluster's channel to `tx` until it closes,
-    /// subscribing again (after a pause) whenever the subscription breaks.
-    async fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>) -> StoreResult<()> {
+    /// subscribing again (after a pause) whenever the subscription breaks: an error, the
+    /// server closing it, or a ping not answered in [`WATCH_PING_TIMEOUT`]. Each subscription
+    /// starts with [`ClaimWatch::Following`].
+    async fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ClaimWatch>) -> StoreResult<()> {
         use futures_util::StreamExt;
         while !tx.is_closed() {
             let subscribed = async {
@@ -356,23 +364,64 @@ impl RedisSessionStore {
                     continue;
                 }
             };
-            let mut messages = pubsub.into_on_message();
-            loop {
+            if tx.send(ClaimWatch::Following).is_err() {
+                return Ok(());
+            }
+            let (mut sink, mut messages) = pubsub.split();
+            let mut ping = tokio::time::interval(WATCH_PING_EVERY);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let broke = loop {
                 tokio::select! {
                     m = messages.next() => {
-                        let Some(m) = m else { break };
+                        let Some(m) = m else { break "ended" };
                         let Ok(payload) = m.get_payload::<String>() else { continue };
                         if let Some(notice) = parse_notice(&payload) {
-                            let _ = tx.send(notice);
+                            let _ = tx.send(ClaimWatch::Claim(notice));
+                        }
+                    }
+                    _ = ping.tick() => {
+                        let pong = sink.ping::<::redis::Value>();
+                        match tokio::time::timeout(WATCH_PING_TIMEOUT, pong).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) => break "failed a ping",
+                            Err(_) => break "did not answer a ping in time",
                         }
                     }
                     _ = tx.closed() => return Ok(()),
                 }
-            }
-            tracing::warn!("redis: the claims subscription ended; subscribing again");
+            };
+            tracing::warn!("redis: the claims subscription {broke}; subscribing again");
             tokio::time::sleep(WATCH_RETRY).await;
         }
         Ok(())
+    }
+
+    /// The owner keys of `client_ids`, read `MGET_CHUNK` at a time.
+    async fn owners_of(&self, client_ids: &[String]) -> StoreResult<Vec<Option<Owner>>> {
+        let mut owners = Vec::with_capacity(client_ids.len());
+        for chunk in client_ids.chunks(MGET_CHUNK) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.owner_key(id)).collect();
+            let values: Vec<Option<String>> = self
+                .run(|mut connection| {
+                    let keys = &keys;
+                    async move {
+                        ::redis::cmd("MGET")
+                            .arg(keys)
+                            .query_async(&mut connection)
+                            .await
+                    }
+                })
+                .await?;
+            owners.extend(values.iter().map(|v| {
+                v.as_deref()
+                    .and_then(parse_owner)
+                    .map(|(epoch, node)| Owner {
+                        node: node.to_owned(),
+                        epoch,
+                    })
+            }));
+        }
+        Ok(owners)
     }
 
     async fn load_all(&self) -> StoreResult<Vec<SessionRecord>> {
@@ -477,9 +526,13 @@ impl SessionStore for RedisSessionStore {
 
     fn watch_claims(
         &self,
-        tx: tokio::sync::mpsc::UnboundedSender<ClaimNotice>,
+        tx: tokio::sync::mpsc::UnboundedSender<ClaimWatch>,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.watch(tx))
+    }
+
+    fn owners<'a>(&'a self, client_ids: &'a [String]) -> StoreFuture<'a, Vec<Option<Owner>>> {
+        Box::pin(self.owners_of(client_ids))
     }
 
     fn load(&self) -> StoreFuture<'_, Vec<SessionRecord>> {

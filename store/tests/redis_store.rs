@@ -390,7 +390,7 @@ async fn follows_a_sentinel_failover_after_the_master_dies() {
 
 #[tokio::test]
 async fn the_newest_claim_owns_a_client_id_and_fences_older_writes() {
-    use rookery_store::{ClaimNotice, Claimed};
+    use rookery_store::{ClaimNotice, ClaimWatch, Claimed, Owner};
     let server = RedisServer::shared();
     let (store, cluster) = store(server).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -406,7 +406,9 @@ async fn the_newest_claim_owns_a_client_id_and_fences_older_writes() {
             store.claim("probe", "node-1", 1).await.unwrap(),
             Claimed::Stands
         );
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        if let Ok(Some(ClaimWatch::Claim(_))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
             break;
         }
         assert!(
@@ -444,9 +446,11 @@ async fn the_newest_claim_owns_a_client_id_and_fences_older_writes() {
         Claimed::Stands
     );
     let mut seen = Vec::new();
-    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-        if n.client_id != "probe" {
-            seen.push(n);
+    while let Ok(Some(w)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        match w {
+            ClaimWatch::Claim(n) if n.client_id != "probe" => seen.push(n),
+            ClaimWatch::Claim(_) => {}
+            ClaimWatch::Following => panic!("the watch started again with no reason"),
         }
     }
     let notice = |id: &str, node: &str, epoch| ClaimNotice {
@@ -522,6 +526,75 @@ async fn the_newest_claim_owns_a_client_id_and_fences_older_writes() {
     assert_eq!(server.command(&["GET", &owner]), "200 node-3");
     let ttl: i64 = server.command(&["PTTL", &owner]).parse().unwrap();
     assert!(ttl > 0, "PTTL {ttl}");
+
+    // The owners on record, in the order asked, `None` for a client id never claimed; more
+    // ids than one `MGET` takes.
+    let mut ids = vec!["dev".to_owned(), "never".to_owned(), "a b".to_owned()];
+    ids.extend((0..1200).map(|i| format!("none-{i}")));
+    let owners = store.owners(&ids).await.unwrap();
+    assert_eq!(owners.len(), ids.len());
+    assert_eq!(
+        owners[..3],
+        [
+            Some(Owner {
+                node: "node-3".into(),
+                epoch: 200
+            }),
+            None,
+            Some(Owner {
+                node: "node-1".into(),
+                epoch: 5
+            })
+        ]
+    );
+    assert!(owners[3..].iter().all(Option::is_none));
     drop(rx);
     drop(watching);
+}
+
+/// A claims subscription whose server stops answering (frozen, as behind a cut cable, its
+/// connection open) is noticed by its pings and made again once the server answers:
+/// `Following` says claims may have been missed, and claims made after it come through.
+#[tokio::test]
+async fn the_claims_watch_notices_a_silent_server_and_follows_again() {
+    use rookery_store::ClaimWatch;
+    let server = RedisServer::start_private();
+    let cluster = RedisServer::prefix();
+    let store = RedisSessionStore::connect(server.url(), &cluster)
+        .await
+        .unwrap();
+    let watcher = RedisSessionStore::connect(server.url(), &cluster)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watching = tokio::spawn(async move { watcher.watch_claims(tx).await });
+    assert_eq!(next(&mut rx, 10).await, Some(ClaimWatch::Following));
+
+    server.freeze();
+    // Nothing but the pings' silence tells the watch: its connection stays open.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    server.thaw();
+    assert_eq!(
+        next(&mut rx, 20).await,
+        Some(ClaimWatch::Following),
+        "the silent subscription was not replaced"
+    );
+    store.claim("dev", "node-1", 7).await.unwrap();
+    match next(&mut rx, 10).await {
+        Some(ClaimWatch::Claim(n)) => assert_eq!((n.client_id.as_str(), n.epoch), ("dev", 7)),
+        other => panic!("expected the claim, got {other:?}"),
+    }
+    drop(rx);
+    drop(watching);
+}
+
+/// What the claims watch says next, if anything within `secs` seconds.
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rookery_store::ClaimWatch>,
+    secs: u64,
+) -> Option<rookery_store::ClaimWatch> {
+    tokio::time::timeout(Duration::from_secs(secs), rx.recv())
+        .await
+        .ok()
+        .flatten()
 }

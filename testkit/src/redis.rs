@@ -202,6 +202,17 @@ impl RedisServer {
         }
     }
 
+    /// Freezes a private server (SIGSTOP): its connections stay open and nothing answers, as
+    /// behind a cut cable. Panics on the shared server.
+    pub fn freeze(&self) {
+        self.private("freeze").signal("STOP");
+    }
+
+    /// Lets a frozen private server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.private("thaw").signal("CONT");
+    }
+
     /// [`stop`](Self::stop), then [`start`](Self::start).
     pub fn restart(&self) {
         self.stop();
@@ -256,6 +267,12 @@ impl LocalRedis {
     fn into_dir(self) -> TempDir {
         self.stop();
         self.dir
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some((child, _)) = &*self.running.lock() {
+            process::signal(child.id(), name);
+        }
     }
 
     fn stop(&self) {

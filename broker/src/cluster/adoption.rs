@@ -38,6 +38,10 @@ impl Broker {
         if !adopts && !kept {
             return;
         }
+        if adopts && !cluster.has_majority() {
+            // The others may adopt ours meanwhile: checked when a link comes up again.
+            cluster.suspect_owners();
+        }
         let (broker, peer, cluster) = (self.clone(), peer.to_owned(), cluster.clone());
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();

@@ -259,6 +259,9 @@ async fn run(
     insist: bool,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
+    // After a cut from the majority, sessions adopted elsewhere meanwhile go before our
+    // routes are announced to anyone (within the peer's handshake timeout).
+    broker.recheck_owners_if_suspect().await;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     frame::encode(

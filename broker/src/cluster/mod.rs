@@ -203,6 +203,11 @@ pub struct Cluster {
     adopted_changed: tokio::sync::Notify,
     /// Messages sent to the adopters of each departed peer, and those given up.
     rerouted: Mutex<AHashMap<String, u64>>,
+    /// This node lost the majority since it last checked its sessions' owners: the others may
+    /// have adopted them (`ownership::recheck_owners`).
+    owners_suspect: std::sync::atomic::AtomicBool,
+    /// One recheck of the owners at a time: links coming up together wait for the first.
+    pub(crate) rechecking: tokio::sync::Mutex<()>,
 }
 
 /// What registering a new link decided.
@@ -230,6 +235,8 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             unreachable: Mutex::new(ahash::AHashSet::new()),
             awaiting_dns: std::sync::atomic::AtomicBool::new(false),
+            owners_suspect: std::sync::atomic::AtomicBool::new(false),
+            rechecking: tokio::sync::Mutex::new(()),
             asks: handover::Asks::default(),
             moves: handover::Moves::default(),
             draining: Mutex::new(ahash::AHashSet::new()),
@@ -756,6 +763,17 @@ impl Cluster {
     pub fn has_majority(&self) -> bool {
         let known = self.peers.read().len().max(self.links.lock().len() + 1);
         (self.up_peers().len() + 1) * 2 > known
+    }
+
+    /// Notes that this node may have been cut off long enough for the others to adopt its
+    /// sessions.
+    pub fn suspect_owners(&self) {
+        self.owners_suspect.store(true, Ordering::SeqCst);
+    }
+
+    /// True once after [`Self::suspect_owners`]: the caller checks the owners now.
+    pub(crate) fn take_owners_suspect(&self) -> bool {
+        self.owners_suspect.swap(false, Ordering::SeqCst)
     }
 
     /// Node ids with a link up.

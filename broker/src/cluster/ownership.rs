@@ -7,12 +7,20 @@
 //! claim, over a link or from Redis, gives its connection and its copy of the session up, as
 //! before. Session writes carry the claim they were made under, and Redis refuses those of an
 //! older claim, so a node that lost a session cannot overwrite the new owner's record.
+//!
+//! A node cut off from Redis misses the claims made meanwhile, and one cut off from the
+//! majority may find its sessions adopted when it returns. So a node checks the owner on
+//! record of every session it holds ([`Broker::recheck_owners`]) when the claims watch follows
+//! again after a break, and, after it lost the majority, before any link comes up again: its
+//! routes for a session adopted elsewhere are never announced, and a client it kept connected
+//! across the cut is closed (0x8E) and resumes the adopted copy.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rookery_store::Claimed;
+use rookery_store::{ClaimWatch, Claimed, Owner};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::session::Session;
@@ -48,8 +56,96 @@ impl Broker {
     }
 }
 
+/// How long a link coming up waits for the owners on record, and then for the sessions
+/// claimed elsewhere to be given up (within a peer's handshake timeout).
+const RECHECK_STEP: Duration = Duration::from_millis(1_500);
+
+impl Broker {
+    /// After [`super::Cluster::suspect_owners`]: [`Self::recheck_owners`], once, with the
+    /// time a link may wait for it. Should Redis not answer, the claims watch rechecks when
+    /// it follows again.
+    pub(crate) async fn recheck_owners_if_suspect(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let _one_at_a_time = cluster.rechecking.lock().await;
+        if cluster.take_owners_suspect() {
+            match self.recheck_owners(RECHECK_STEP).await {
+                Some(n) => info!(
+                    sessions = n,
+                    "back from a cut: sessions claimed elsewhere meanwhile given up"
+                ),
+                // The next link to come up tries again.
+                None => cluster.suspect_owners(),
+            }
+        }
+    }
+
+    /// Reads the owner on record of every session held here and gives up (as to a claim from
+    /// a link, the connection closed with 0x8E, no will) each one another node claimed since
+    /// ours. Waits at most `step` for the owners and `step` for the sessions to go. Returns
+    /// how many were given up, `None` when the owners could not be read.
+    pub(crate) async fn recheck_owners(self: &Arc<Self>, step: Duration) -> Option<usize> {
+        let (Some(p), Some(cluster)) = (&self.persist, self.cluster.get()) else {
+            return Some(0);
+        };
+        if !p.sessions_shared() {
+            return Some(0);
+        }
+        let held: Vec<(String, u64)> = self
+            .sessions
+            .all()
+            .iter()
+            .map(|s| (s.client_id.to_string(), s.claimed()))
+            .collect();
+        if held.is_empty() {
+            return Some(0);
+        }
+        let ids: Vec<String> = held.iter().map(|(id, _)| id.clone()).collect();
+        let stores = p.committer().stores().clone();
+        let owners = match tokio::time::timeout(step, stores.sessions.owners(&ids)).await {
+            Ok(Ok(owners)) => owners,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot check the owners of the sessions held here");
+                return None;
+            }
+            Err(_) => {
+                warn!("the owners of the sessions held here did not come in time");
+                return None;
+            }
+        };
+        let node = self.config.node_id.as_str();
+        let mut giving = tokio::task::JoinSet::new();
+        for ((client_id, ours), owner) in held.into_iter().zip(owners) {
+            let Some(owner) = owner.filter(|o| lost_to(node, ours, o)) else {
+                continue;
+            };
+            let (at_ms, by) = cluster.note_claim(&client_id, owner.epoch, &owner.node);
+            let broker = self.clone();
+            giving.spawn(async move {
+                broker
+                    .discard_for_peer(&client_id, (at_ms, &by), true)
+                    .await
+            });
+        }
+        let n = giving.len();
+        // Tasks still running after the wait carry on by themselves.
+        let _ =
+            tokio::time::timeout(step, async { while giving.join_next().await.is_some() {} }).await;
+        giving.detach_all();
+        Some(n)
+    }
+}
+
+/// True when the claim on record is another node's and newer than ours (`ours`, by `node`),
+/// in the order of every claim: time, then node id. Pure.
+pub(crate) fn lost_to(node: &str, ours: u64, owner: &Owner) -> bool {
+    owner.node != node && (owner.epoch, owner.node.as_str()) > (ours, node)
+}
+
 /// Follows the claims other nodes make in the shared session store until shutdown: each is
-/// handled as a `Claim` from a link. Nothing to do without a shared session store.
+/// handled as a `Claim` from a link; when the watch follows again after a break, the owners
+/// of the sessions held here are checked. Nothing to do without a shared session store.
 pub fn watch(broker: &Arc<Broker>) {
     let Some(p) = &broker.persist else {
         return;
@@ -66,15 +162,59 @@ pub fn watch(broker: &Arc<Broker>) {
     });
     let broker = broker.clone();
     tokio::spawn(async move {
+        let mut first = true;
         loop {
-            let notice = tokio::select! {
+            let watched = tokio::select! {
                 n = rx.recv() => n,
                 _ = broker.shutdown.cancelled() => return,
             };
-            let Some(notice) = notice else { return };
-            if notice.node != broker.config.node_id {
-                broker.remote_claim(&notice.node, &notice.client_id, notice.epoch);
+            match watched {
+                None => return,
+                Some(ClaimWatch::Claim(notice)) => {
+                    if notice.node != broker.config.node_id {
+                        broker.remote_claim(&notice.node, &notice.client_id, notice.epoch);
+                    }
+                }
+                Some(ClaimWatch::Following) if first => first = false,
+                Some(ClaimWatch::Following) => {
+                    let broker = broker.clone();
+                    tokio::spawn(async move {
+                        if let Some(n) = broker.recheck_owners(RECHECK_AFTER_BREAK).await {
+                            info!(
+                                sessions = n,
+                                "claims followed again: sessions claimed elsewhere meanwhile given up"
+                            );
+                        }
+                    });
+                }
             }
         }
     });
+}
+
+/// The waits of a recheck after the claims watch broke (nothing waits on it).
+const RECHECK_AFTER_BREAK: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(node: &str, epoch: u64) -> Owner {
+        Owner {
+            node: node.into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_session_is_lost_only_to_a_newer_claim_of_another_node() {
+        assert!(lost_to("node-2", 100, &owner("node-0", 101)));
+        // The same time: the larger node id wins, as everywhere.
+        assert!(lost_to("node-0", 100, &owner("node-2", 100)));
+        assert!(!lost_to("node-2", 100, &owner("node-0", 100)));
+        assert!(!lost_to("node-2", 100, &owner("node-0", 99)));
+        // Our own claim, older or newer than the session's: still ours.
+        assert!(!lost_to("node-2", 100, &owner("node-2", 150)));
+        assert!(!lost_to("node-2", 100, &owner("node-2", 50)));
+    }
 }

@@ -1,7 +1,8 @@
 //! Client-id ownership through Redis: two nodes of one cluster whose links are down (here:
 //! never configured, a partition of the links) still end with one connection per client id,
 //! because each claim also goes to Redis and every node follows the claims there; and a
-//! node that lost a session cannot overwrite the new owner's record.
+//! node that lost a session cannot overwrite the new owner's record. A node cut off from
+//! everything, whose sessions were adopted meanwhile, gives them up when it is back.
 
 use rookery_broker::Server;
 use rookery_codec::{ConnectProperties, Protocol, QoS, reason};
@@ -9,7 +10,8 @@ use rookery_store::redis::RedisSessionStore;
 use rookery_store::{SessionOp, SessionStore};
 use rookery_testkit::RedisServer;
 
-use crate::cluster::{free_port, node_with, until};
+use crate::cable::Cable;
+use crate::cluster::{free_port, node_with, routed, until};
 use crate::support::*;
 
 fn persistent(id: &str) -> rookery_codec::Connect {
@@ -143,6 +145,95 @@ async fn an_adoption_claims_the_client_id_and_closes_a_connection_the_departed_n
     // The client, back on node-b, finds its session there.
     let (_on_b, ack) = Raw::connect_with(b.addr(), persistent("dev")).await;
     assert!(ack.session_present);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_a_cut_gives_up_the_sessions_adopted_meanwhile() {
+    // node-a reaches node-b and Redis only through cables the test cuts. While cut, node-b
+    // adopts dev, which stays connected to node-a, and a message for dev is published; node-a
+    // hears of none of it (the claim was published while its subscription hung, and no link
+    // carries claims of sessions without a connection). Back, it checks the owners in Redis:
+    // dev's connection is closed (0x8E) and the client, back on node-a, gets the adopted copy.
+    let redis = RedisServer::shared();
+    let cluster = RedisServer::prefix();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (port_a, port_b) = (free_port(), free_port());
+    let to_a = Cable::to(format!("127.0.0.1:{port_a}").parse().unwrap()).await;
+    let to_b = Cable::to(format!("127.0.0.1:{port_b}").parse().unwrap()).await;
+    let a_to_redis = Cable::to(redis.addr().parse().unwrap()).await;
+    let settings = |redis_url: String, dir: std::path::PathBuf| {
+        move |c: &mut rookery_broker::Config| {
+            c.durability = rookery_broker::config::DurabilityMode::Sync;
+            c.data_dir = dir;
+            c.redis_url = Some(redis_url);
+        }
+    };
+    let a = node_with(
+        "node-a",
+        &cluster,
+        port_a,
+        &[to_b.addr().to_string()],
+        settings(
+            format!("redis://{}", a_to_redis.addr()),
+            dirs[0].path().into(),
+        ),
+    )
+    .await;
+    let b = node_with(
+        "node-b",
+        &cluster,
+        port_b,
+        &[to_a.addr().to_string()],
+        settings(redis.url().into(), dirs[1].path().into()),
+    )
+    .await;
+    let owner_key = format!("rookery:{cluster}:owner:dev");
+    let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
+    on_a.subscribe("x", QoS::AtLeastOnce).await;
+    routed(&b, "x", &["node-a"]).await;
+    until("node-a's claim in Redis", || {
+        redis.command(&["GET", &owner_key]).ends_with(" node-a")
+    })
+    .await;
+
+    for c in [&to_a, &to_b, &a_to_redis] {
+        c.cut();
+    }
+    until("node-b adopted dev", || {
+        b.broker.sessions.get("dev").is_some()
+    })
+    .await;
+    assert!(redis.command(&["GET", &owner_key]).ends_with(" node-b"));
+    let (mut publisher, _) = Raw::connect(b.addr(), Protocol::V5, "pub", true).await;
+    publisher
+        .publish("x", b"during the cut", QoS::AtLeastOnce, false, 1)
+        .await;
+    // node-a still serves dev from its copy, which has not got it.
+    on_a.expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    assert!(a.broker.sessions.get("dev").is_some());
+
+    for c in [&to_a, &to_b, &a_to_redis] {
+        c.mend();
+    }
+    let d = on_a.expect_closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
+    until("node-a gave its copy up", || {
+        a.broker.sessions.get("dev").is_none()
+    })
+    .await;
+    until("the nodes linked again", || {
+        crate::cluster::up(&a) == ["node-b"]
+    })
+    .await;
+    let (mut back, ack) = Raw::connect_with(a.addr(), persistent("dev")).await;
+    assert!(ack.session_present);
+    let p = back.recv_publish().await;
+    assert_eq!(&p.payload[..], b"during the cut");
+    back.expect_silence(std::time::Duration::from_millis(500))
+        .await;
     a.shutdown().await;
     b.shutdown().await;
 }
