@@ -3,8 +3,7 @@
 //! configuration) on a private Docker network; clients on the host reach the brokers only
 //! through HAProxy's published port. Under QoS 2 load: a rolling restart, a node killed, a node
 //! cut off from the network and brought back, and a scale-down from three nodes to two; each
-//! checked for every QoS 2 message delivered to every subscriber exactly once (the cut: none
-//! twice, and missing ones only around the cut).
+//! checked for every QoS 2 message delivered to every subscriber exactly once.
 //!
 //! The images come from `e2e/images/build.sh` (nothing is pulled from a registry);
 //! `scripts/test` builds them before the tests run.
@@ -381,46 +380,18 @@ fn assert_exactly_once_one(name: &str, p: &Published, r: &Received) {
         "{name}: a session was lost"
     );
     let missing = r.missing(p.last);
+    // When the first missing one was sent, from the phase's first message.
+    let first_sent = missing
+        .first()
+        .map(|n| p.sent_at[*n as usize - 1].saturating_duration_since(p.sent_at[0]));
     assert!(
         missing.is_empty(),
-        "{name}: {} of {} missing: {:?}",
+        "{name}: {} of {} missing, the first sent {first_sent:?} into the phase: {:?}",
         missing.len(),
         p.last,
         &missing[..missing.len().min(20)]
     );
     assert_eq!(r.repeated(), vec![], "{name}: delivered more than once");
-}
-
-/// A node cut off at `at` and back with the same boot epoch: subscribers moved, no session
-/// lost, nothing delivered twice, and what is missing was published around the cut (for a
-/// client that stayed connected to the cut node while the others adopted its session:
-/// docs/clustering.md, "In containers").
-fn assert_within_window(name: &str, p: &Published, subscribers: &[Received], at: Instant) {
-    assert!(
-        subscribers.iter().any(|r| r.connects > 1),
-        "{name}: no subscriber was moved"
-    );
-    let window = Duration::from_secs(12);
-    for r in subscribers {
-        assert_eq!(
-            r.repeated(),
-            vec![],
-            "{name}: QoS 2 delivered more than once"
-        );
-        assert_eq!(
-            p.sessions_lost + r.sessions_lost,
-            0,
-            "{name}: a session was lost"
-        );
-        for n in r.missing(p.last) {
-            let sent = p.sent_at[n as usize - 1];
-            assert!(
-                sent + Duration::from_millis(500) >= at && sent <= at + window,
-                "{name}: message {n} missing, sent {:?} after the loss",
-                sent.checked_duration_since(at)
-            );
-        }
-    }
 }
 
 #[test]
@@ -456,10 +427,9 @@ fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
     assert_exactly_once("kill", &p, &r);
 
     // A node cut off from the network (from the other nodes, Redis and PostgreSQL too), then
-    // reconnected: docs/clustering.md, "In containers", says what may be missing and why.
-    let cut_at = std::cell::Cell::new(None);
+    // reconnected: back, it gives up the sessions adopted meanwhile before it links again, and
+    // a client it kept connected resumes the adopted copy (docs/clustering.md, "Partitions").
     let (p, r) = under_load(&rt, &env, "cut", |env| {
-        cut_at.set(Some(Instant::now()));
         docker_ok(&["network", "disconnect", &env.net, &env.broker(2)]);
         env.until_down(2);
         std::thread::sleep(Duration::from_secs(3));
@@ -473,7 +443,7 @@ fn the_cluster_in_containers_survives_restarts_kills_cuts_and_a_scale_down() {
         ]);
         env.until_up(3);
     });
-    assert_within_window("cut", &p, &r, cut_at.get().unwrap());
+    assert_exactly_once("cut", &p, &r);
 
     // After all that, the cluster routes between every pair of nodes again.
     let (p, r) = under_load(&rt, &env, "after", |_| {});
