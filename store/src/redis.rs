@@ -66,8 +66,11 @@ const FORMAT: u8 = 1;
 /// How long connecting, and waiting for a reply, may take before the attempt counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Keys per `MGET` in `load`.
+/// Keys per `MGET` in `load` and `owners`.
 const MGET_CHUNK: usize = 500;
+
+/// `MGET`s of [`SessionStore::owners`] sent together.
+const OWNERS_IN_FLIGHT: usize = 16;
 
 /// How long a client id's claim is remembered without a session record that keeps it (a
 /// connected session's claim stays as long as its record).
@@ -396,32 +399,44 @@ impl RedisSessionStore {
         Ok(())
     }
 
-    /// The owner keys of `client_ids`, read `MGET_CHUNK` at a time.
+    /// The owner keys of `client_ids`: `MGET`s of `MGET_CHUNK` keys, sent
+    /// [`OWNERS_IN_FLIGHT`] at a time on the one connection.
     async fn owners_of(&self, client_ids: &[String]) -> StoreResult<Vec<Option<Owner>>> {
+        let chunks: Vec<&[String]> = client_ids.chunks(MGET_CHUNK).collect();
         let mut owners = Vec::with_capacity(client_ids.len());
-        for chunk in client_ids.chunks(MGET_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.owner_key(id)).collect();
-            let values: Vec<Option<String>> = self
-                .run(|mut connection| {
-                    let keys = &keys;
-                    async move {
-                        ::redis::cmd("MGET")
-                            .arg(keys)
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
-            owners.extend(values.iter().map(|v| {
+        for wave in chunks.chunks(OWNERS_IN_FLIGHT) {
+            let answers =
+                futures_util::future::try_join_all(wave.iter().map(|c| self.owners_chunk(c)))
+                    .await?;
+            owners.extend(answers.into_iter().flatten());
+        }
+        Ok(owners)
+    }
+
+    async fn owners_chunk(&self, chunk: &[String]) -> StoreResult<Vec<Option<Owner>>> {
+        let keys: Vec<String> = chunk.iter().map(|id| self.owner_key(id)).collect();
+        let values: Vec<Option<String>> = self
+            .run(|mut connection| {
+                let keys = &keys;
+                async move {
+                    ::redis::cmd("MGET")
+                        .arg(keys)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        Ok(values
+            .iter()
+            .map(|v| {
                 v.as_deref()
                     .and_then(parse_owner)
                     .map(|(epoch, node)| Owner {
                         node: node.to_owned(),
                         epoch,
                     })
-            }));
-        }
-        Ok(owners)
+            })
+            .collect())
     }
 
     async fn load_all(&self) -> StoreResult<Vec<SessionRecord>> {

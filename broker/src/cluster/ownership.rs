@@ -56,28 +56,41 @@ impl Broker {
     }
 }
 
-/// How long a link coming up waits for the owners on record, and then for the sessions
-/// claimed elsewhere to be given up (within a peer's handshake timeout).
-const RECHECK_STEP: Duration = Duration::from_millis(1_500);
+/// How long a link coming up waits for the recheck (within a peer's handshake timeout):
+/// a recheck that takes longer (a great many sessions, a slow Redis) goes on after it.
+const LINK_WAITS: Duration = Duration::from_secs(3);
+
+/// The waits of a recheck: for the owners on record, then for the sessions to go.
+const RECHECK_STEP: Duration = Duration::from_secs(10);
 
 impl Broker {
-    /// After [`super::Cluster::suspect_owners`]: [`Self::recheck_owners`], once, with the
-    /// time a link may wait for it. Should Redis not answer, the claims watch rechecks when
-    /// it follows again.
+    /// After [`super::Cluster::suspect_owners`]: [`Self::recheck_owners`], once, waited for
+    /// at most [`LINK_WAITS`]. Should Redis not answer, the next link to come up tries again,
+    /// and so does the claims watch when it follows again.
     pub(crate) async fn recheck_owners_if_suspect(self: &Arc<Self>) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
         let _one_at_a_time = cluster.rechecking.lock().await;
-        if cluster.take_owners_suspect() {
-            match self.recheck_owners(RECHECK_STEP).await {
+        if !cluster.take_owners_suspect() {
+            return;
+        }
+        let broker = self.clone();
+        let recheck = tokio::spawn(async move {
+            match broker.recheck_owners(RECHECK_STEP).await {
                 Some(n) => info!(
                     sessions = n,
                     "back from a cut: sessions claimed elsewhere meanwhile given up"
                 ),
-                // The next link to come up tries again.
-                None => cluster.suspect_owners(),
+                None => {
+                    if let Some(cluster) = broker.cluster.get() {
+                        cluster.suspect_owners();
+                    }
+                }
             }
+        });
+        if tokio::time::timeout(LINK_WAITS, recheck).await.is_err() {
+            warn!("the owners' recheck goes on while the links come up");
         }
     }
 
@@ -179,7 +192,7 @@ pub fn watch(broker: &Arc<Broker>) {
                 Some(ClaimWatch::Following) => {
                     let broker = broker.clone();
                     tokio::spawn(async move {
-                        if let Some(n) = broker.recheck_owners(RECHECK_AFTER_BREAK).await {
+                        if let Some(n) = broker.recheck_owners(RECHECK_STEP).await {
                             info!(
                                 sessions = n,
                                 "claims followed again: sessions claimed elsewhere meanwhile given up"
@@ -191,9 +204,6 @@ pub fn watch(broker: &Arc<Broker>) {
         }
     });
 }
-
-/// The waits of a recheck after the claims watch broke (nothing waits on it).
-const RECHECK_AFTER_BREAK: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
