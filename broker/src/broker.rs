@@ -468,11 +468,13 @@ impl Broker {
         if self.security.has_acl() || adopted_from.is_some() {
             // Subscriptions the ACL allows only in part: each message is checked for read
             // access, inside the match so that a shared group picks a member that may read it.
-            // Likewise a message for adopted sessions picks among them.
+            // Likewise a message for adopted sessions picks among them, and among their
+            // QoS 1 and 2 subscriptions: the dead node may have delivered it to a QoS 0 one,
+            // which is at most once.
             let denied_cell = std::cell::Cell::new(0u64);
             let accept = |s: &Arc<Session>, sub: &Subscription| {
                 if let Some(from) = adopted_from
-                    && !self.is_adopted_from(s, from)
+                    && (sub.options.qos == QoS::AtMostOnce || !self.is_adopted_from(s, from))
                 {
                     return false;
                 }
