@@ -413,19 +413,23 @@ impl RedisSessionStore {
         Ok(owners)
     }
 
+    /// `MGET keys`: each key's value, `None` where there is none.
+    async fn mget<T: ::redis::FromRedisValue>(
+        &self,
+        keys: &[String],
+    ) -> StoreResult<Vec<Option<T>>> {
+        self.run(|mut connection| async move {
+            ::redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+        })
+        .await
+    }
+
     async fn owners_chunk(&self, chunk: &[String]) -> StoreResult<Vec<Option<Owner>>> {
         let keys: Vec<String> = chunk.iter().map(|id| self.owner_key(id)).collect();
-        let values: Vec<Option<String>> = self
-            .run(|mut connection| {
-                let keys = &keys;
-                async move {
-                    ::redis::cmd("MGET")
-                        .arg(keys)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
-            .await?;
+        let values: Vec<Option<String>> = self.mget(&keys).await?;
         Ok(values
             .iter()
             .map(|v| {
@@ -463,17 +467,7 @@ impl RedisSessionStore {
         let mut gone = Vec::new();
         for chunk in client_ids.chunks(MGET_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|id| self.session_key(id)).collect();
-            let values: Vec<Option<Vec<u8>>> = self
-                .run(|mut connection| {
-                    let keys = &keys;
-                    async move {
-                        ::redis::cmd("MGET")
-                            .arg(keys)
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
+            let values: Vec<Option<Vec<u8>>> = self.mget(&keys).await?;
             for ((client_id, key), value) in chunk.iter().zip(&keys).zip(values) {
                 match value {
                     Some(bytes) => {
