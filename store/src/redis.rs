@@ -402,12 +402,12 @@ impl RedisSessionStore {
     /// The owner keys of `client_ids`: `MGET`s of `MGET_CHUNK` keys, sent
     /// [`OWNERS_IN_FLIGHT`] at a time on the one connection.
     async fn owners_of(&self, client_ids: &[String]) -> StoreResult<Vec<Option<Owner>>> {
-        let chunks: Vec<&[String]> = client_ids.chunks(MGET_CHUNK).collect();
         let mut owners = Vec::with_capacity(client_ids.len());
-        for wave in chunks.chunks(OWNERS_IN_FLIGHT) {
-            let answers =
-                futures_util::future::try_join_all(wave.iter().map(|c| self.owners_chunk(c)))
-                    .await?;
+        for wave in client_ids.chunks(MGET_CHUNK * OWNERS_IN_FLIGHT) {
+            let answers = futures_util::future::try_join_all(
+                wave.chunks(MGET_CHUNK).map(|c| self.owners_chunk(c)),
+            )
+            .await?;
             owners.extend(answers.into_iter().flatten());
         }
         Ok(owners)

@@ -77,7 +77,7 @@ impl Broker {
         }
         let broker = self.clone();
         let recheck = tokio::spawn(async move {
-            match broker.recheck_owners(RECHECK_STEP).await {
+            match broker.recheck_owners().await {
                 Some(n) => info!(
                     sessions = n,
                     "back from a cut: sessions claimed elsewhere meanwhile given up"
@@ -96,27 +96,26 @@ impl Broker {
 
     /// Reads the owner on record of every session held here and gives up (as to a claim from
     /// a link, the connection closed with 0x8E, no will) each one another node claimed since
-    /// ours. Waits at most `step` for the owners and `step` for the sessions to go. Returns
-    /// how many were given up, `None` when the owners could not be read.
-    pub(crate) async fn recheck_owners(self: &Arc<Self>, step: Duration) -> Option<usize> {
+    /// ours. Waits at most [`RECHECK_STEP`] for the owners and as long for the sessions to
+    /// go. Returns how many were given up, `None` when the owners could not be read.
+    pub(crate) async fn recheck_owners(self: &Arc<Self>) -> Option<usize> {
         let (Some(p), Some(cluster)) = (&self.persist, self.cluster.get()) else {
             return Some(0);
         };
         if !p.sessions_shared() {
             return Some(0);
         }
-        let held: Vec<(String, u64)> = self
+        let (ids, claimed): (Vec<String>, Vec<u64>) = self
             .sessions
             .all()
             .iter()
             .map(|s| (s.client_id.to_string(), s.claimed()))
-            .collect();
-        if held.is_empty() {
+            .unzip();
+        if ids.is_empty() {
             return Some(0);
         }
-        let ids: Vec<String> = held.iter().map(|(id, _)| id.clone()).collect();
         let stores = p.committer().stores().clone();
-        let owners = match tokio::time::timeout(step, stores.sessions.owners(&ids)).await {
+        let owners = match tokio::time::timeout(RECHECK_STEP, stores.sessions.owners(&ids)).await {
             Ok(Ok(owners)) => owners,
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot check the owners of the sessions held here");
@@ -129,7 +128,7 @@ impl Broker {
         };
         let node = self.config.node_id.as_str();
         let mut giving = tokio::task::JoinSet::new();
-        for ((client_id, ours), owner) in held.into_iter().zip(owners) {
+        for ((client_id, ours), owner) in ids.into_iter().zip(claimed).zip(owners) {
             let Some(owner) = owner.filter(|o| lost_to(node, ours, o)) else {
                 continue;
             };
@@ -143,8 +142,10 @@ impl Broker {
         }
         let n = giving.len();
         // Tasks still running after the wait carry on by themselves.
-        let _ =
-            tokio::time::timeout(step, async { while giving.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(RECHECK_STEP, async {
+            while giving.join_next().await.is_some() {}
+        })
+        .await;
         giving.detach_all();
         Some(n)
     }
@@ -192,7 +193,7 @@ pub fn watch(broker: &Arc<Broker>) {
                 Some(ClaimWatch::Following) => {
                     let broker = broker.clone();
                     tokio::spawn(async move {
-                        if let Some(n) = broker.recheck_owners(RECHECK_STEP).await {
+                        if let Some(n) = broker.recheck_owners().await {
                             info!(
                                 sessions = n,
                                 "claims followed again: sessions claimed elsewhere meanwhile given up"
