@@ -358,15 +358,25 @@ async fn retained_messages_reach_every_node_and_a_late_subscriber_anywhere_gets_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_goes_away_takes_its_routes_with_it() {
+async fn a_node_that_drains_away_takes_its_routes_with_it_at_once() {
+    // (One that stops without a word keeps them for a while: see `forward_acks`.)
     let (mut nodes, _) = mesh(2).await;
-    let (mut s, _) = Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V5, "s", true).await;
-    s.subscribe("x/#", rookery_codec::QoS::AtMostOnce).await;
+    // A persistent session: its subscription outlives the connection, so only the node's
+    // departure (its session handed over, then its link gone) takes the route.
+    let (mut s, _) = Raw::connect(nodes[1].addr(), rookery_codec::Protocol::V311, "s", false).await;
+    s.subscribe("x/#", rookery_codec::QoS::AtLeastOnce).await;
     routed(&nodes[0], "x/y", &["node-1"]).await;
-    drop(s);
+    let started = Instant::now();
     let gone = nodes.pop().unwrap();
+    gone.drain().await;
     gone.shutdown().await;
     routed(&nodes[0], "x/y", &[]).await;
+    assert!(started.elapsed() < rookery_broker::cluster::KEPT_WHILE_DOWN);
+    assert!(
+        nodes[0].broker.sessions.get("s").is_some(),
+        "the drained node's session was handed over"
+    );
+    drop(s);
     nodes.pop().unwrap().shutdown().await;
 }
 
