@@ -263,6 +263,10 @@ impl Broker {
     }
 
     fn is_adopted_from(&self, session: &Session, departed: &str) -> bool {
+        if departed == self.config.node_id {
+            // Our previous life's (`cluster::restart`).
+            return session.is_from_previous_life();
+        }
         session.is_moving()
             && self
                 .cluster

@@ -317,6 +317,7 @@ async fn start_cluster(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Soc
     if let Some(t) = &tls {
         cluster.set_link_tls(t.clone());
     }
+    cluster.set_previous_marks(broker.load_previous_marks().await);
     let _ = broker.cluster.set(cluster.clone());
     broker.router.write().set_cluster(cluster.clone());
     crate::cluster::ownership::watch(broker);

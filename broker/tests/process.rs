@@ -479,3 +479,184 @@ async fn a_publishers_puback_waits_while_the_subscribers_node_is_stopped() {
     }
     assert_eq!(got, 2);
 }
+
+/// Waits until /proc says the process is stopped (a signal takes effect a moment later).
+async fn until_stopped(node: &BrokerProcess) {
+    let stat = format!("/proc/{}/stat", node.pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&stat)
+        .unwrap()
+        .split(") ")
+        .nth(1)
+        .is_some_and(|rest| rest.starts_with('T'))
+    {
+        assert!(std::time::Instant::now() < deadline, "not stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A QoS 1 PUBLISH of `payload` on `t`.
+fn qos1(pid: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "t".into(),
+        packet_id: pid,
+        payload: bytes::Bytes::from_static(payload),
+        properties: Default::default(),
+    })
+}
+
+#[tokio::test]
+async fn a_node_killed_and_restarted_without_redis_gets_what_its_previous_life_had_not_committed() {
+    // Two nodes, each with its own embedded store; node 1 is restarted on its own.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let start = |i: usize| {
+        let (id, link) = (format!("node-{i}"), format!("127.0.0.1:{}", ports[i]));
+        let dir = dirs[i].path().to_str().unwrap().to_owned();
+        let args = [
+            "--log-level",
+            "warn,rookery_broker=info",
+            "--node-id",
+            &id,
+            "--cluster-listen",
+            &link,
+            "--peers",
+            &peers,
+            "--data-dir",
+            &dir,
+        ];
+        let mut node = BrokerProcess::start(binary(), &args).unwrap();
+        node.wait_for_log("cluster links starting", Duration::from_secs(10))
+            .unwrap();
+        node
+    };
+    let mut n0 = start(0);
+    let mut n1 = start(1);
+    for n in [&mut n0, &mut n1] {
+        n.wait_for_log("cluster link up", Duration::from_secs(10))
+            .unwrap();
+    }
+
+    // A persistent session on node 1, offline, subscribed to t at QoS 1.
+    let mut sub = send_connect(n1.addr, Protocol::V311, "sub", false).await;
+    let mut sub_buf = BytesMut::new();
+    let v3 = |s: &mut BytesMut| decode(s, Protocol::V311, usize::MAX).unwrap();
+    let next3 = async |s: &mut TcpStream, buf: &mut BytesMut, wait: Duration| {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(p) = v3(buf) {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, s.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => panic!("connection closed"),
+                Err(_) => return None,
+            }
+        }
+    };
+    assert!(matches!(
+        next3(&mut sub, &mut sub_buf, Duration::from_secs(5)).await,
+        Some(Packet::ConnAck(_))
+    ));
+    let mut out = BytesMut::new();
+    encode(
+        &Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            }],
+            properties: Default::default(),
+        }),
+        Protocol::V311,
+        &mut out,
+    );
+    sub.write_all(&out).await.unwrap();
+    assert!(matches!(
+        next3(&mut sub, &mut sub_buf, Duration::from_secs(5)).await,
+        Some(Packet::SubAck(_))
+    ));
+    drop(sub);
+
+    // Message 1 is committed on node 1 (queued for the offline session, with the mark).
+    let (mut publ, mut pub_buf, _) = connect_v5(n0.addr, "pub").await;
+    let mut pid = 1;
+    loop {
+        send(&mut publ, qos1(pid, b"1")).await;
+        match next_within(&mut publ, &mut pub_buf, Duration::from_secs(5)).await {
+            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => break,
+            Some(Packet::PubAck(a)) if a.reason == reason::NO_MATCHING_SUBSCRIBERS => {}
+            other => panic!("{other:?}"),
+        }
+        pid += 1;
+        assert!(pid < 100, "the route never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Node 1 stops, message 2 is forwarded to it and not handled, and node 1 is killed.
+    n1.signal(19).unwrap();
+    until_stopped(&n1).await;
+    send(&mut publ, qos1(100, b"2")).await;
+    let early = next_within(&mut publ, &mut pub_buf, Duration::from_millis(1000)).await;
+    assert!(
+        early.is_none(),
+        "acknowledged before node 1 had it: {early:?}"
+    );
+    n1.signal(9).unwrap();
+    n1.wait_exit(Duration::from_secs(5)).unwrap();
+
+    // Restarted on its store (a new boot epoch): node 0 sends it message 2, not message 1,
+    // and only then acknowledges it.
+    let mut n1 = start(1);
+    n1.wait_for_log("cluster link up", Duration::from_secs(10))
+        .unwrap();
+    match next_within(&mut publ, &mut pub_buf, Duration::from_secs(10)).await {
+        Some(Packet::PubAck(a)) => assert_eq!((a.packet_id, a.reason), (100, reason::SUCCESS)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        n0.wait_for_log(
+            "previous life had not committed sent to its new one",
+            Duration::from_secs(5)
+        )
+        .is_some_and(|l| l.contains("messages=1") && l.contains("committed_upto=1")),
+        "node 0's log: {:?}",
+        n0.wait_for_log("restarted peer", Duration::from_millis(1))
+    );
+
+    // The subscriber resumes: 1 and 2, once each.
+    let mut sub = send_connect(n1.addr, Protocol::V311, "sub", false).await;
+    let mut sub_buf = BytesMut::new();
+    let mut got = Vec::new();
+    while let Some(p) = next3(&mut sub, &mut sub_buf, Duration::from_secs(2)).await {
+        if let Packet::Publish(p) = p {
+            got.push(p.payload.clone());
+            let mut out = BytesMut::new();
+            encode(
+                &Packet::PubAck(Ack {
+                    packet_id: p.packet_id,
+                    ..Default::default()
+                }),
+                Protocol::V311,
+                &mut out,
+            );
+            sub.write_all(&out).await.unwrap();
+        }
+    }
+    assert_eq!(got, [&b"1"[..], &b"2"[..]]);
+}

@@ -468,6 +468,18 @@ impl Inner {
         }
     }
 
+    fn forward_marks(&self, receiver: &str) -> StoreResult<Vec<ForwardMark>> {
+        let mut out = Vec::new();
+        for kv in self.marks.prefix(client_prefix(receiver)) {
+            let (key, v) = kv.into_inner().map_err(|e| self.err(e))?;
+            let sender = split_key(&key).map_or_else(String::new, |(_, s)| {
+                String::from_utf8_lossy(s).into_owned()
+            });
+            out.push(self.decode(|| format!("forward mark {receiver}/{sender}"), &v)?);
+        }
+        Ok(out)
+    }
+
     fn queue_clients(&self) -> StoreResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         for ks in [&self.queue, &self.incoming] {
@@ -538,6 +550,9 @@ impl QueueStore for EmbeddedStore {
         sender: &'a str,
     ) -> StoreFuture<'a, Option<ForwardMark>> {
         Box::pin(async move { self.blocking(|s| s.forward_mark(receiver, sender)) })
+    }
+    fn forward_marks<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Vec<ForwardMark>> {
+        Box::pin(async move { self.blocking(|s| s.forward_marks(receiver)) })
     }
     fn name(&self) -> &'static str {
         NAME

@@ -170,6 +170,9 @@ pub trait QueueStore: Send + Sync + 'static {
         receiver: &'a str,
         sender: &'a str,
     ) -> StoreFuture<'a, Option<ForwardMark>>;
+    /// Every [`ForwardMark`] `receiver` wrote, the last per sender (a node that restarted
+    /// tells each peer how far its previous life had committed).
+    fn forward_marks<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Vec<ForwardMark>>;
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 }

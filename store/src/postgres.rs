@@ -455,6 +455,27 @@ impl PostgresStore {
         Ok((entries, incoming))
     }
 
+    async fn load_forward_marks(&self, receiver: &str) -> StoreResult<Vec<ForwardMark>> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT sender, receiver_epoch, sender_epoch, upto FROM forward_marks
+             WHERE receiver = $1 ORDER BY sender",
+        )
+        .bind(receiver)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(sender, receiver_epoch, sender_epoch, upto)| ForwardMark {
+                receiver: receiver.to_owned(),
+                receiver_epoch: unbits(receiver_epoch),
+                sender,
+                sender_epoch: unbits(sender_epoch),
+                upto: unbits(upto),
+            })
+            .collect())
+    }
+
     async fn load_forward_mark(
         &self,
         receiver: &str,
@@ -591,6 +612,10 @@ impl QueueStore for PostgresStore {
         sender: &'a str,
     ) -> StoreFuture<'a, Option<ForwardMark>> {
         Box::pin(self.load_forward_mark(receiver, sender))
+    }
+
+    fn forward_marks<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Vec<ForwardMark>> {
+        Box::pin(self.load_forward_marks(receiver))
     }
 
     fn name(&self) -> &'static str {

@@ -471,4 +471,25 @@ async fn forward_marks_survive_a_reopen() {
         .unwrap();
     assert_eq!((m.receiver_epoch, m.sender_epoch, m.upto), (3, 4, 7));
     assert_eq!(store.forward_mark("node-0", "node-1").await.unwrap(), None);
+    // All of one receiver's, the last per sender; not those of a receiver whose id it
+    // begins with.
+    let other = |receiver: &str, sender: &str| {
+        QueueOp::ForwardMark(ForwardMark {
+            receiver: receiver.into(),
+            receiver_epoch: 3,
+            sender: sender.into(),
+            sender_epoch: 5,
+            upto: 1,
+        })
+    };
+    QueueStore::apply(
+        &store,
+        &[other("node-1", "node-2"), other("node-10", "node-0")],
+    )
+    .await
+    .unwrap();
+    let all = store.forward_marks("node-1").await.unwrap();
+    let got: Vec<_> = all.iter().map(|m| (m.sender.as_str(), m.upto)).collect();
+    assert_eq!(got, [("node-0", 7), ("node-2", 1)]);
+    assert!(store.forward_marks("node-3").await.unwrap().is_empty());
 }

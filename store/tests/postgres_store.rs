@@ -672,6 +672,10 @@ async fn forward_marks_keep_the_last_per_pair_and_commit_with_the_entries() {
         1
     );
     assert_eq!(store.forward_mark("node-0", "node-1").await.unwrap(), None);
+    let all = store.forward_marks("node-1").await.unwrap();
+    let got: Vec<_> = all.iter().map(|m| (m.sender.as_str(), m.upto)).collect();
+    assert_eq!(got, [("node-0", 4), ("node-2", 1)]);
+    assert!(store.forward_marks("node-0").await.unwrap().is_empty());
     // A later batch replaces it, epochs included.
     QueueStore::apply(&store, &[mark("node-1", "node-0", 6, 1)])
         .await

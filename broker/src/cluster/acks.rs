@@ -43,6 +43,12 @@ struct Inner {
     /// Its frames are being sent to the nodes that adopted the peer's sessions
     /// ([`Ledger::close_after`]): it takes no more until a link to the peer resumes it.
     closed: bool,
+    /// Frames given up ([`Ledger::give_up`]) and kept for the peer's return: numbered
+    /// `kept_from + 1 ..`, up to the count acknowledged. Nobody waits for them.
+    kept: VecDeque<Frame>,
+    kept_from: u64,
+    /// When the oldest of `kept` was given up.
+    kept_since: Option<std::time::Instant>,
 }
 
 impl Ledger {
@@ -91,6 +97,16 @@ impl Ledger {
         let acked = *self.acked.borrow();
         // A count beyond what was sent is a confused peer: believe no more than was sent.
         let upto = upto.min(inner.next);
+        if upto > inner.kept_from && !inner.kept.is_empty() {
+            let done = usize::try_from(upto - inner.kept_from)
+                .unwrap_or(usize::MAX)
+                .min(inner.kept.len());
+            inner.kept.drain(..done);
+            inner.kept_from += done as u64;
+            if inner.kept.is_empty() {
+                inner.kept_since = None;
+            }
+        }
         if upto <= acked {
             return;
         }
@@ -120,18 +136,25 @@ impl Ledger {
 
     /// A link to the peer (of this epoch) is up: `send` gets `ForwardResume` with the count
     /// acknowledged, then every frame not acknowledged, in order, under the ledger's lock.
-    /// Returns how many frames were sent again.
+    /// Frames given up and kept go first (`ForwardResume` counts from them): the receiver
+    /// skips those it handled. Returns how many frames were sent again.
     pub fn resume(&self, link: u64, mut send: impl FnMut(Frame) -> bool) -> usize {
         let mut inner = self.inner.lock();
         inner.link = link;
         inner.settled = false;
         inner.closed = false;
-        let from = self.acked();
+        let acked = self.acked();
+        if inner.kept_from + inner.kept.len() as u64 != acked {
+            // Not followed by the frames after them (cannot happen: acknowledgements are
+            // cumulative); numbered wrong if sent.
+            Self::forget_kept(&mut inner);
+        }
+        let from = acked - inner.kept.len() as u64;
         if !send(Frame::ForwardResume { from }) {
             return 0;
         }
         let mut n = 0;
-        for f in &inner.tail {
+        for f in inner.kept.iter().chain(&inner.tail) {
             if !send(f.clone()) {
                 break;
             }
@@ -153,12 +176,63 @@ impl Ledger {
         let mut inner = self.inner.lock();
         let given_up = inner.tail.len();
         inner.tail.clear();
+        Self::forget_kept(&mut inner);
         inner.settled = true;
         // A peer of this epoch linked again meanwhile is forwarded to as before.
         inner.closed = false;
         let next = inner.next;
         self.acked.send_replace(next);
         given_up
+    }
+
+    /// As [`Ledger::settle`] (publishers go on), for a peer gone too long whose sessions nobody
+    /// adopted: the frames are kept, for its return (sent again first on a link of the same
+    /// epoch, or after the mark of its previous life when it restarted) until
+    /// [`Ledger::drop_kept_since`]. Returns how many were given up.
+    pub fn give_up(&self, now: std::time::Instant) -> usize {
+        let mut inner = self.inner.lock();
+        let given_up = inner.tail.len();
+        let acked = self.acked();
+        if inner.kept_from + inner.kept.len() as u64 != acked {
+            Self::forget_kept(&mut inner);
+        }
+        if inner.kept.is_empty() {
+            inner.kept_from = acked;
+            inner.kept_since = (given_up > 0).then_some(now);
+        }
+        let tail = std::mem::take(&mut inner.tail);
+        inner.kept.extend(tail);
+        inner.settled = true;
+        inner.closed = false;
+        let next = inner.next;
+        self.acked.send_replace(next);
+        given_up
+    }
+
+    /// Forgets the kept frames if the oldest was given up at or before `at`. Returns how many.
+    pub fn drop_kept_since(&self, at: std::time::Instant) -> usize {
+        let mut inner = self.inner.lock();
+        if inner.kept_since.is_none_or(|s| s > at) {
+            return 0;
+        }
+        let n = inner.kept.len();
+        Self::forget_kept(&mut inner);
+        n
+    }
+
+    fn forget_kept(inner: &mut Inner) {
+        inner.kept.clear();
+        inner.kept_since = None;
+    }
+
+    /// Every frame given up and kept or not acknowledged, with its number, in order (for a
+    /// peer that restarted: what its previous life had not committed goes to its new one).
+    pub fn numbered_all(&self) -> Vec<(u64, Frame)> {
+        let inner = self.inner.lock();
+        let acked = self.acked();
+        let kept = (inner.kept_from + 1..).zip(inner.kept.iter().cloned());
+        let tail = (acked + 1..).zip(inner.tail.iter().cloned());
+        kept.chain(tail).collect()
     }
 
     /// The peer died and its sessions were adopted: the frames it had not acknowledged and
@@ -182,6 +256,12 @@ impl Ledger {
     fn after(&self, inner: &Inner, mark: u64) -> Vec<Frame> {
         let skip = usize::try_from(mark.saturating_sub(self.acked())).unwrap_or(usize::MAX);
         inner.tail.iter().skip(skip).cloned().collect()
+    }
+
+    /// True when frames wait for an acknowledgement or are kept after being given up.
+    pub fn holds(&self) -> bool {
+        let inner = self.inner.lock();
+        !inner.tail.is_empty() || !inner.kept.is_empty()
     }
 
     /// Frames waiting for an acknowledgement.
@@ -489,6 +569,69 @@ mod tests {
         });
         assert_eq!(resent[0], Frame::ForwardResume { from: 2 });
         assert_eq!(ids(&resent), vec![3]);
+    }
+
+    #[test]
+    fn frames_given_up_are_kept_for_the_peers_return_and_sent_first() {
+        let l = Ledger::new(1);
+        for id in 1..=3 {
+            l.take(&publish(id), 10);
+        }
+        l.ack(1);
+        let t0 = std::time::Instant::now();
+        assert_eq!(l.give_up(t0), 2);
+        assert!(l.is_acked(3), "publishers go on");
+        assert_eq!(
+            l.numbered_all().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        // Back (same epoch): from 1, frames 2 and 3 again, then what was taken since.
+        let mut sent = vec![];
+        assert_eq!(
+            l.resume(2, |f| {
+                sent.push(f);
+                true
+            }),
+            2
+        );
+        assert_eq!(sent[0], Frame::ForwardResume { from: 1 });
+        assert_eq!(ids(&sent), [2, 3]);
+        assert_eq!(l.take_and_send(publish(4), 10, |_| true), Some(4));
+        // Gone again before acknowledging them: 2..=4 are kept, in one run.
+        l.give_up(t0);
+        assert_eq!(
+            ids(&l
+                .numbered_all()
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect::<Vec<_>>()),
+            [2, 3, 4]
+        );
+        // An acknowledgement drops those it covers.
+        l.ack(3);
+        assert_eq!(
+            l.numbered_all().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [4]
+        );
+        let mut sent = vec![];
+        l.resume(3, |f| {
+            sent.push(f);
+            true
+        });
+        assert_eq!(sent[0], Frame::ForwardResume { from: 3 });
+        assert_eq!(ids(&sent), [4]);
+        l.ack(4);
+        assert!(l.numbered_all().is_empty());
+        // Kept frames go after their time, or when the ledger is settled.
+        l.take(&publish(5), 10);
+        let t1 = std::time::Instant::now();
+        l.give_up(t1);
+        assert_eq!(l.drop_kept_since(t0), 0, "given up after t0");
+        assert_eq!(l.drop_kept_since(t1), 1);
+        l.take(&publish(6), 10);
+        l.give_up(t1);
+        assert_eq!(l.settle(), 0);
+        assert!(l.numbered_all().is_empty());
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::KEPT_WHILE_DOWN;
 use super::handover::pick_node;
+use super::restart::GIVEN_UP_KEPT;
 use crate::broker::Broker;
 
 /// How long a peer must stay unlinked before its sessions are adopted: a link that drops and
@@ -80,7 +81,18 @@ impl Broker {
                 _ = tokio::time::sleep_until(started + KEPT_WHILE_DOWN) => {}
                 _ = broker.drain.cancelled() => {}
             }
-            cluster.give_up(&peer, link_id);
+            if cluster.give_up(&peer, link_id) == 0 {
+                return;
+            }
+            // What was given up is kept for its return a while longer (`restart.rs`).
+            let (Some(ledger), at) = (cluster.ledger(&peer), std::time::Instant::now()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(GIVEN_UP_KEPT) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            ledger.drop_kept_since(at);
         });
     }
 

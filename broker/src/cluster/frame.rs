@@ -30,7 +30,9 @@ pub const VERSION: u8 = 2;
 /// - 5: `ForwardAck` and `ForwardResume` (forwarded messages are acknowledged, `acks.rs`).
 /// - 6: `Adopted`, `PublishAdopted` and `Resumed` (what a dead node had not committed goes to
 ///   the nodes that adopted its sessions, or resumed one from the store, `reroute.rs`).
-pub const LEVEL: u8 = 6;
+/// - 7: `Restarted` (what a node's previous life had not committed goes to its new one,
+///   `restart.rs`).
+pub const LEVEL: u8 = 7;
 /// The level of a peer whose `Hello` carries no level byte.
 pub const FIRST_LEVEL: u8 = 2;
 /// The largest frame accepted (a forwarded PUBLISH of the largest MQTT packet fits).
@@ -187,6 +189,27 @@ pub enum Frame {
         /// The node the session was read away from.
         departed: String,
     },
+    /// Sent first on every link of level 7: how far the sender's previous life (its last
+    /// boot epoch that committed any) had committed what the receiver forwarded to it, as
+    /// its store says (`None`: nothing, or no store). The receiver sends it, as
+    /// `PublishAdopted` naming the sender, what it had forwarded to that life after the mark
+    /// and not had acknowledged: the sender delivers it to the sessions it restored from its
+    /// store only.
+    Restarted {
+        /// The sender's last forward mark of the receiver's frames.
+        mark: Option<PreviousMark>,
+    },
+}
+
+/// A node's last forward mark of one peer's frames, as a `Restarted` frame carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousMark {
+    /// The node's boot epoch when it wrote the mark.
+    pub receiver_epoch: u64,
+    /// The peer's boot epoch then.
+    pub sender_epoch: u64,
+    /// How many of the peer's frames of that pair of epochs were committed.
+    pub upto: u64,
 }
 
 /// A delivery relayed for a session handed over, as `Deliver` and `DeliverInGroup` carry it.
@@ -487,6 +510,15 @@ mod tests {
             departed: "node-2".into(),
         };
         encode(&resumed, &mut wire);
+        let restarted = Frame::Restarted {
+            mark: Some(PreviousMark {
+                receiver_epoch: 1,
+                sender_epoch: u64::MAX,
+                upto: 41,
+            }),
+        };
+        encode(&restarted, &mut wire);
+        encode(&Frame::Restarted { mark: None }, &mut wire);
         // Fed a byte at a time, the decoder waits, then yields each frame once.
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -496,7 +528,7 @@ mod tests {
                 got.push(f);
             }
         }
-        assert_eq!(got.len(), 9);
+        assert_eq!(got.len(), 11);
         assert_eq!(got[..2], [hello(), Frame::Heartbeat]);
         assert_eq!(got[2], message);
         assert_eq!(
@@ -506,7 +538,9 @@ mod tests {
                 Frame::ForwardAck { upto: u64::MAX },
                 adopted,
                 again,
-                resumed
+                resumed,
+                restarted,
+                Frame::Restarted { mark: None }
             ]
         );
         assert!(buf.is_empty());

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::acks;
 use super::frame::{self, Frame, Hello};
+use super::restart;
 use super::{Cluster, LinkQueue, PeerLink, Registered};
 use crate::broker::Broker;
 use crate::connection::{resume_below, wait_for_space};
@@ -341,6 +342,14 @@ async fn run(
         debug!(peer, "second link to a linked peer closed");
         return Ok(());
     }
+    if level >= restart::RESTART_LEVEL {
+        // How far our previous life committed its frames: it sends the rest for the sessions
+        // we restored (`restart.rs`).
+        let mark = cluster.previous_mark(&peer);
+        let _ = tx.send(Frame::Restarted { mark });
+        // And its previous life's, if it restarted, waits for its word.
+        broker.watch_orphan(&peer);
+    }
     {
         // Our routes, queued under the router's lock: every change after this snapshot is
         // queued after it, every change before it is in it.
@@ -620,6 +629,7 @@ fn handle_frames(
             }
             Frame::Adopted { departed } => cluster.note_adopted(peer, &departed),
             Frame::Resumed { departed } => broker.resend_for_resumed(departed, Some(peer.into())),
+            Frame::Restarted { mark } => broker.resend_to_restarted(peer, mark),
             f @ (Frame::Publish { .. } | Frame::PublishAdopted { .. }) => {
                 // Sent again after a reconnection and handled already: skipped.
                 if let Some(acks) = acks.as_mut()

@@ -18,6 +18,7 @@ pub mod handover;
 pub mod link;
 pub mod ownership;
 pub mod reroute;
+pub mod restart;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -208,6 +209,11 @@ pub struct Cluster {
     owners_suspect: std::sync::atomic::AtomicBool,
     /// One recheck of the owners at a time: links coming up together wait for the first.
     pub(crate) rechecking: tokio::sync::Mutex<()>,
+    /// The ledgers of peers' previous lives (they restarted) that still hold frames, until
+    /// the peer says how far that life committed (`restart.rs`).
+    orphans: Mutex<AHashMap<String, Arc<acks::Ledger>>>,
+    /// This node's previous life's forward marks, per sender, read from its store at start.
+    previous_marks: std::sync::OnceLock<AHashMap<String, frame::PreviousMark>>,
 }
 
 /// What registering a new link decided.
@@ -248,7 +254,37 @@ impl Cluster {
             adopted: Mutex::new(AHashMap::new()),
             adopted_changed: tokio::sync::Notify::new(),
             rerouted: Mutex::new(AHashMap::new()),
+            orphans: Mutex::new(AHashMap::new()),
+            previous_marks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets this node's previous life's forward marks (once, before any link is up).
+    pub fn set_previous_marks(&self, marks: AHashMap<String, frame::PreviousMark>) {
+        let _ = self.previous_marks.set(marks);
+    }
+
+    /// This node's previous life's forward mark of `peer`'s frames, if its store has one.
+    pub fn previous_mark(&self, peer: &str) -> Option<frame::PreviousMark> {
+        self.previous_marks.get()?.get(peer).copied()
+    }
+
+    /// The ledger of `peer`'s previous life, if it still holds frames.
+    pub fn orphan(&self, peer: &str) -> Option<Arc<acks::Ledger>> {
+        self.orphans.lock().get(peer).cloned()
+    }
+
+    /// Takes the ledger of `peer`'s previous life, if it is `ledger` (any, for `None`).
+    pub fn take_orphan(
+        &self,
+        peer: &str,
+        ledger: Option<&Arc<acks::Ledger>>,
+    ) -> Option<Arc<acks::Ledger>> {
+        let mut orphans = self.orphans.lock();
+        let ours = orphans
+            .get(peer)
+            .is_some_and(|o| ledger.is_none_or(|l| Arc::ptr_eq(o, l)));
+        if ours { orphans.remove(peer) } else { None }
     }
 
     /// `peer` said it adopted its share of `departed`'s sessions.
@@ -446,8 +482,16 @@ impl Cluster {
         let ledger = match old {
             Some(l) if l.epoch == link.epoch => l,
             old => {
-                if let Some(old) = old {
-                    self.count_given_up(peer, old.settle());
+                match old {
+                    // It restarted: it says how far its previous life committed, and is sent
+                    // the rest (`restart.rs`); the publishers wait for that a little longer.
+                    Some(old) if link.level >= restart::RESTART_LEVEL && old.holds() => {
+                        if let Some(older) = self.orphans.lock().insert(peer.to_owned(), old) {
+                            self.count_given_up(peer, older.settle());
+                        }
+                    }
+                    Some(old) => self.count_given_up(peer, old.settle()),
+                    None => {}
                 }
                 let l = Arc::new(acks::Ledger::new(link.epoch));
                 ledgers.insert(peer.to_owned(), l.clone());
@@ -509,10 +553,11 @@ impl Cluster {
         false
     }
 
-    /// `peer`, down since its link `link_id` went, is not coming back in time (or its sessions
-    /// were adopted): its routes go and what waits for it is given up (counted as dropped), so
-    /// that its publishers' acknowledgements go out. Nothing if it came back meanwhile.
-    /// Returns how many messages were given up.
+    /// `peer`, down since its link `link_id` went, is not coming back in time and nobody
+    /// adopted its sessions: its routes go and what waits for it is given up (counted as
+    /// dropped), so that its publishers' acknowledgements go out, and kept, for its return
+    /// ([`acks::Ledger::give_up`]). Nothing if it came back meanwhile. Returns how many
+    /// messages were given up.
     pub fn give_up(&self, peer: &str, link_id: u64) -> usize {
         if self.is_up(peer) {
             return 0;
@@ -523,7 +568,8 @@ impl Cluster {
         };
         self.unkeep(peer);
         self.remote.write().drop_peer(peer);
-        let given_up = ledger.settle();
+        // Kept for its return, which may still come (`Ledger::give_up`).
+        let given_up = ledger.give_up(std::time::Instant::now());
         self.count_given_up(peer, given_up);
         given_up
     }
@@ -546,7 +592,7 @@ impl Cluster {
         self.any_kept.load(Ordering::Relaxed)
     }
 
-    fn count_given_up(&self, peer: &str, n: usize) {
+    pub(crate) fn count_given_up(&self, peer: &str, n: usize) {
         if n == 0 {
             return;
         }

@@ -55,9 +55,10 @@ fn promised(frame: Frame) -> Option<(u64, StoredMessage, Vec<String>)> {
 
 impl Broker {
     /// Writes how far this node has handled what `sender` (boot epoch `sender_epoch`)
-    /// forwarded: `upto` frames. Only where another node can read it (a shared queue store).
+    /// forwarded: `upto` frames. Read by the nodes that adopt its sessions (a shared queue
+    /// store), or by itself after a restart (`restart.rs`).
     pub fn write_forward_mark(&self, sender: &str, sender_epoch: u64, upto: u64) -> Option<Ticket> {
-        let p = self.persist.as_ref().filter(|p| p.queues_shared())?;
+        let p = self.persist.as_ref()?;
         let cluster = self.cluster.get()?;
         Some(p.submit([Op::Queue(QueueOp::ForwardMark(
             rookery_store::ForwardMark {

@@ -73,7 +73,8 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
         timers.extend(restore_session(
             broker,
             Some(&p),
-            None,
+            // What the previous life had not committed may come for it (`cluster::restart`).
+            Some(&|s: &Arc<crate::session::Session>| s.set_from_previous_life()),
             record,
             entries,
             incoming,

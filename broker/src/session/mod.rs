@@ -152,6 +152,9 @@ pub struct Session {
     /// Moving between nodes: its deliveries are relayed or checked for duplicates (see
     /// `cluster::handover`).
     moving: AtomicBool,
+    /// Restored from the store at start and not started clean since: what this node's
+    /// previous life had not committed is for it (`cluster::restart`).
+    previous_life: AtomicBool,
     queue: Mutex<Queue>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
@@ -225,6 +228,7 @@ impl Session {
             online: AtomicBool::new(false),
             durable: AtomicBool::new(false),
             moving: AtomicBool::new(false),
+            previous_life: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             space: Notify::new(),
@@ -269,6 +273,16 @@ impl Session {
     /// True while the session moves between nodes.
     pub fn is_moving(&self) -> bool {
         self.moving.load(Ordering::Relaxed)
+    }
+
+    /// True when the session was restored at start and has not been started clean since.
+    pub fn is_from_previous_life(&self) -> bool {
+        self.previous_life.load(Ordering::Relaxed)
+    }
+
+    /// Marks the session as restored at start.
+    pub fn set_from_previous_life(&self) {
+        self.previous_life.store(true, Ordering::Relaxed);
     }
 
     /// Marks the session as moving between nodes, or not.
@@ -434,6 +448,7 @@ impl Session {
             let old = std::mem::take(&mut attachment.state);
             attachment.discarded_subscriptions = old.subscriptions.into_keys().collect();
             self.queue.lock().clear();
+            self.previous_life.store(false, Ordering::Relaxed);
         } else {
             // Resumed before the will delay passed: the will is not sent.
             attachment.session_present = true;

@@ -50,8 +50,14 @@ impl Peer {
         self.stream.write_all(&out).await.unwrap();
     }
 
-    /// The next frame other than a heartbeat or a route change.
+    /// The next frame other than a heartbeat, a route change or the node's `Restarted`.
     pub(crate) async fn next(&mut self) -> Frame {
+        self.next_but(|f| matches!(f, Frame::Restarted { .. }))
+            .await
+    }
+
+    /// The next frame other than a heartbeat, a route change or one `skip` says.
+    pub(crate) async fn next_but(&mut self, skip: impl Fn(&Frame) -> bool) -> Frame {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 while let Some(f) = frame::decode(&mut self.buf).unwrap() {
@@ -63,6 +69,7 @@ impl Peer {
                         | Frame::RouteRemove(_)
                         | Frame::Claim { .. }
                         | Frame::Claims(_) => {}
+                        f if skip(&f) => {}
                         f => return f,
                     }
                 }
@@ -249,9 +256,9 @@ async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_coun
     until("the link down", || up(&a).is_empty()).await;
     p.expect_silence(Duration::from_millis(200)).await;
 
-    // It comes back restarted (a new epoch): its old life's messages are given up, and the
-    // publisher hears back.
-    let mut z = Peer::link(port, frame::LEVEL, 2).await;
+    // It comes back restarted (a new epoch) at level 6: its old life's messages are given
+    // up, and the publisher hears back. (From level 7 it is sent them: see below.)
+    let mut z = Peer::link(port, 6, 2).await;
     z.send(&[Frame::Routes(vec!["t".into()])]).await;
     expect_puback(&mut p, 1).await;
     assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
@@ -279,7 +286,190 @@ async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_coun
         value(&m, "rookery_cluster_forward_dropped_total{peer=\"node-z\"}"),
         3.0
     );
+
+    // Back after all, the same life: what was given up comes again first (kept for a while,
+    // `restart::GIVEN_UP_KEPT`), numbered as before.
+    let mut z = Peer::link(port, 6, 2).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    assert_eq!(z.next_publish().await, "2");
+    assert_eq!(z.next_publish().await, "3");
+    send_qos1(&mut p, "4", 4).await;
+    assert_eq!(z.next_publish().await, "4");
+    z.send(&[Frame::ForwardAck { upto: 3 }]).await;
+    expect_puback(&mut p, 4).await;
     a.shutdown().await;
+}
+
+/// The payload of a `PublishAdopted` for `departed`'s sessions.
+fn adopted_payload(f: Frame, departed: &str) -> String {
+    match f {
+        Frame::PublishAdopted {
+            departed: d,
+            message,
+            ..
+        } => {
+            assert_eq!(d, departed);
+            String::from_utf8_lossy(&message.payload).into()
+        }
+        other => panic!("not a PublishAdopted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_sent_what_its_previous_life_had_not_committed() {
+    let port = free_port();
+    let (a, mut z, mut p) = linked_with_publisher(port).await;
+    let metrics = a.metrics_addr.unwrap();
+    let epoch = a.broker.cluster.get().unwrap().epoch;
+    for (pid, m) in [(1, "1"), (2, "2"), (3, "3")] {
+        send_qos1(&mut p, m, pid).await;
+    }
+    for m in ["1", "2", "3"] {
+        assert_eq!(z.next_publish().await, m);
+    }
+    z.send(&[Frame::ForwardAck { upto: 1 }]).await;
+    expect_puback(&mut p, 1).await;
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+
+    // A new life (epoch 2): the publishers of 2 and 3 wait for its word.
+    let mut z = Peer::link(port, frame::LEVEL, 2).await;
+    z.send(&[Frame::Routes(vec!["t".into()])]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    p.expect_silence(Duration::from_millis(300)).await;
+    // Its previous life had committed 2 of our frames: 3 comes again, for the sessions it
+    // restored, numbered in the new life's count.
+    let mark = frame::PreviousMark {
+        receiver_epoch: 1,
+        sender_epoch: epoch,
+        upto: 2,
+    };
+    z.send(&[Frame::Restarted { mark: Some(mark) }]).await;
+    assert_eq!(adopted_payload(z.next().await, "node-z"), "3");
+    p.expect_silence(Duration::from_millis(300)).await;
+    z.send(&[Frame::ForwardAck { upto: 1 }]).await;
+    expect_puback(&mut p, 2).await;
+    expect_puback(&mut p, 3).await;
+    // New messages go the usual way.
+    send_qos1(&mut p, "4", 4).await;
+    assert_eq!(z.next_publish().await, "4");
+    z.send(&[Frame::ForwardAck { upto: 2 }]).await;
+    expect_puback(&mut p, 4).await;
+    let m = scrape(metrics).await;
+    assert_eq!(
+        value(
+            &m,
+            "rookery_cluster_forward_rerouted_total{peer=\"node-z\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "rookery_cluster_forward_dropped_total{peer=\"node-z\"}"),
+        0.0
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_that_says_nothing_releases_its_publishers_and_is_sent_them_later() {
+    let port = free_port();
+    let (a, mut z, mut p) = linked_with_publisher(port).await;
+    send_qos1(&mut p, "1", 1).await;
+    assert_eq!(z.next_publish().await, "1");
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    let z = Peer::link(port, frame::LEVEL, 2).await;
+    let silent = Instant::now();
+    expect_puback_within(&mut p, 1, Duration::from_secs(15)).await;
+    assert!(silent.elapsed() >= rookery_broker::cluster::restart::RESTARTED_WAIT / 2);
+    // Its word on a later link of that life: the message comes, though nobody waits now.
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    let mut z = Peer::link(port, frame::LEVEL, 2).await;
+    z.send(&[Frame::Restarted { mark: None }]).await;
+    assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
+    assert_eq!(adopted_payload(z.next().await, "node-z"), "1");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_its_store_says_how_far_it_had_committed_and_delivers_the_rest_to_its_restored_sessions()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |port: u16| {
+        let data = dir.path().to_path_buf();
+        node_with("node-a", "prod", port, &[], move |c| {
+            c.data_dir = data;
+            c.durability = rookery_broker::config::DurabilityMode::Sync;
+        })
+    };
+    let port = free_port();
+    let a = start(port).await;
+    let mut connect = connect_packet(Protocol::V5, "dev", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut d, _) = Raw::connect_with(a.addr(), connect.clone()).await;
+    d.subscribe("t", QoS::AtLeastOnce).await;
+    d.disconnect().await;
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    until("linked", || up(&a) == ["node-z"]).await;
+    // A fresh node has no mark of ours.
+    let restarted = |f: &Frame| !matches!(f, Frame::Restarted { .. });
+    assert_eq!(z.next_but(restarted).await, Frame::Restarted { mark: None });
+    z.send(&[Frame::ForwardResume { from: 0 }, forwarded(7, "kept")])
+        .await;
+    z.expect_ack(1).await;
+    let old_epoch = a.broker.cluster.get().unwrap().epoch;
+    a.shutdown().await;
+    drop(z);
+
+    // Restarted on its store: it says it had committed our frame 1.
+    let port = free_port();
+    let a = start(port).await;
+    assert!(a.broker.cluster.get().unwrap().epoch > old_epoch);
+    let mut z = Peer::link(port, frame::LEVEL, 1).await;
+    let mark = frame::PreviousMark {
+        receiver_epoch: old_epoch,
+        sender_epoch: 1,
+        upto: 1,
+    };
+    assert_eq!(
+        z.next_but(restarted).await,
+        Frame::Restarted { mark: Some(mark) }
+    );
+    // A session started since (clean) has a subscription too; what the previous life had not
+    // committed is for the restored one only.
+    let (mut other, _) = Raw::connect(a.addr(), Protocol::V5, "other", true).await;
+    other.subscribe("t", QoS::AtLeastOnce).await;
+    let again = match forwarded(8, "again") {
+        Frame::Publish {
+            id,
+            message,
+            groups,
+        } => Frame::PublishAdopted {
+            departed: "node-a".into(),
+            id,
+            message,
+            groups,
+        },
+        _ => unreachable!(),
+    };
+    z.send(&[Frame::ForwardResume { from: 0 }, again]).await;
+    z.expect_ack(1).await;
+    other.expect_silence(Duration::from_millis(300)).await;
+    let (mut d, _) = Raw::connect_with(a.addr(), connect).await;
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(p)) = d.recv_within(Duration::from_millis(500)).await {
+        got.push(String::from_utf8_lossy(&p.payload).to_string());
+        d.send(Packet::PubAck(rookery_codec::Ack {
+            packet_id: p.packet_id,
+            ..Default::default()
+        }))
+        .await;
+    }
+    assert_eq!(got, ["kept", "again"]);
+    a.shutdown().await;
+    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
