@@ -224,8 +224,8 @@ impl Broker {
     }
 
     /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
-    /// again, so no loops), and a retained one into the index without a store write (the
-    /// node it was published on stored it). Returns a session whose queue it pushed over its
+    /// again, so no loops), and a retained one into the index, and into this node's store
+    /// unless that is shared (then the node it was published on stored it). Returns a session whose queue it pushed over its
     /// limit (the link then stops reading until it drains: backpressure to the peer), and the
     /// commit of its store writes (the peer's acknowledgement waits for it in `sync`).
     pub fn route_forwarded(
@@ -448,16 +448,20 @@ impl Broker {
         // A message sent again for adopted sessions was retained where it was published.
         if message.retain && adopted_from.is_none() {
             // `$SYS` values are the broker's own and current only while it runs: not stored.
-            let stored = self
-                .persist
-                .as_ref()
-                .filter(|_| published_here && !message.topic.starts_with("$SYS"));
+            // A peer's is stored here too unless the store is shared (the node it was
+            // published on wrote it there): a node restarted on its own disk has them all.
+            let stored = self.persist.as_ref().filter(|p| {
+                !message.topic.starts_with("$SYS") && (published_here || !p.retained_shared())
+            });
             if let Some(p) = stored {
-                if message.qos != QoS::AtMostOnce && !p.accepts_messages() {
+                if published_here && message.qos != QoS::AtMostOnce && !p.accepts_messages() {
                     routed.refused = true;
                     return routed;
                 }
-                routed.ticket = Some(self.store_retained(p, message));
+                // A peer's goes into the index even when the store cannot take it.
+                if published_here || p.accepts_messages() {
+                    routed.ticket = Some(self.store_retained(p, message));
+                }
             }
             let mut retained = self.retained.write();
             if message.payload.is_empty() {

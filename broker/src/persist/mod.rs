@@ -144,6 +144,11 @@ impl Persist {
         self.committer.stores().sessions.name() != rookery_store::embedded::NAME
     }
 
+    /// True when retained messages are in a store every node shares (PostgreSQL).
+    pub fn retained_shared(&self) -> bool {
+        self.committer.stores().retained.name() != rookery_store::embedded::NAME
+    }
+
     /// True when queued messages are in a store every node shares (PostgreSQL).
     pub fn queues_shared(&self) -> bool {
         self.committer.stores().queue.name() != rookery_store::embedded::NAME

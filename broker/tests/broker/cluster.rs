@@ -358,6 +358,48 @@ async fn retained_messages_reach_every_node_and_a_late_subscriber_anywhere_gets_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_its_own_store_has_the_retained_messages_published_elsewhere() {
+    let ports = [free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let with_store = |i: usize| {
+        let data = dirs[i].path().to_path_buf();
+        move |c: &mut rookery_broker::Config| {
+            c.data_dir = data;
+            c.durability = rookery_broker::config::DurabilityMode::Sync;
+        }
+    };
+    let n0 = node_with("node-0", "prod", ports[0], &peers, with_store(0)).await;
+    let n1 = node_with("node-1", "prod", ports[1], &peers, with_store(1)).await;
+    until("linked", || up(&n0).len() == 1 && up(&n1).len() == 1).await;
+    let (mut p, _) = Raw::connect(n0.addr(), rookery_codec::Protocol::V5, "p", true).await;
+    let qos1 = rookery_codec::QoS::AtLeastOnce;
+    p.publish("status/a", b"on", qos1, true, 1).await;
+    p.publish("status/b", b"x", qos1, true, 2).await;
+    // Cleared where it was published: cleared in every node's store too.
+    p.publish("status/b", b"", qos1, true, 3).await;
+    let b = n1.broker.clone();
+    until("node 1 has the retained messages", || {
+        let r = b.retained.read();
+        r.len() == 1 && r.matching("status/b").is_empty()
+    })
+    .await;
+    drop(b);
+    n1.shutdown().await;
+    n0.shutdown().await;
+
+    // Node 1 alone on its disk: node 0's retained message is there, the cleared one is not.
+    let n1 = start(with_store(1)).await;
+    assert_eq!(n1.broker.retained.read().len(), 1);
+    let (mut late, _) = Raw::connect(n1.addr(), rookery_codec::Protocol::V5, "late", true).await;
+    late.subscribe("status/#", qos1).await;
+    let m = late.recv_publish().await;
+    assert_eq!((&m.topic[..], &m.payload[..]), ("status/a", &b"on"[..]));
+    late.expect_silence(Duration::from_millis(200)).await;
+    n1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_drains_away_takes_its_routes_with_it_at_once() {
     // (One that stops without a word keeps them for a while: see `forward_acks`.)
     let (mut nodes, _) = mesh(2).await;
