@@ -12,10 +12,26 @@ use crate::support::*;
 pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Held until this test process exits: a port is claimed by one process at a time (nextest
+    // runs each test in its own), even between this check and the node's bind.
+    static CLAIMS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("rookery-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Below the OS's ephemeral range, so no outgoing connection takes it meanwhile.
     let base = 20_000 + (std::process::id() % 500) as u16 * 20;
     loop {
         let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMS.lock().unwrap().push(lock);
             return port;
         }
     }
@@ -927,6 +943,13 @@ async fn link_certificates_rotate_with_a_reload() {
          (ca, cert, key): (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)| {
             let (peers, port) = (peers.clone(), ports[i]);
             async move {
+                // A node shut down on this port a moment ago: its link listener goes with its
+                // link tasks, which shutdown cancels without waiting for them.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    assert!(Instant::now() < deadline, "port {port} still taken");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 start(move |c| {
                     c.node_id = format!("node-{i}");
                     c.cluster_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
