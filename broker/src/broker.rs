@@ -305,6 +305,21 @@ impl Broker {
         }
     }
 
+    /// A claim another node made in the shared session store (`ownership::watch`). One made
+    /// a millisecond after ours is an adoption of our session (`adoption.rs` claims just after
+    /// the departed node's own claim), not a connection: the client is alive and reconnects
+    /// there, where the adopted session keeps its will, so ours goes without publishing it.
+    pub fn stored_claim(self: &Arc<Self>, peer: &str, client_id: &str, at_ms: u64) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let (at_ms, node) = cluster.note_claim(client_id, at_ms, peer);
+        if let Some(session) = self.sessions.get(client_id) {
+            let adoption = at_ms == session.claimed().saturating_add(1);
+            self.lose_to(&session, at_ms, &node, adoption);
+        }
+    }
+
     /// A peer's connections on link-up (after a partition, both sides may have one of the
     /// same id): for each of ours that is older, ours goes, without its will (the client is
     /// alive, connected there).

@@ -409,47 +409,13 @@ async fn a_publishers_puback_waits_while_the_subscribers_node_is_stopped() {
         Some(Packet::SubAck(_))
     ));
     let (mut publ, mut pub_buf, _) = connect_v5(nodes[0].addr, "pub").await;
-    let publish = |pid: u16| {
-        Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: "t".into(),
-            packet_id: pid,
-            payload: bytes::Bytes::from_static(b"x"),
-            properties: Default::default(),
-        })
-    };
-    // Until node 1's route reaches node 0, a message finds no subscriber (0x10).
-    let mut pid = 1;
-    loop {
-        send(&mut publ, publish(pid)).await;
-        match next_within(&mut publ, &mut pub_buf, Duration::from_secs(5)).await {
-            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => break,
-            Some(Packet::PubAck(a)) if a.reason == reason::NO_MATCHING_SUBSCRIBERS => {}
-            other => panic!("{other:?}"),
-        }
-        pid += 1;
-        assert!(pid < 100, "the route never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut pid = publish_once_routed(&mut publ, &mut pub_buf, b"x").await;
 
     // The subscriber's node stops (SIGSTOP; shorter than the failure detector's 3.5 s).
     nodes[1].signal(19).unwrap();
-    // Stopped once /proc says so (the signal takes effect a moment later).
-    let stat = format!("/proc/{}/stat", nodes[1].pid());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&stat)
-        .unwrap()
-        .split(") ")
-        .nth(1)
-        .is_some_and(|rest| rest.starts_with('T'))
-    {
-        assert!(std::time::Instant::now() < deadline, "not stopped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_stopped(&nodes[1]).await;
     pid += 1;
-    send(&mut publ, publish(pid)).await;
+    send(&mut publ, qos1(pid, b"x")).await;
     let early = next_within(&mut publ, &mut pub_buf, Duration::from_millis(1000)).await;
     assert!(
         early.is_none(),
@@ -495,6 +461,27 @@ async fn until_stopped(node: &BrokerProcess) {
     }
 }
 
+/// Publishes `payload` on `t` at QoS 1 until a subscriber on another node has it: until that
+/// node's route arrives, a message finds no subscriber (0x10). Returns the packet id used.
+async fn publish_once_routed(
+    publ: &mut TcpStream,
+    buf: &mut BytesMut,
+    payload: &'static [u8],
+) -> u16 {
+    let mut pid = 1;
+    loop {
+        send(publ, qos1(pid, payload)).await;
+        match next_within(publ, buf, Duration::from_secs(5)).await {
+            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => return pid,
+            Some(Packet::PubAck(a)) if a.reason == reason::NO_MATCHING_SUBSCRIBERS => {}
+            other => panic!("{other:?}"),
+        }
+        pid += 1;
+        assert!(pid < 100, "the route never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A QoS 1 PUBLISH of `payload` on `t`.
 fn qos1(pid: u16, payload: &'static [u8]) -> Packet {
     Packet::Publish(Publish {
@@ -524,23 +511,8 @@ async fn a_node_killed_and_restarted_without_redis_gets_what_its_previous_life_h
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let start = |i: usize| {
         let (id, link) = (format!("node-{i}"), format!("127.0.0.1:{}", ports[i]));
-        let dir = dirs[i].path().to_str().unwrap().to_owned();
-        let args = [
-            "--log-level",
-            "warn,rookery_broker=info",
-            "--node-id",
-            &id,
-            "--cluster-listen",
-            &link,
-            "--peers",
-            &peers,
-            "--data-dir",
-            &dir,
-        ];
-        let mut node = BrokerProcess::start(binary(), &args).unwrap();
-        node.wait_for_log("cluster links starting", Duration::from_secs(10))
-            .unwrap();
-        node
+        let dir = dirs[i].path().to_str().unwrap();
+        rookery_e2e::start_cluster_node(binary(), &id, &link, &peers, &["--data-dir", dir]).unwrap()
     };
     let mut n0 = start(0);
     let mut n1 = start(1);
@@ -595,18 +567,7 @@ async fn a_node_killed_and_restarted_without_redis_gets_what_its_previous_life_h
 
     // Message 1 is committed on node 1 (queued for the offline session, with the mark).
     let (mut publ, mut pub_buf, _) = connect_v5(n0.addr, "pub").await;
-    let mut pid = 1;
-    loop {
-        send(&mut publ, qos1(pid, b"1")).await;
-        match next_within(&mut publ, &mut pub_buf, Duration::from_secs(5)).await {
-            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => break,
-            Some(Packet::PubAck(a)) if a.reason == reason::NO_MATCHING_SUBSCRIBERS => {}
-            other => panic!("{other:?}"),
-        }
-        pid += 1;
-        assert!(pid < 100, "the route never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_once_routed(&mut publ, &mut pub_buf, b"1").await;
 
     // Node 1 stops, message 2 is forwarded to it and not handled, and node 1 is killed.
     n1.signal(19).unwrap();

@@ -196,22 +196,14 @@ pub fn start_cluster(
         .join(",");
     let mut nodes = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        let (id, link) = (format!("{prefix}-{i}"), format!("127.0.0.1:{port}"));
-        let mut all = vec![
-            "--log-level",
-            "warn,rookery_broker=info",
-            "--node-id",
-            &id,
-            "--cluster-listen",
+        let link = format!("127.0.0.1:{port}");
+        nodes.push(start_cluster_node(
+            binary,
+            &format!("{prefix}-{i}"),
             &link,
-            "--peers",
             &peers,
-        ];
-        all.extend_from_slice(args);
-        let mut node = BrokerProcess::start(binary, &all)?;
-        node.wait_for_log("cluster links starting", Duration::from_secs(10))
-            .context("the cluster links did not start")?;
-        nodes.push(node);
+            args,
+        )?);
     }
     // Only the link that stays logs "up" (the larger node hangs up its own dial unseen).
     for node in &mut nodes {
@@ -219,6 +211,33 @@ pub fn start_cluster(
             .context("no cluster link came up")?;
     }
     Ok(nodes)
+}
+
+/// Starts node `id` of a loopback cluster, its link listener on `link`, the cluster's `peers`
+/// (comma-separated, itself included), with `args` too; returns once its links are starting.
+/// With info logging, as [`start_cluster`].
+pub fn start_cluster_node(
+    binary: &Path,
+    id: &str,
+    link: &str,
+    peers: &str,
+    args: &[&str],
+) -> anyhow::Result<BrokerProcess> {
+    let mut all = vec![
+        "--log-level",
+        "warn,rookery_broker=info",
+        "--node-id",
+        id,
+        "--cluster-listen",
+        link,
+        "--peers",
+        peers,
+    ];
+    all.extend_from_slice(args);
+    let mut node = BrokerProcess::start(binary, &all)?;
+    node.wait_for_log("cluster links starting", Duration::from_secs(10))
+        .context("the cluster links did not start")?;
+    Ok(node)
 }
 
 /// Finds `listening on ADDR` in a log line (text or JSON).

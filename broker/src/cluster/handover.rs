@@ -611,7 +611,7 @@ impl Broker {
         // Unasked (a drain), the session is parked: no connection of ours to compare with.
         let claim_at = if at_ms == PUSHED { u64::MAX } else { at_ms };
         let Some((x, username, by_password, session_id)) = self
-            .take_session(client_id, (claim_at, peer), Some(peer))
+            .take_session(client_id, (claim_at, peer), Some(peer), false)
             .await
         else {
             if at_ms != PUSHED {
@@ -707,16 +707,18 @@ impl Broker {
 
     /// A newer connection of `client_id` exists on another node (claimed at `at_ms` by
     /// `node`): ours (if older) is closed and our copy of the session ends. After a clean
-    /// start there, its will is published; when that connection resumed (`resumed`: a claim
-    /// learned after a partition healed), the client is alive and its session lives there.
-    /// True when it was here.
+    /// start there, its will is published; with `resumed` (a claim learned after a partition
+    /// healed, or an adoption's) the client is alive or its session lives on there with its
+    /// will, and none is published here. True when it was here.
     pub async fn discard_for_peer(
         self: &Arc<Self>,
         client_id: &str,
         (at_ms, node): (u64, &str),
         resumed: bool,
     ) -> bool {
-        let Some((x, username, _, _)) = self.take_session(client_id, (at_ms, node), None).await
+        let Some((x, username, _, _)) = self
+            .take_session(client_id, (at_ms, node), None, resumed)
+            .await
         else {
             return false;
         };
@@ -731,12 +733,15 @@ impl Broker {
     /// whether the newcomer resumes: it does when the session goes `to` a node), then takes
     /// the session out: our own disk's copy deleted (a shared copy is the new owner's), our
     /// writes for it landed. Its routes stay, relaying to `to` until the other nodes know the
-    /// new ones ([`Broker::finish_relay`]); without `to` they are withdrawn at once.
+    /// new ones ([`Broker::finish_relay`]); without `to` they are withdrawn at once. `moved`:
+    /// the client is alive elsewhere, or its session went on elsewhere with its will, so the
+    /// connection closed here publishes none.
     async fn take_session(
         self: &Arc<Self>,
         client_id: &str,
         (at_ms, by): (u64, &str),
         to: Option<&str>,
+        moved: bool,
     ) -> Option<(Extracted, Option<ByteString>, bool, SessionId)> {
         let resumes = to.is_some();
         let session = self.sessions.get(client_id)?;
@@ -748,7 +753,7 @@ impl Broker {
             return None;
         }
         if session.is_attached() {
-            if let Some(handed_back) = session.take_over_for_peer(resumes) {
+            if let Some(handed_back) = session.take_over_for_peer(resumes, moved) {
                 let _ = tokio::time::timeout(GIVE_TIMEOUT, handed_back).await;
             }
             let deadline = tokio::time::Instant::now() + GIVE_TIMEOUT;

@@ -186,7 +186,7 @@ pub fn watch(broker: &Arc<Broker>) {
                 None => return,
                 Some(ClaimWatch::Claim(notice)) => {
                     if notice.node != broker.config.node_id {
-                        broker.remote_claim(&notice.node, &notice.client_id, notice.epoch);
+                        broker.stored_claim(&notice.node, &notice.client_id, notice.epoch);
                     }
                 }
                 Some(ClaimWatch::Following) if first => first = false,

@@ -44,12 +44,19 @@ pub const RESTARTED_WAIT: Duration = Duration::from_secs(5);
 pub const GIVEN_UP_KEPT: Duration = Duration::from_secs(600);
 
 /// The count of a previous life's frames (of the ledger of epoch `ledger_epoch`) that its
-/// mark says were committed: 0 when the mark is of another life of either node (that life
-/// committed none of them). Pure.
-pub fn committed_upto(mark: Option<PreviousMark>, ledger_epoch: u64, our_epoch: u64) -> u64 {
+/// mark says were committed: 0 when the mark is of an earlier life of either node (that life
+/// committed none of ours). `None` when it is of a later life than the ledger's (the node
+/// restarted more than once before saying how far that life had got): nothing can be sent
+/// without risking a QoS 2 message twice. Pure.
+pub fn committed_upto(
+    mark: Option<PreviousMark>,
+    ledger_epoch: u64,
+    our_epoch: u64,
+) -> Option<u64> {
     match mark {
-        Some(m) if m.receiver_epoch == ledger_epoch && m.sender_epoch == our_epoch => m.upto,
-        _ => 0,
+        Some(m) if m.receiver_epoch > ledger_epoch => None,
+        Some(m) if m.receiver_epoch == ledger_epoch && m.sender_epoch == our_epoch => Some(m.upto),
+        _ => Some(0),
     }
 }
 
@@ -130,7 +137,14 @@ impl Broker {
         let Some(orphan) = cluster.take_orphan(peer, None) else {
             return;
         };
-        let upto = committed_upto(mark, orphan.epoch, cluster.epoch);
+        let Some(upto) = committed_upto(mark, orphan.epoch, cluster.epoch) else {
+            warn!(
+                peer,
+                "a peer restarted twice before saying how far its earlier life committed: that life's messages given up"
+            );
+            cluster.count_given_up(peer, orphan.settle());
+            return;
+        };
         let (cluster, peer) = (cluster.clone(), peer.to_owned());
         tokio::spawn(async move {
             let frames = orphan.numbered_all();
@@ -200,11 +214,13 @@ mod tests {
                 upto: 41,
             })
         };
-        assert_eq!(committed_upto(mark(10, 20), 10, 20), 41);
+        assert_eq!(committed_upto(mark(10, 20), 10, 20), Some(41));
         // Its life before the previous one: the previous one committed none of ours.
-        assert_eq!(committed_upto(mark(9, 20), 10, 20), 0);
+        assert_eq!(committed_upto(mark(9, 20), 10, 20), Some(0));
         // Of our own previous life: none of this life's frames.
-        assert_eq!(committed_upto(mark(10, 19), 10, 20), 0);
-        assert_eq!(committed_upto(None, 10, 20), 0);
+        assert_eq!(committed_upto(mark(10, 19), 10, 20), Some(0));
+        assert_eq!(committed_upto(None, 10, 20), Some(0));
+        // Of a life after the ledger's: how far the ledger's got is unknown.
+        assert_eq!(committed_upto(mark(11, 20), 10, 20), None);
     }
 }

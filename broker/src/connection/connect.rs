@@ -290,7 +290,13 @@ pub async fn accept(
             let resumes = !connect.clean_start;
             let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
             if let Some(old) = old
-                && old.send(Control::TakeOver { resumes, done }).is_ok()
+                && old
+                    .send(Control::TakeOver {
+                        resumes,
+                        moved: false,
+                        done,
+                    })
+                    .is_ok()
             {
                 let _ = tokio::time::timeout_at(deadline, handed_back).await;
             }

@@ -63,6 +63,7 @@ enum Close {
     /// Another connection took the session over.
     TakenOver {
         resumes: bool,
+        moved: bool,
         done: oneshot::Sender<()>,
     },
     /// Closed by the broker with this reason code (e.g. queue overflow).
@@ -624,7 +625,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 ctl = &mut control => match ctl {
-                    Ok(Control::TakeOver { resumes, done }) => return Close::TakenOver { resumes, done },
+                    Ok(Control::TakeOver { resumes, moved, done }) => return Close::TakenOver { resumes, moved, done },
                     Ok(Control::Kick(code)) => return Close::Kicked(code),
                     Ok(Control::Drain) => return Close::Drained,
                     Ok(Control::Shutdown) => return Close::Shutdown,
@@ -831,6 +832,8 @@ impl Conn {
                     });
                 }
             }
+            // The session went on on another node, its will with it.
+            Close::TakenOver { moved: true, .. } => {}
             Close::TakenOver { resumes, .. } => {
                 // The newcomer resuming before the delay passed cancels the will.
                 if !(*resumes && will_delay > 0 && self.expiry_secs > 0) {

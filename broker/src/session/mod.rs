@@ -48,6 +48,9 @@ pub enum Control {
     TakeOver {
         /// The new connection keeps the session (Clean Start 0).
         resumes: bool,
+        /// No new connection: the cluster moved the session to another node, which keeps
+        /// its will (an adoption across a partition); the will is not published here.
+        moved: bool,
         /// Answered once the session is handed back.
         done: oneshot::Sender<()>,
     },
@@ -525,12 +528,19 @@ impl Session {
 
     /// Tells the live connection, if any, that another node takes the session over (v5
     /// DISCONNECT 0x8E; `resumes` when the newcomer keeps the session, which keeps a delayed
-    /// will from firing): answered on the returned receiver once it has handed the state back.
-    pub fn take_over_for_peer(&self, resumes: bool) -> Option<oneshot::Receiver<()>> {
+    /// will from firing; `moved` when no newcomer took it but the session went on elsewhere
+    /// with its will): answered on the returned receiver once it has handed the state back.
+    pub fn take_over_for_peer(&self, resumes: bool, moved: bool) -> Option<oneshot::Receiver<()>> {
         let mut inner = self.inner.lock();
         let control = inner.attached.as_mut()?.control.take()?;
         let (done, handed_back) = oneshot::channel();
-        control.send(Control::TakeOver { resumes, done }).ok()?;
+        control
+            .send(Control::TakeOver {
+                resumes,
+                moved,
+                done,
+            })
+            .ok()?;
         self.takeovers_total.fetch_add(1, Ordering::Relaxed);
         Some(handed_back)
     }

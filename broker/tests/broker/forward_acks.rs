@@ -136,6 +136,31 @@ async fn linked_with_publisher(port: u16) -> (Server, Peer, Raw) {
     (a, z, p)
 }
 
+/// [`linked_with_publisher`], then messages "1" to "n" (packet ids 1 to n) forwarded and read
+/// by the peer, which acknowledges the first `acked` of them (their PUBACKs read) before its
+/// link goes down.
+async fn forwarded_then_down(port: u16, n: u16, acked: u16) -> (Server, Raw) {
+    let (a, mut z, mut p) = linked_with_publisher(port).await;
+    for pid in 1..=n {
+        send_qos1(&mut p, &pid.to_string(), pid).await;
+    }
+    for pid in 1..=n {
+        assert_eq!(z.next_publish().await, pid.to_string());
+    }
+    if acked > 0 {
+        z.send(&[Frame::ForwardAck {
+            upto: u64::from(acked),
+        }])
+        .await;
+        for pid in 1..=acked {
+            expect_puback(&mut p, pid).await;
+        }
+    }
+    drop(z);
+    until("the link down", || up(&a).is_empty()).await;
+    (a, p)
+}
+
 /// Sends a QoS 1 PUBLISH without waiting for its PUBACK.
 async fn send_qos1(p: &mut Raw, payload: &str, pid: u16) {
     p.send(Packet::Publish(publish(
@@ -248,12 +273,8 @@ async fn a_peer_back_from_a_cut_gets_again_what_it_had_not_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_counted() {
     let port = free_port();
-    let (a, mut z, mut p) = linked_with_publisher(port).await;
+    let (a, mut p) = forwarded_then_down(port, 1, 0).await;
     let metrics = a.metrics_addr.unwrap();
-    send_qos1(&mut p, "1", 1).await;
-    assert_eq!(z.next_publish().await, "1");
-    drop(z);
-    until("the link down", || up(&a).is_empty()).await;
     p.expect_silence(Duration::from_millis(200)).await;
 
     // It comes back restarted (a new epoch) at level 6: its old life's messages are given
@@ -319,19 +340,9 @@ fn adopted_payload(f: Frame, departed: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_is_sent_what_its_previous_life_had_not_committed() {
     let port = free_port();
-    let (a, mut z, mut p) = linked_with_publisher(port).await;
+    let (a, mut p) = forwarded_then_down(port, 3, 1).await;
     let metrics = a.metrics_addr.unwrap();
     let epoch = a.broker.cluster.get().unwrap().epoch;
-    for (pid, m) in [(1, "1"), (2, "2"), (3, "3")] {
-        send_qos1(&mut p, m, pid).await;
-    }
-    for m in ["1", "2", "3"] {
-        assert_eq!(z.next_publish().await, m);
-    }
-    z.send(&[Frame::ForwardAck { upto: 1 }]).await;
-    expect_puback(&mut p, 1).await;
-    drop(z);
-    until("the link down", || up(&a).is_empty()).await;
 
     // A new life (epoch 2): the publishers of 2 and 3 wait for its word.
     let mut z = Peer::link(port, frame::LEVEL, 2).await;
@@ -374,11 +385,7 @@ async fn a_restarted_peer_is_sent_what_its_previous_life_had_not_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_that_says_nothing_releases_its_publishers_and_is_sent_them_later() {
     let port = free_port();
-    let (a, mut z, mut p) = linked_with_publisher(port).await;
-    send_qos1(&mut p, "1", 1).await;
-    assert_eq!(z.next_publish().await, "1");
-    drop(z);
-    until("the link down", || up(&a).is_empty()).await;
+    let (a, mut p) = forwarded_then_down(port, 1, 0).await;
     let z = Peer::link(port, frame::LEVEL, 2).await;
     let silent = Instant::now();
     expect_puback_within(&mut p, 1, Duration::from_secs(15)).await;

@@ -52,7 +52,15 @@ async fn pair_with_dev_on_a() -> Pair {
     let a = node("node-a", &cluster, dirs[0].path()).await;
     let b = node("node-b", &cluster, dirs[1].path()).await;
     let owner_key = format!("rookery:{cluster}:owner:dev");
-    let (mut on_a, _) = Raw::connect_with(a.addr(), persistent("dev")).await;
+    let mut connect = persistent("dev");
+    connect.will = Some(rookery_codec::LastWill {
+        topic: "gone/dev".into(),
+        payload: bytes::Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mut on_a, _) = Raw::connect_with(a.addr(), connect).await;
     on_a.subscribe("x", QoS::AtLeastOnce).await;
     until("node-a's claim in Redis", || {
         redis.command(&["GET", &owner_key]).ends_with(" node-a")
@@ -133,6 +141,10 @@ async fn an_adoption_claims_the_client_id_and_closes_a_connection_the_departed_n
         ..
     } = pair_with_dev_on_a().await;
 
+    // Someone on node-a watches for dev's will.
+    let (mut watcher, _) = Raw::connect(a.addr(), Protocol::V5, "watcher", true).await;
+    watcher.subscribe("gone/#", QoS::AtLeastOnce).await;
+
     assert_eq!(b.broker.adopt_sessions_of("node-a").await, 1);
     let d = on_a.expect_closed().await.expect("a DISCONNECT");
     assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
@@ -141,6 +153,10 @@ async fn an_adoption_claims_the_client_id_and_closes_a_connection_the_departed_n
         a.broker.sessions.get("dev").is_none()
     })
     .await;
+    // The client is alive, and its will went with the adopted session: not published here.
+    watcher
+        .expect_silence(std::time::Duration::from_millis(500))
+        .await;
 
     // The client, back on node-b, finds its session there.
     let (_on_b, ack) = Raw::connect_with(b.addr(), persistent("dev")).await;
