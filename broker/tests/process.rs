@@ -389,21 +389,7 @@ async fn next_within(s: &mut TcpStream, buf: &mut BytesMut, wait: Duration) -> O
 async fn a_publishers_puback_waits_while_the_subscribers_node_is_stopped() {
     let nodes = rookery_e2e::start_cluster(binary(), "node", 2, &[]).unwrap();
     let (mut sub, mut sub_buf, _) = connect_v5(nodes[1].addr, "sub").await;
-    send(
-        &mut sub,
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscribeFilter {
-                filter: "t".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-            properties: Default::default(),
-        }),
-    )
-    .await;
+    send(&mut sub, subscribe_t()).await;
     assert!(matches!(
         next_within(&mut sub, &mut sub_buf, Duration::from_secs(5)).await,
         Some(Packet::SubAck(_))
@@ -482,6 +468,21 @@ async fn publish_once_routed(
     }
 }
 
+/// A SUBSCRIBE to `t` at QoS 1.
+fn subscribe_t() -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![SubscribeFilter {
+            filter: "t".into(),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+        properties: Default::default(),
+    })
+}
+
 /// A QoS 1 PUBLISH of `payload` on `t`.
 fn qos1(pid: u16, payload: &'static [u8]) -> Packet {
     Packet::Publish(Publish {
@@ -543,21 +544,7 @@ async fn a_node_killed_and_restarted_without_redis_gets_what_its_previous_life_h
         Some(Packet::ConnAck(_))
     ));
     let mut out = BytesMut::new();
-    encode(
-        &Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscribeFilter {
-                filter: "t".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-            properties: Default::default(),
-        }),
-        Protocol::V311,
-        &mut out,
-    );
+    encode(&subscribe_t(), Protocol::V311, &mut out);
     sub.write_all(&out).await.unwrap();
     assert!(matches!(
         next3(&mut sub, &mut sub_buf, Duration::from_secs(5)).await,

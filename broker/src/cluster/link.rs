@@ -342,6 +342,8 @@ async fn run(
         debug!(peer, "second link to a linked peer closed");
         return Ok(());
     }
+    // What the peer's clients set or cleared as retained while it was not linked.
+    broker.refresh_retained();
     if level >= restart::RESTART_LEVEL {
         // How far our previous life committed its frames: it sends the rest for the sessions
         // we restored (`restart.rs`).

@@ -19,6 +19,7 @@ pub mod link;
 pub mod ownership;
 pub mod reroute;
 pub mod restart;
+pub mod retained;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -214,6 +215,8 @@ pub struct Cluster {
     orphans: Mutex<AHashMap<String, Arc<acks::Ledger>>>,
     /// This node's previous life's forward marks, per sender, read from its store at start.
     previous_marks: std::sync::OnceLock<AHashMap<String, frame::PreviousMark>>,
+    /// Rereads of the retained index from a shared store after a link came up.
+    pub(crate) retained_rereads: retained::Rereads,
 }
 
 /// What registering a new link decided.
@@ -256,6 +259,7 @@ impl Cluster {
             rerouted: Mutex::new(AHashMap::new()),
             orphans: Mutex::new(AHashMap::new()),
             previous_marks: std::sync::OnceLock::new(),
+            retained_rereads: retained::Rereads::default(),
         })
     }
 

@@ -27,6 +27,8 @@ pub struct RetainedIndex {
     root: Node,
     count: usize,
     bytes: usize,
+    /// Sets and deletions so far (a reread from the store checks that none came meanwhile).
+    changes: u64,
 }
 
 impl RetainedIndex {
@@ -45,9 +47,25 @@ impl RetainedIndex {
         self.bytes
     }
 
+    /// How many sets and deletions this index has seen.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Takes `fresh` (read from the store) for every topic but the `$SYS` ones, which are
+    /// this node's own and never stored. Counts as a change.
+    pub fn replace_stored(&mut self, mut fresh: RetainedIndex) {
+        for m in self.matching("$SYS/#") {
+            fresh.set(m);
+        }
+        fresh.changes = self.changes + 1;
+        *self = fresh;
+    }
+
     /// Stores `message` under its topic, or deletes the topic's retained message when the
     /// payload is empty. MQTT 5.0 [MQTT-3.3.1-6], [MQTT-3.3.1-7].
     pub fn set(&mut self, message: Arc<Message>) {
+        self.changes += 1;
         let topic = message.topic.clone();
         if message.payload.is_empty() {
             self.remove(&topic);
@@ -66,6 +84,7 @@ impl RetainedIndex {
 
     /// Deletes the retained message of `topic`; returns true when there was one.
     pub fn remove(&mut self, topic: &str) -> bool {
+        self.changes += 1;
         let levels: Vec<&str> = topic.split('/').collect();
         match remove(&mut self.root, &levels) {
             Some(old) => {
@@ -165,6 +184,23 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_reread_from_the_store_keeps_the_sys_topics_and_counts_as_a_change() {
+        let mut idx = RetainedIndex::default();
+        idx.set(msg("$SYS/broker/uptime", "5"));
+        idx.set(msg("cfg/old", "1"));
+        let before = idx.changes();
+        let mut fresh = RetainedIndex::default();
+        fresh.set(msg("cfg/new", "2"));
+        idx.replace_stored(fresh);
+        assert_eq!(topics(&idx, "#"), ["cfg/new"]);
+        assert_eq!(topics(&idx, "$SYS/#"), ["$SYS/broker/uptime"]);
+        assert_eq!((idx.len(), idx.payload_bytes()), (2, 2));
+        assert!(idx.changes() > before);
+        idx.remove("cfg/new");
+        assert_eq!(idx.changes(), before + 2);
     }
 
     #[test]

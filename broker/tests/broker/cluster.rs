@@ -416,6 +416,72 @@ async fn a_node_restarted_on_its_own_store_has_the_retained_messages_published_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_retained_store_a_node_back_from_a_cut_has_what_was_set_and_cleared_meanwhile()
+ {
+    use crate::cable::Cable;
+    let pg = rookery_testkit::PostgresServer::shared().database();
+    let (port_0, port_1) = (free_port(), free_port());
+    let to_0 = Cable::to(format!("127.0.0.1:{port_0}").parse().unwrap()).await;
+    let to_1 = Cable::to(format!("127.0.0.1:{port_1}").parse().unwrap()).await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let with_pg = |i: usize| {
+        let (pg, data) = (pg.clone(), dirs[i].path().to_path_buf());
+        move |c: &mut rookery_broker::Config| {
+            c.data_dir = data;
+            c.durability = rookery_broker::config::DurabilityMode::Sync;
+            c.postgres_url = Some(pg);
+        }
+    };
+    let n0 = node_with(
+        "node-0",
+        "prod",
+        port_0,
+        &[to_1.addr().to_string()],
+        with_pg(0),
+    )
+    .await;
+    let n1 = node_with(
+        "node-1",
+        "prod",
+        port_1,
+        &[to_0.addr().to_string()],
+        with_pg(1),
+    )
+    .await;
+    until("linked", || up(&n0).len() == 1 && up(&n1).len() == 1).await;
+    let (mut p, _) = Raw::connect(n0.addr(), rookery_codec::Protocol::V5, "p", true).await;
+    let qos1 = rookery_codec::QoS::AtLeastOnce;
+    p.publish("cfg/old", b"1", qos1, true, 1).await;
+    let b = n1.broker.clone();
+    until("node 1 has cfg/old", || b.retained.read().len() == 1).await;
+
+    // Cut: node 0's client clears one and sets another; node 1 hears of neither.
+    to_0.cut();
+    to_1.cut();
+    until("the link down", || up(&n0).is_empty() && up(&n1).is_empty()).await;
+    p.publish("cfg/old", b"", qos1, true, 2).await;
+    p.publish("cfg/new", b"2", qos1, true, 3).await;
+    assert!(b.retained.read().get("cfg/old").is_some());
+
+    // Mended: node 1 reads the store again once the link is back.
+    to_0.mend();
+    to_1.mend();
+    until("node 1 back in step", || {
+        let r = b.retained.read();
+        r.len() == 1 && r.get("cfg/new").is_some()
+    })
+    .await;
+    let (mut late, _) = Raw::connect(n1.addr(), rookery_codec::Protocol::V5, "late", true).await;
+    late.subscribe("cfg/#", qos1).await;
+    let m = late.recv_publish().await;
+    assert_eq!((&m.topic[..], &m.payload[..]), ("cfg/new", &b"2"[..]));
+    late.expect_silence(Duration::from_millis(200)).await;
+    drop(b);
+    n0.shutdown().await;
+    n1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_drains_away_takes_its_routes_with_it_at_once() {
     // (One that stops without a word keeps them for a while: see `forward_acks`.)
     let (mut nodes, _) = mesh(2).await;

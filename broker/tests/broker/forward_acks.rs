@@ -315,6 +315,8 @@ async fn a_peer_that_restarted_or_stayed_away_has_its_messages_given_up_and_coun
     assert_eq!(z.next().await, Frame::ForwardResume { from: 0 });
     assert_eq!(z.next_publish().await, "2");
     assert_eq!(z.next_publish().await, "3");
+    // Its routes, given up with it, are back once its announcement is read.
+    routed(&a, "t", &["node-z"]).await;
     send_qos1(&mut p, "4", 4).await;
     assert_eq!(z.next_publish().await, "4");
     z.send(&[Frame::ForwardAck { upto: 3 }]).await;
@@ -363,6 +365,7 @@ async fn a_restarted_peer_is_sent_what_its_previous_life_had_not_committed() {
     expect_puback(&mut p, 2).await;
     expect_puback(&mut p, 3).await;
     // New messages go the usual way.
+    routed(&a, "t", &["node-z"]).await;
     send_qos1(&mut p, "4", 4).await;
     assert_eq!(z.next_publish().await, "4");
     z.send(&[Frame::ForwardAck { upto: 2 }]).await;
