@@ -225,9 +225,10 @@ impl Broker {
 
     /// Routes a message a peer forwarded: to this node's sessions only (never forwarded
     /// again, so no loops), and a retained one into the index, and into this node's store
-    /// unless that is shared (then the node it was published on stored it). Returns a session whose queue it pushed over its
-    /// limit (the link then stops reading until it drains: backpressure to the peer), and the
-    /// commit of its store writes (the peer's acknowledgement waits for it in `sync`).
+    /// unless that is shared (then the node it was published on stored it). Returns a session
+    /// whose queue it pushed over its limit (the link then stops reading until it drains:
+    /// backpressure to the peer), and the commit of its store writes (the peer's
+    /// acknowledgement waits for it in `sync`).
     pub fn route_forwarded(
         &self,
         id: u64,

@@ -42,7 +42,7 @@ pub const ADOPTED_WAIT: Duration = Duration::from_secs(5);
 
 /// A forwarded QoS 1/2 message's id, body and shared groups; `None` for anything else (QoS 0
 /// promised nothing). Pure.
-fn promised(frame: Frame) -> Option<(u64, StoredMessage, Vec<String>)> {
+pub(super) fn promised(frame: Frame) -> Option<(u64, StoredMessage, Vec<String>)> {
     match frame {
         Frame::Publish {
             id,

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::Forwarded;
 use super::frame::{Frame, PreviousMark};
+use super::reroute::promised;
 use crate::broker::Broker;
 
 /// The first protocol level with `Restarted`.
@@ -150,18 +151,8 @@ impl Broker {
             let frames = orphan.numbered_all();
             let mut waits = Vec::new();
             let mut sent = 0;
-            for (_, f) in frames.into_iter().filter(|(n, _)| *n > upto) {
-                let Frame::Publish {
-                    id,
-                    message,
-                    groups,
-                } = f
-                else {
-                    continue;
-                };
-                if message.qos == 0 {
-                    continue;
-                }
+            let after_mark = frames.into_iter().filter(|(n, _)| *n > upto);
+            for (id, message, groups) in after_mark.filter_map(|(_, f)| promised(f)) {
                 let again = Frame::PublishAdopted {
                     departed: peer.clone(),
                     id,

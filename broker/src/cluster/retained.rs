@@ -13,7 +13,7 @@ use rookery_store::now_ms;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::persist::{Persist, convert};
+use crate::persist::Persist;
 use crate::router::retained::RetainedIndex;
 
 /// How many times a reread is tried when a retained message changes while it reads.
@@ -87,12 +87,8 @@ impl Broker {
                     return;
                 }
             };
-            let (now, wall) = (Instant::now(), now_ms());
             let mut fresh = RetainedIndex::default();
-            for m in loaded {
-                let id = crate::message::next_id();
-                fresh.set(Arc::new(convert::message(m, 0, id, now, wall)));
-            }
+            crate::persist::restore::fill_retained(&mut fresh, loaded, (Instant::now(), now_ms()));
             let mut index = self.retained.write();
             if index.changes() != before {
                 continue;

@@ -44,19 +44,8 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
     let mut restored = Restored::default();
 
     let retained = stores.retained.load().await?;
-    {
-        let mut index = broker.retained.write();
-        for m in retained {
-            index.set(Arc::new(convert::message(
-                m,
-                0,
-                crate::message::next_id(),
-                now,
-                wall,
-            )));
-            restored.retained += 1;
-        }
-    }
+    restored.retained = retained.len();
+    fill_retained(&mut broker.retained.write(), retained, (now, wall));
 
     let mut known: AHashSet<String> = AHashSet::new();
     let mut timers = Vec::new();
@@ -116,6 +105,18 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<Restored, StoreError> {
         "durable state restored"
     );
     Ok(restored)
+}
+
+/// Sets each stored retained message in `index`, read at `now` (monotonic, wall ms).
+pub(crate) fn fill_retained(
+    index: &mut crate::router::retained::RetainedIndex,
+    stored: Vec<rookery_store::StoredMessage>,
+    (now, wall): (Instant, u64),
+) {
+    for m in stored {
+        let id = crate::message::next_id();
+        index.set(Arc::new(convert::message(m, 0, id, now, wall)));
+    }
 }
 
 /// Runs on a restored session before its subscriptions enter the trie.
